@@ -1,0 +1,52 @@
+"""Build the pixi.toml of an inline spec. Pure: the same spec and cluster give the same
+bytes, which is what the environment key hashes."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import tomli_w
+
+from ray_pixi.cluster import ClusterInfo
+from ray_pixi.spec import PixiSpec
+
+__all__ = ["INLINE_WORKSPACE_NAME", "build_inline_manifest", "declares_ray", "ray_requirement"]
+
+INLINE_WORKSPACE_NAME = "ray-pixi-inline"
+DEFAULT_CHANNELS = ("conda-forge",)
+
+
+def _normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def declares_ray(spec: PixiSpec) -> bool:
+    """A user who names Ray (PyPI `ray`, conda `ray` or `ray-*`) chooses its version."""
+    conda = {_normalize(n) for n in spec.dependencies or {}}
+    pypi = {_normalize(n) for n in spec.pypi_dependencies or {}}
+    return "ray" in pypi or any(n == "ray" or n.startswith("ray-") for n in conda)
+
+
+def ray_requirement(ray_version: str) -> dict[str, Any]:
+    """The PyPI requirement that gives workers the cluster's exact Ray."""
+    return {"version": f"=={ray_version}", "extras": ["default"]}
+
+
+def build_inline_manifest(spec: PixiSpec, cluster: ClusterInfo) -> str:
+    dependencies = dict(spec.dependencies or {})
+    dependencies.setdefault("python", f"=={cluster.python_version}")
+    pypi = dict(spec.pypi_dependencies or {})
+    if not declares_ray(spec):
+        pypi["ray"] = ray_requirement(cluster.ray_version)
+    document: dict[str, Any] = {
+        "workspace": {
+            "name": INLINE_WORKSPACE_NAME,
+            "channels": list(spec.channels or DEFAULT_CHANNELS),
+            "platforms": list(spec.platforms or (cluster.platform,)),
+        },
+        "dependencies": dict(sorted(dependencies.items())),
+    }
+    if pypi:
+        document["pypi-dependencies"] = dict(sorted(pypi.items()))
+    return tomli_w.dumps(document)

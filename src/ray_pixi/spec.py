@@ -1,0 +1,295 @@
+"""Parse `runtime_env["pixi"]` into one canonical, frozen `PixiSpec`.
+
+Pure: no files, no processes. The driver-side `pixi()` helper and the agent-side
+`PixiPlugin.validate` both call `parse_runtime_env`, so a user reads the same message
+wherever a spec is rejected.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections.abc import Mapping
+from enum import Enum
+from pathlib import PurePosixPath
+from typing import Any, Union
+
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr, ValidationError, model_validator
+
+from ray_pixi.errors import PixiSpecError
+
+__all__ = [
+    "FIELD",
+    "INLINE_KEYS",
+    "MANIFEST_NAMES",
+    "Mode",
+    "PixiSpec",
+    "parse_runtime_env",
+    "parse_spec",
+]
+
+#: The runtime_env field this plugin owns; also the plugin's name in Ray.
+FIELD = "pixi"
+MANIFEST_NAMES = ("pixi.toml", "pyproject.toml")
+INLINE_KEYS = ("channels", "dependencies", "pypi_dependencies", "platforms")
+MANIFEST_KEYS = ("manifest", "manifest_content", "lock_content", "include", "exclude", "digest")
+PLATFORMS = (
+    "linux-64",
+    "linux-aarch64",
+    "linux-ppc64le",
+    "osx-64",
+    "osx-arm64",
+    "win-64",
+)
+# runtime_env fields that set the worker's interpreter themselves. Ray runs them after
+# third-party plugins, so they would silently replace the pixi environment's python.
+CONFLICTING_FIELDS = ("pip", "uv", "conda", "py_executable", "image_uri", "container")
+# Flags the plugin sets itself from the spec; taking them from pixi_install_options too
+# would make the installed environment differ from the one the key describes.
+RESERVED_INSTALL_FLAGS = {
+    "--manifest-path": "it is set by the plugin",
+    "-m": "it is set by the plugin",
+    "--environment": "use the `environment` key",
+    "-e": "use the `environment` key",
+    "--all": "use the `environment` key",
+    "-a": "use the `environment` key",
+    "--locked": "use `locked=True`",
+    "--frozen": "use `locked=True`",
+    "--workspace": "it names a registered workspace, not this manifest",
+    "-w": "it names a registered workspace, not this manifest",
+}
+_ENV_NAME = re.compile(r"^[a-z0-9-]+$")
+_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+
+PypiRequirement = Union[StrictStr, dict[StrictStr, Any]]
+CondaRequirement = Union[StrictStr, dict[StrictStr, Any]]
+
+
+class Mode(str, Enum):
+    """How the environment is declared; decides what keys the environment."""
+
+    INLINE = "inline"  # channels/dependencies synthesized into a pixi.toml on each node
+    MANIFEST = "manifest"  # manifest and lock inlined by pixi() on the driver
+    PROJECT = "project"  # manifest and files inside runtime_env["working_dir"]
+
+
+class PixiSpec(BaseModel):
+    """One pixi environment request, with defaults filled so equal requests hash equal."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    manifest: StrictStr | None = None
+    manifest_content: StrictStr | None = None
+    lock_content: StrictStr | None = None
+    include: tuple[StrictStr, ...] = ()
+    exclude: tuple[StrictStr, ...] = ()
+    digest: StrictStr | None = None
+    channels: tuple[StrictStr, ...] | None = None
+    dependencies: dict[StrictStr, CondaRequirement] | None = None
+    pypi_dependencies: dict[StrictStr, PypiRequirement] | None = None
+    platforms: tuple[StrictStr, ...] | None = None
+    environment: StrictStr = "default"
+    locked: StrictBool | None = None
+    pixi_version: StrictStr | None = None
+    pixi_install_options: tuple[StrictStr, ...] = ()
+
+    @property
+    def mode(self) -> Mode:
+        if self.manifest is None:
+            return Mode.INLINE
+        return Mode.MANIFEST if self.manifest_content is not None else Mode.PROJECT
+
+    @property
+    def install_locked(self) -> bool:
+        """Manifests install from their pixi.lock unless the user opts out."""
+        return self.mode is not Mode.INLINE and self.locked is not False
+
+    def canonical_json(self) -> str:
+        """Stable text of the spec: the same request always gives the same bytes."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    @model_validator(mode="after")
+    def _check_combination(self) -> PixiSpec:
+        _check_spec(self)
+        return self
+
+
+def _where(path: tuple[Any, ...] = ()) -> str:
+    return f"runtime_env[{FIELD!r}]" + "".join(f"[{p!r}]" for p in path)
+
+
+def _fail(path: tuple[Any, ...], problem: str, seen: Any, fix: str) -> PixiSpecError:
+    return PixiSpecError(f"{_where(path)} {problem}, got {seen!r}. {fix}")
+
+
+def _check_relative(path: tuple[Any, ...], value: str, what: str) -> None:
+    p = PurePosixPath(value.replace("\\", "/"))
+    if not value or p.is_absolute() or ".." in p.parts or re.match(r"^[A-Za-z]:", value):
+        raise _fail(
+            path,
+            f"must be a {what} relative to the working_dir that stays inside it",
+            value,
+            "Use a path like 'pixi.toml' or 'src/**'; absolute paths and '..' are not allowed.",
+        )
+
+
+def _check_spec(spec: PixiSpec) -> None:  # noqa: C901 - one flat list of rules reads best
+    inline = [k for k in INLINE_KEYS if getattr(spec, k) is not None]
+    manifest = [k for k in MANIFEST_KEYS if getattr(spec, k) not in (None, ())]
+    if inline and manifest:
+        raise _fail(
+            (),
+            f"mixes inline keys {inline} with manifest keys {manifest}",
+            sorted(inline + manifest),
+            "Either declare dependencies inline, or point at a pixi.toml; not both.",
+        )
+    if not inline and spec.manifest is None:
+        if manifest:
+            raise _fail(("manifest",), "is required with " + ", ".join(manifest), None,
+                        "Name the manifest, e.g. pixi('pixi.toml').")
+        raise _fail((), "declares no environment", {}, "Pass a manifest path like "
+                    "pixi('pixi.toml'), or inline keys such as dependencies/pypi_dependencies.")
+    if spec.manifest is not None:
+        _check_relative(("manifest",), spec.manifest, "manifest path")
+        if PurePosixPath(spec.manifest).name not in MANIFEST_NAMES:
+            raise _fail(("manifest",), "must name a pixi.toml or pyproject.toml", spec.manifest,
+                        "Point at the manifest file itself, not a directory.")
+    if spec.manifest_content is not None and (spec.include or spec.exclude or spec.digest):
+        raise _fail((), "inlines a manifest and also selects working_dir files with "
+                    "include/exclude", "include/exclude",
+                    "Use include/exclude only for a manifest inside runtime_env['working_dir'].")
+    if spec.lock_content is not None and spec.manifest_content is None:
+        raise _fail(("lock_content",), "needs manifest_content", "lock_content",
+                    "Build the spec with pixi('pixi.toml'), which inlines both.")
+    for key in ("include", "exclude"):
+        for i, pattern in enumerate(getattr(spec, key)):
+            _check_relative((key, i), pattern, "glob")
+    if spec.digest is not None and not _DIGEST.match(spec.digest):
+        raise _fail(("digest",), "must be the 64-hex-digit sha256 written by pixi()",
+                    spec.digest, "Let pixi() compute it, or drop the key.")
+    if spec.locked is not None and spec.mode is Mode.INLINE:
+        raise _fail(("locked",), "applies only to a manifest with a pixi.lock", spec.locked,
+                    "Drop `locked` from an inline spec, or use a manifest and `pixi lock`.")
+    if spec.locked is not False and spec.mode is Mode.MANIFEST and spec.lock_content is None:
+        raise _fail(("lock_content",), "is missing, and manifests install locked by default",
+                    None, f"Run `pixi lock --manifest-path {spec.manifest}` next to the "
+                    "manifest, or pass locked=False to let every node solve on its own.")
+    if not _ENV_NAME.match(spec.environment):
+        raise _fail(("environment",), "must be a pixi environment name (lowercase letters, "
+                    "digits, '-')", spec.environment, "Use a name from the manifest's "
+                    "[environments] table, or 'default'.")
+    if spec.pixi_version is not None and not _VERSION.match(spec.pixi_version):
+        raise _fail(("pixi_version",), "must be a release version X.Y.Z", spec.pixi_version,
+                    "Write it without a leading 'v', e.g. '0.77.0'.")
+    for i, option in enumerate(spec.pixi_install_options):
+        flag = option.split("=", 1)[0]
+        if flag in RESERVED_INSTALL_FLAGS:
+            raise _fail(("pixi_install_options", i), f"cannot be set here: "
+                        f"{RESERVED_INSTALL_FLAGS[flag]}", option, "Remove it from "
+                        "pixi_install_options.")
+    for i, platform in enumerate(spec.platforms or ()):
+        if platform not in PLATFORMS:
+            close = difflib.get_close_matches(platform, PLATFORMS, n=1)
+            hint = f"Did you mean {close[0]!r}? " if close else ""
+            raise _fail(("platforms", i), "is not a pixi platform", platform,
+                        f"{hint}Known platforms: {', '.join(PLATFORMS)}.")
+    for i, channel in enumerate(spec.channels or ()):
+        if not channel.strip():
+            raise _fail(("channels", i), "must be a channel name or URL", channel,
+                        "For example 'conda-forge'.")
+    for key in ("dependencies", "pypi_dependencies"):
+        for name in getattr(spec, key) or {}:
+            if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", name):
+                raise _fail((key, name), "is not a package name", name,
+                            "Use the bare package name as the key and put the version "
+                            "in the value, e.g. {'numpy': '>=1.26'}.")
+
+
+_TYPE_HINTS = {
+    "dependencies": "must be a table of conda package -> version spec",
+    "pypi_dependencies": "must be a table of PyPI package -> version spec or table",
+    "channels": "must be a list of channel names",
+    "platforms": "must be a list of pixi platforms",
+    "include": "must be a list of globs",
+    "exclude": "must be a list of globs",
+    "pixi_install_options": "must be a list of command-line flags",
+    "locked": "must be true or false",
+}
+_EXAMPLES = {
+    "dependencies": "For example {'numpy': '>=1.26'}.",
+    "pypi_dependencies": "For example {'requests': '>=2.31'} or "
+    "{'mypkg': {'path': '.', 'editable': True}}.",
+    "channels": "For example ['conda-forge'].",
+    "platforms": "For example ['linux-64'].",
+    "include": "For example ['src/**'].",
+    "exclude": "For example ['**/*.ipynb'].",
+    "pixi_install_options": "For example ['--concurrent-downloads', '8'].",
+    "locked": "Pass True or False.",
+}
+_KNOWN_KEYS = tuple(PixiSpec.model_fields)
+
+
+def _translate(error: ValidationError, raw: Mapping[str, Any]) -> PixiSpecError:
+    """Turn pydantic's first error into our one-line message with the field path."""
+    first = error.errors()[0]
+    loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith(("str", "dict", "tuple", "function"))))
+    seen = first.get("input")
+    if first["type"] == "extra_forbidden":
+        key = loc[-1]
+        close = difflib.get_close_matches(str(key), _KNOWN_KEYS, n=1)
+        hint = f"Did you mean {close[0]!r}? " if close else ""
+        return PixiSpecError(f"{_where()} has an unknown key {key!r}. {hint}"
+                             f"Known keys: {', '.join(_KNOWN_KEYS)}.")
+    if first["type"] == "value_error" and isinstance(first.get("ctx", {}).get("error"), PixiSpecError):
+        return first["ctx"]["error"]
+    top = loc[0] if loc else ""
+    problem = _TYPE_HINTS.get(str(top), "must be a string")
+    if len(loc) > 1 and top in ("dependencies", "pypi_dependencies"):
+        problem = "must be a version string like '>=1.2' or a table"
+        if len(loc) > 2:
+            loc = loc[:2]
+            seen = raw.get(str(top), {}).get(loc[1], seen) if isinstance(raw.get(str(top)), dict) else seen
+    elif len(loc) > 1:
+        problem = "must be a string"
+    fix = _EXAMPLES.get(str(top), "See the field table in the ray-pixi README.")
+    return _fail(loc, problem, seen, fix)
+
+
+def parse_spec(value: Any) -> PixiSpec:
+    """Accept every form a user may write for `runtime_env["pixi"]`."""
+    if isinstance(value, PixiSpec):
+        return value
+    if isinstance(value, str):
+        # A plain string names a manifest inside the working_dir.
+        value = {"manifest": value}
+    if not isinstance(value, Mapping):
+        raise _fail((), "must be a manifest path or a table", value,
+                    "Write runtime_env={'pixi': pixi('pixi.toml')} or "
+                    "{'pixi': {'dependencies': {...}}}.")
+    try:
+        return PixiSpec.model_validate(dict(value))
+    except ValidationError as e:
+        raise _translate(e, value) from None
+
+
+def parse_runtime_env(runtime_env: Mapping[str, Any]) -> PixiSpec:
+    """Validate the pixi field in the context of the whole runtime_env."""
+    spec = parse_spec(runtime_env.get(FIELD))
+    for other in CONFLICTING_FIELDS:
+        if runtime_env.get(other):
+            raise PixiSpecError(
+                f"runtime_env combines {FIELD!r} with {other!r}, got both. {other!r} sets the "
+                f"workers' Python itself and would silently replace the pixi environment: "
+                f"declare those packages in the pixi spec instead (pypi_dependencies for "
+                f"pip/uv packages) and drop {other!r}."
+            )
+    if spec.mode is Mode.PROJECT and not runtime_env.get("working_dir"):
+        raise PixiSpecError(
+            f"{_where(('manifest',))} names {spec.manifest!r} inside the working_dir, but the "
+            "runtime_env has no working_dir. Set runtime_env['working_dir'] to the project "
+            "directory, or use pixi('path/to/pixi.toml') without include/exclude to inline "
+            "the manifest and its pixi.lock."
+        )
+    return spec

@@ -1,0 +1,310 @@
+"""The content-addressed environment store on a node's disk. Knows nothing of Ray.
+
+Layout under the store root (outside any Ray session, so environments survive
+`ray stop`/`ray start` and pod restarts when the root is on a persistent volume):
+
+    envs/<key>/           the pixi workspace; pixi installs into envs/<key>/.pixi/envs/<env>
+    envs/<key>.json       ready marker: written last, atomically; only a marked env is used
+    envs/<key>.failed     a deterministic failure (version mismatch) to re-raise at once
+    locks/<key>.lock      held exclusively while one process installs or deletes <key>
+    locks/<key>.use       held shared by every agent that uses <key>
+    pixi/<version>/pixi   pixi releases bootstrapped on this node
+    trash/                entries being deleted
+
+Environments are not relocatable (pixi records their prefix), so they are installed in
+place and never renamed while in use; a crash leaves a workspace without a marker, which
+is swept before anything trusts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import os
+import shutil
+import tempfile
+import threading
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows has no flock; ray-pixi targets POSIX nodes
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["FileLock", "Store", "StoreEntry", "directory_size"]
+
+
+def directory_size(path: Path) -> int:
+    """Bytes on disk under `path`, counting each inode once (pixi hard-links packages)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    stack = [str(path)]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as it:
+                for entry in it:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                    if (st.st_dev, st.st_ino) in seen:
+                        continue
+                    seen.add((st.st_dev, st.st_ino))
+                    total += getattr(st, "st_blocks", 0) * 512 or st.st_size
+        except OSError:
+            continue
+    return total
+
+
+class FileLock:
+    """An flock on a file: released by the kernel when the holder dies, so a crashed
+    install never leaves the store locked."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _open(self) -> int:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+
+    def try_acquire(self, shared: bool = False) -> int | None:
+        fd = self._open()
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                return None
+            raise
+        return fd
+
+    def acquire(self, shared: bool = False) -> int:
+        fd = self._open()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    async def acquire_async(self, shared: bool = False) -> int:
+        """Wait for the lock in a thread without blocking the agent's event loop. If the
+        waiter is cancelled, the lock is released as soon as the thread gets it."""
+        fd = await asyncio.to_thread(self._open)
+        future = asyncio.get_running_loop().run_in_executor(
+            None, fcntl.flock, fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+        )
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(lambda _: os.close(fd))
+            raise
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    @staticmethod
+    def release(fd: int) -> None:
+        os.close(fd)  # closing the descriptor drops the flock
+
+    @contextlib.contextmanager
+    def held(self, shared: bool = False) -> Iterator[int]:
+        fd = self.acquire(shared)
+        try:
+            yield fd
+        finally:
+            self.release(fd)
+
+
+@dataclass(frozen=True)
+class StoreEntry:
+    key: str
+    ready: dict[str, Any] | None
+    size_bytes: int
+    last_used: float
+    in_use: bool
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Store:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.envs = self.root / "envs"
+        self.locks = self.root / "locks"
+        self.trash = self.root / "trash"
+        for d in (self.envs, self.locks, self.trash):
+            d.mkdir(parents=True, exist_ok=True)
+
+    # -- paths ---------------------------------------------------------------------------
+    def workspace(self, key: str) -> Path:
+        return self.envs / key
+
+    def _ready_path(self, key: str) -> Path:
+        return self.envs / f"{key}.json"
+
+    def _failed_path(self, key: str) -> Path:
+        return self.envs / f"{key}.failed"
+
+    def install_lock(self, key: str) -> FileLock:
+        return FileLock(self.locks / f"{key}.lock")
+
+    def use_lock(self, key: str) -> FileLock:
+        return FileLock(self.locks / f"{key}.use")
+
+    def bootstrap_lock(self, version: str) -> FileLock:
+        return FileLock(self.locks / f"pixi-{version}.lock")
+
+    @property
+    def pixi_dir(self) -> Path:
+        return self.root / "pixi"
+
+    # -- markers -------------------------------------------------------------------------
+    def read_ready(self, key: str) -> dict[str, Any] | None:
+        """The ready marker, or None if the entry is not a complete install."""
+        try:
+            data = json.loads(self._ready_path(key).read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or data.get("key") != key:
+            return None
+        if not self.workspace(key).is_dir():
+            return None
+        return data
+
+    def write_ready(self, key: str, data: dict[str, Any]) -> None:
+        _write_atomic(self._ready_path(key), json.dumps({**data, "key": key}, indent=1))
+
+    def touch(self, key: str) -> None:
+        """Record a use, for `ray-pixi envs list` and garbage collection by age."""
+        with contextlib.suppress(OSError):
+            os.utime(self._ready_path(key))
+
+    def read_failed(self, key: str) -> str | None:
+        try:
+            return self._failed_path(key).read_text()
+        except OSError:
+            return None
+
+    def write_failed(self, key: str, message: str) -> None:
+        _write_atomic(self._failed_path(key), message)
+
+    # -- removal -------------------------------------------------------------------------
+    def discard(self, key: str) -> None:
+        """Remove an entry's marker and files. The caller holds its install lock. The
+        marker goes first, so a crash part-way leaves an unmarked (untrusted) workspace."""
+        self._ready_path(key).unlink(missing_ok=True)
+        workspace = self.workspace(key)
+        if workspace.exists():
+            doomed = self.trash / f"{key}-{uuid.uuid4().hex[:8]}"
+            try:
+                os.replace(workspace, doomed)
+            except OSError:
+                shutil.rmtree(workspace, ignore_errors=True)
+            else:
+                shutil.rmtree(doomed, ignore_errors=True)
+
+    def discard_in_background(self, key: str) -> None:
+        """Like discard, but the slow recursive delete runs in a thread: deletion is
+        called on the agent's event loop."""
+        self._ready_path(key).unlink(missing_ok=True)
+        workspace = self.workspace(key)
+        if not workspace.exists():
+            return
+        doomed = self.trash / f"{key}-{uuid.uuid4().hex[:8]}"
+        try:
+            os.replace(workspace, doomed)
+        except OSError:
+            return
+        threading.Thread(
+            target=shutil.rmtree, args=(doomed,), kwargs={"ignore_errors": True}, daemon=True
+        ).start()
+
+    def delete_if_unused(self, key: str, background: bool = True) -> bool:
+        """Delete `key` unless another process installs or uses it. Never raises on an
+        entry that is already gone. The caller must have released its own use lock."""
+        install_fd = self.install_lock(key).try_acquire()
+        if install_fd is None:
+            return False
+        try:
+            use_fd = self.use_lock(key).try_acquire()
+            if use_fd is None:
+                return False
+            try:
+                (self.discard_in_background if background else self.discard)(key)
+                self._failed_path(key).unlink(missing_ok=True)
+                return True
+            finally:
+                FileLock.release(use_fd)
+        finally:
+            FileLock.release(install_fd)
+
+    def sweep(self) -> list[str]:
+        """Remove what crashed or cancelled installs and deletions left behind: workspaces
+        with no ready marker that nobody is installing, and the trash."""
+        removed = []
+        for path in self.envs.iterdir():
+            if not path.is_dir() or self.read_ready(path.name) is not None:
+                continue
+            fd = self.install_lock(path.name).try_acquire()
+            if fd is None:
+                continue  # an install is under way
+            try:
+                if self.read_ready(path.name) is None:
+                    self.discard(path.name)
+                    removed.append(path.name)
+            finally:
+                FileLock.release(fd)
+        for path in self.trash.iterdir():
+            shutil.rmtree(path, ignore_errors=True)
+        return removed
+
+    # -- listing -------------------------------------------------------------------------
+    def entries(self) -> list[StoreEntry]:
+        result = []
+        for path in sorted(self.envs.glob("*.json")):
+            key = path.name[: -len(".json")]
+            ready = self.read_ready(key)
+            if ready is None:
+                continue
+            fd = self.use_lock(key).try_acquire()
+            if fd is not None:
+                FileLock.release(fd)
+            try:
+                last_used = path.stat().st_mtime
+            except OSError:
+                continue
+            result.append(StoreEntry(key, ready, int(ready.get("size_bytes", 0)), last_used,
+                                     in_use=fd is None))
+        return result
+
+    @contextlib.asynccontextmanager
+    async def installing(self, key: str) -> AsyncIterator[None]:
+        fd = await self.install_lock(key).acquire_async()
+        try:
+            yield
+        finally:
+            FileLock.release(fd)
+
+
