@@ -1,0 +1,85 @@
+"""Offline mutation for clusters that cannot run webhooks (GitOps pipelines, policy engines).
+
+Reads RayCluster / RayJob / RayService YAML (one or many documents) and returns the same
+documents prepared exactly as the webhook would; objects without the label come out unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from . import names
+from .mutation import InjectionError, cluster_spec_path, prepare
+from .settings import Settings
+
+__all__ = ["RenderError", "Rendered", "render"]
+
+
+class RenderError(ValueError):
+    """The input cannot be rendered; the message names the document (counting from 1)."""
+
+
+@dataclass(frozen=True)
+class Rendered:
+    text: str
+    notes: tuple[str, ...]
+
+
+def render(text: str, settings: Settings, source: str = "<stdin>") -> Rendered:
+    """Prepare every document of a YAML stream; notes report user values that were kept."""
+    documents = _load(text, source)
+    prepared: list[Any] = []
+    notes: list[str] = []
+    for number, document in enumerate(documents, start=1):
+        if document is None:  # an empty document, e.g. a leading '---'
+            continue
+        where = f"{source}: document {number}"
+        if not isinstance(document, dict):
+            raise RenderError(
+                f"{where}: expected a Kubernetes object (a mapping with apiVersion and kind), "
+                f"got a {type(document).__name__}"
+            )
+        described = f"{where} ({document.get('kind')} {_name(document)!r})"
+        try:
+            cluster_spec_path(document)
+            _check_label(document)
+            preparation = prepare(document, settings)
+        except InjectionError as error:
+            raise RenderError(f"{described}: {error}") from None
+        notes.extend(f"{described}: {kept}" for kept in preparation.kept)
+        prepared.append(preparation.body)
+    output = yaml.safe_dump_all(prepared, sort_keys=False, default_flow_style=False)
+    return Rendered(text=output if prepared else "", notes=tuple(notes))
+
+
+def _load(text: str, source: str) -> list[Any]:
+    documents: list[Any] = []
+    try:
+        for document in yaml.safe_load_all(text):
+            documents.append(document)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        problem = getattr(error, "problem", None) or str(error)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise RenderError(
+            f"{source}: document {len(documents) + 1}: invalid YAML: {problem}{at}"
+        ) from None
+    return documents
+
+
+def _check_label(document: dict[str, Any]) -> None:
+    """The API server would refuse a non-string label; say so instead of skipping the object."""
+    labels = (document.get("metadata") or {}).get("labels") or {}
+    value = labels.get(names.ENABLED_LABEL)
+    if value is not None and not isinstance(value, str):
+        raise InjectionError(
+            f"metadata.labels[{names.ENABLED_LABEL!r}] must be the string "
+            f'"{names.ENABLED_VALUE}", got {value!r}: quote it'
+        )
+
+
+def _name(document: dict[str, Any]) -> str:
+    return str((document.get("metadata") or {}).get("name", ""))

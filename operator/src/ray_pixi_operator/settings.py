@@ -1,0 +1,250 @@
+"""The operator's settings: env vars (set by the chart) -> one typed, frozen object at startup.
+
+Invalid settings fail at startup with ``Invalid RAY_PIXI_<NAME>='<value>': <rule>``, so a bad
+chart value shows in the pod's log instead of as broken Ray pods later. The value checks are
+shared with the per-cluster annotations (``mutation.build_cluster_options``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+__all__ = [
+    "CACHE_VOLUME_KINDS",
+    "ENV_PREFIX",
+    "Settings",
+    "SettingsError",
+    "check_cache_host_path",
+    "check_cache_size_limit",
+    "check_cache_volume",
+    "check_pixi_version",
+    "check_plugin_cache_size_gb",
+    "check_pvc_name",
+]
+
+ENV_PREFIX = "RAY_PIXI_"
+CACHE_VOLUME_KINDS = ("emptyDir", "hostPath", "persistentVolumeClaim")
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+CacheVolumeKind = Literal["emptyDir", "hostPath", "persistentVolumeClaim"]
+
+
+class SettingsError(ValueError):
+    """A setting (env var or `render` flag) has a value the add-on cannot use."""
+
+
+# --- Value checks: each returns the normalised value or raises ValueError(<rule>) -------------
+
+# A positive Kubernetes quantity (no sign; no milli-bytes).
+_QUANTITY = re.compile(r"^(?P<number>\d+(?:\.\d*)?|\.\d+)(?:[KMGTPE]i|[kMGTPE]|[eE]\d+)?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_PIXI_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
+_IMAGE = re.compile(r"^[^\s]+$")
+
+
+def check_cache_volume(value: str) -> str:
+    if value not in CACHE_VOLUME_KINDS:
+        raise ValueError("must be one of " + ", ".join(CACHE_VOLUME_KINDS))
+    return value
+
+
+def check_cache_size_limit(value: str) -> str:
+    match = _QUANTITY.match(value)
+    if match is None or float(match["number"]) <= 0:
+        raise ValueError("must be a positive Kubernetes quantity such as 20Gi or 500Mi")
+    return value
+
+
+def check_cache_host_path(value: str) -> str:
+    parts = value.split("/")
+    if not value.startswith("/") or value.rstrip("/") == "" or ".." in parts:
+        raise ValueError("must be an absolute directory path on the node, such as /var/cache/ray-pixi")
+    return value
+
+
+def check_pvc_name(value: str) -> str:
+    if len(value) > 253 or not _DNS_SUBDOMAIN.match(value):
+        raise ValueError(
+            "must be the name of an existing PersistentVolumeClaim in the cluster's namespace "
+            "(lowercase letters, digits, '-' and '.')"
+        )
+    return value
+
+
+def check_pixi_version(value: str) -> str:
+    if not _PIXI_VERSION.match(value):
+        raise ValueError("must be a pixi release version X.Y.Z such as 0.40.3")
+    return value
+
+
+def check_plugin_cache_size_gb(value: str | float) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError("must be a number of gigabytes greater than 0, such as 10 or 2.5")
+    return number
+
+
+def _check_image(value: str) -> str:
+    if not _IMAGE.match(value):
+        raise ValueError(
+            "must be the image that holds ray-pixi-payload, such as ghcr.io/example/ray-pixi:0.1.0"
+        )
+    return value
+
+
+def _check_pull_policy(value: str) -> str:
+    if value not in PULL_POLICIES:
+        raise ValueError("must be one of " + ", ".join(PULL_POLICIES))
+    return value
+
+
+def _check_port(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise ValueError("must be a TCP port number between 1 and 65535")
+    return int(value)
+
+
+def _check_file(value: str) -> Path:
+    if not Path(value).is_file():
+        raise ValueError("must be the path of a readable PEM file (mount the webhook's TLS secret)")
+    return Path(value)
+
+
+def _check_host(value: str) -> str:
+    if len(value) > 253 or not _DNS_SUBDOMAIN.match(value):
+        raise ValueError("must be a DNS name such as ray-pixi-webhook.ray-pixi.svc")
+    return value
+
+
+def _check_managed(value: str) -> str:
+    if len(value) > 253 or not _DNS_SUBDOMAIN.match(value):
+        raise ValueError("must be the name of a MutatingWebhookConfiguration for kopf to manage")
+    return value
+
+
+def _check_namespaces(value: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    if not all(len(name) <= 63 and _DNS_LABEL.match(name) for name in names):
+        raise ValueError("must be a comma-separated list of namespace names, or empty for all")
+    return names
+
+
+def _check_log_level(value: str) -> str:
+    if value.upper() not in LOG_LEVELS:
+        raise ValueError("must be one of " + ", ".join(LOG_LEVELS))
+    return value.upper()
+
+
+class Settings(BaseModel):
+    """Everything the operator is configured with; field ``foo_bar`` comes from RAY_PIXI_FOO_BAR.
+
+    Mutation-only users (``render``) need just ``payload_image``; the rest has defaults.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # What the mutation injects.
+    payload_image: str
+    payload_image_pull_policy: str = "IfNotPresent"
+    pixi_version: str | None = None
+    cache_volume: CacheVolumeKind = "emptyDir"
+    cache_size_limit: str | None = None
+    cache_host_path: str = "/var/cache/ray-pixi"
+    cache_pvc_name: str | None = None
+    plugin_cache_size_gb: float = 10.0
+    # How the operator serves the webhook and what it watches.
+    webhook_port: int = 9443
+    webhook_cert_file: Path | None = None
+    webhook_key_file: Path | None = None
+    webhook_host: str | None = None
+    webhook_managed: str | None = None
+    namespaces: tuple[str, ...] = ()
+    health_port: int = 8080
+    log_level: str = "INFO"
+
+    @classmethod
+    def env_name(cls, field: str) -> str:
+        return ENV_PREFIX + field.upper()
+
+    @classmethod
+    def env_names(cls) -> tuple[str, ...]:
+        """Every env var the operator reads, for the chart to set exactly these."""
+        return tuple(cls.env_name(field) for field in cls.model_fields)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Read and check every RAY_PIXI_* setting; an empty value means "not set"."""
+        values: dict[str, Any] = {}
+        for field in cls.model_fields:
+            name = cls.env_name(field)
+            raw = environ.get(name, "").strip()
+            if not raw:
+                continue
+            try:
+                values[field] = _CHECKS[field](raw)
+            except ValueError as error:
+                raise SettingsError(f"Invalid {name}={raw!r}: {error}") from None
+        if "payload_image" not in values:
+            raise SettingsError(
+                f"Invalid {cls.env_name('payload_image')}='': required; set it to the image that "
+                "holds ray-pixi-payload, such as ghcr.io/example/ray-pixi:0.1.0"
+            )
+        try:
+            settings = cls.model_validate(values)
+        except ValidationError as error:  # only reachable through a bug in _CHECKS
+            raise SettingsError(str(error)) from None
+        settings._check_combination(environ)
+        return settings
+
+    def _check_combination(self, environ: Mapping[str, str]) -> None:
+        def fail(field: str, rule: str) -> None:
+            name = self.env_name(field)
+            raise SettingsError(f"Invalid {name}={environ.get(name, '').strip()!r}: {rule}")
+
+        if self.cache_size_limit is not None and self.cache_volume != "emptyDir":
+            fail(
+                "cache_size_limit",
+                f"applies only to {self.env_name('cache_volume')}=emptyDir, "
+                f"not {self.cache_volume}; unset it",
+            )
+        if self.cache_volume == "persistentVolumeClaim" and self.cache_pvc_name is None:
+            fail(
+                "cache_pvc_name",
+                f"required with {self.env_name('cache_volume')}=persistentVolumeClaim; "
+                "set it to the name of an existing ReadWriteMany claim",
+            )
+        if (self.webhook_cert_file is None) != (self.webhook_key_file is None):
+            missing = "webhook_key_file" if self.webhook_key_file is None else "webhook_cert_file"
+            fail(missing, "set both RAY_PIXI_WEBHOOK_CERT_FILE and RAY_PIXI_WEBHOOK_KEY_FILE, or neither")
+
+
+_CHECKS: dict[str, Callable[[str], Any]] = {
+    "payload_image": _check_image,
+    "payload_image_pull_policy": _check_pull_policy,
+    "pixi_version": check_pixi_version,
+    "cache_volume": check_cache_volume,
+    "cache_size_limit": check_cache_size_limit,
+    "cache_host_path": check_cache_host_path,
+    "cache_pvc_name": check_pvc_name,
+    "plugin_cache_size_gb": check_plugin_cache_size_gb,
+    "webhook_port": _check_port,
+    "webhook_cert_file": _check_file,
+    "webhook_key_file": _check_file,
+    "webhook_host": _check_host,
+    "webhook_managed": _check_managed,
+    "namespaces": _check_namespaces,
+    "health_port": _check_port,
+    "log_level": _check_log_level,
+}
+assert set(_CHECKS) == set(Settings.model_fields), "every setting needs a check"  # noqa: S101

@@ -1,0 +1,464 @@
+"""The mutation on realistic RayClusters: what lands in each pod template, and nothing else.
+
+Every prepared object is validated against the KubeRay v1.7.0 CRD schema (including a check
+that nothing it adds would be pruned) and prepared again to prove idempotence.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from typing import Any
+
+import jsonpatch
+import pytest
+from conftest import PAYLOAD_IMAGE
+from crd_schema import assert_additions_in_schema, unknown_fields, load_schema, validate
+
+from ray_pixi_operator import InjectionError, Settings, prepare
+from ray_pixi_operator import names
+
+PLUGIN = {"class": "ray_pixi.PixiPlugin"}
+
+
+def prepared(body: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """Prepare, check against the CRD schema, and check that preparing again changes nothing."""
+    validate(body)
+    result = prepare(body, settings)
+    validate(result.body)
+    assert_additions_in_schema(body, result.body)
+    again = prepare(result.body, settings)
+    assert again.body == result.body, "preparing twice differs from preparing once"
+    assert not again.changed
+    assert again.kept == result.kept
+    return result.body
+
+
+def templates(body: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = body["spec"]
+    spec = spec.get("rayClusterSpec") or spec.get("rayClusterConfig") or spec
+    return [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec.get("workerGroupSpecs", [])]
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {item["name"]: item.get("value", item.get("valueFrom")) for item in container.get("env", [])}
+
+
+def assert_prepared_template(template: dict[str, Any], original: dict[str, Any]) -> None:
+    """The observable contract for one pod template (head or worker group)."""
+    pod = template["spec"]
+    ray = pod["containers"][0]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert names.VOLUME_NAME in volumes
+    assert {"name": "ray-pixi", "mountPath": "/ray-pixi"} in ray["volumeMounts"]
+
+    init = pod["initContainers"][-1]
+    assert init["name"] == "ray-pixi-payload"
+    assert init["command"] == ["ray-pixi-payload", "install", "/ray-pixi/payload"]
+    assert init["volumeMounts"] == [{"name": "ray-pixi", "mountPath": "/ray-pixi"}]
+    security = init["securityContext"]
+    assert security["runAsNonRoot"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    original_inits = [c["name"] for c in original["spec"].get("initContainers", [])]
+    assert [c["name"] for c in pod["initContainers"]] == [*original_inits, "ray-pixi-payload"]
+
+    env = env_of(ray)
+    assert PLUGIN in json.loads(env["RAY_RUNTIME_ENV_PLUGINS"])
+    assert env["RAY_PIXI_EXE"] == "/ray-pixi/payload/bin/pixi"
+    assert env["RAY_PIXI_STORE_DIR"] == "/ray-pixi/store"
+    assert env["PIXI_CACHE_DIR"] == "/ray-pixi/pixi-cache"
+    assert env["PYTHONPATH"].split(":")[0] == "/ray-pixi/payload/python"
+    assert float(env["RAY_RUNTIME_ENV_PIXI_CACHE_SIZE_GB"]) > 0
+
+    # Other containers (sidecars) and the Ray container's command are untouched.
+    assert pod["containers"][1:] == original["spec"]["containers"][1:]
+    for key in ("command", "args", "image", "resources", "ports"):
+        assert ray.get(key) == original["spec"]["containers"][0].get(key)
+
+
+# JSON-pointer paths (as jsonpatch diffs them) the mutation may touch inside a pod template.
+_ALLOWED = re.compile(
+    r"^/spec/(?:(?:rayClusterSpec|rayClusterConfig)/)?(?:headGroupSpec|workerGroupSpecs/\d+)/template/"
+    r"(?:metadata(?:/annotations(?:/ray-pixi\.io~1injected)?)?"
+    r"|spec/(?:volumes|initContainers)(?:/\d+|/-)?"
+    r"|spec/containers/0/(?:env|volumeMounts)(?:/\d+|/-)?(?:/value)?"
+    r"|spec)$"
+)
+
+
+def assert_nothing_else_changes(before: dict[str, Any], after: dict[str, Any]) -> None:
+    for op in jsonpatch.make_patch(before, after).patch:
+        assert _ALLOWED.match(op["path"]), f"unexpected change {op}"
+        if op["op"] == "remove":
+            pytest.fail(f"the mutation removed {op['path']}")
+
+
+@pytest.mark.parametrize(
+    "name", ["raycluster-head-only", "raycluster-workers", "raycluster-autoscaler", "raycluster-from-rayjob"]
+)
+def test_every_pod_template_of_a_labelled_cluster_is_prepared(name, manifest, settings):
+    original = manifest(name)
+    body = prepared(original, settings)
+    assert len(templates(body)) == len(templates(original))
+    for template, before in zip(templates(body), templates(original)):
+        assert_prepared_template(template, before)
+    assert_nothing_else_changes(original, body)
+    assert body["metadata"] == original["metadata"]
+
+
+def test_head_only_cluster_gets_the_default_emptydir_and_payload_image(manifest, settings):
+    body = prepared(manifest("raycluster-head-only"), settings)
+    (template,) = templates(body)
+    assert template["spec"]["volumes"][-1] == {"name": "ray-pixi", "emptyDir": {}}
+    init = template["spec"]["initContainers"][-1]
+    assert init["image"] == PAYLOAD_IMAGE
+    assert init["imagePullPolicy"] == "IfNotPresent"
+    env = env_of(template["spec"]["containers"][0])
+    assert env["RAY_RUNTIME_ENV_PIXI_CACHE_SIZE_GB"] == "10"
+    assert "RAY_PIXI_PIXI_VERSION" not in env
+    assert env["PYTHONPATH"] == "/ray-pixi/payload/python"
+    # The user's own volume and mount stay.
+    assert template["spec"]["volumes"][0] == {"name": "ray-logs", "emptyDir": {}}
+    assert template["spec"]["containers"][0]["volumeMounts"][0] == {"mountPath": "/tmp/ray", "name": "ray-logs"}
+
+
+def test_worker_groups_keep_their_init_containers_pythonpath_and_user(manifest, settings):
+    body = prepared(manifest("raycluster-workers"), settings)
+    head, cpu, gpu = templates(body)
+    assert [c["name"] for c in cpu["spec"]["initContainers"]] == ["fetch-data", "ray-pixi-payload"]
+    # The payload runs as the Ray container's explicit user, so the files it makes are writable.
+    security = cpu["spec"]["initContainers"][-1]["securityContext"]
+    assert (security["runAsUser"], security["runAsGroup"]) == (1000, 100)
+    assert "runAsUser" not in gpu["spec"]["initContainers"][-1]["securityContext"]
+    assert env_of(gpu["spec"]["containers"][0])["PYTHONPATH"] == "/ray-pixi/payload/python:/opt/team/lib"
+    # The log-shipping sidecar of the head gets nothing.
+    sidecar = head["spec"]["containers"][1]
+    assert env_of(sidecar) == {"FLUENT_LOG_LEVEL": "info"}
+    assert env_of(head["spec"]["containers"][0])["RAY_LOG_TO_STDERR"] == "0"
+
+
+def test_autoscaler_options_are_untouched(manifest, settings):
+    original = manifest("raycluster-autoscaler")
+    body = prepared(original, settings)
+    assert body["spec"]["autoscalerOptions"] == original["spec"]["autoscalerOptions"]
+    assert body["spec"]["enableInTreeAutoscaling"] is True
+    # The annotation on this cluster asks for a pixi version.
+    for template in templates(body):
+        assert env_of(template["spec"]["containers"][0])["RAY_PIXI_PIXI_VERSION"] == "0.40.3"
+
+
+def test_rayjob_generated_cluster_takes_the_copied_annotation(manifest, settings):
+    body = prepared(manifest("raycluster-from-rayjob"), settings)
+    for template in templates(body):
+        assert env_of(template["spec"]["containers"][0])["RAY_RUNTIME_ENV_PIXI_CACHE_SIZE_GB"] == "25"
+
+
+def test_unlabelled_cluster_is_returned_unchanged(manifest, settings):
+    original = manifest("raycluster-workers")
+    del original["metadata"]["labels"]["ray-pixi.io/enabled"]
+    result = prepare(original, settings)
+    assert not result.opted_in and not result.changed
+    assert result.body == original
+
+
+@pytest.mark.parametrize("value", ["false", "True", "yes", ""])
+def test_only_the_exact_label_value_true_opts_in(value, manifest, settings):
+    original = manifest("raycluster-head-only")
+    original["metadata"]["labels"]["ray-pixi.io/enabled"] = value
+    assert prepare(original, settings).body == original
+
+
+def test_the_input_object_is_not_modified(manifest, settings):
+    original = manifest("raycluster-workers")
+    snapshot = copy.deepcopy(original)
+    prepare(original, settings)
+    assert original == snapshot
+
+
+# --- RAY_RUNTIME_ENV_PLUGINS -------------------------------------------------------------------
+
+
+def _with_ray_env(body: dict[str, Any], **env: Any) -> dict[str, Any]:
+    ray = body["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    ray.setdefault("env", []).extend(
+        {"name": key, **(value if isinstance(value, dict) else {"value": value})} for key, value in env.items()
+    )
+    return body
+
+
+def test_user_plugins_are_kept_and_ours_appended(manifest, settings):
+    theirs = [{"class": "acme.runtime.VaultPlugin", "priority": 5}]
+    body = _with_ray_env(manifest("raycluster-head-only"), RAY_RUNTIME_ENV_PLUGINS=json.dumps(theirs))
+    result = prepared(body, settings)
+    env = env_of(templates(result)[0]["spec"]["containers"][0])
+    assert json.loads(env["RAY_RUNTIME_ENV_PLUGINS"]) == [*theirs, PLUGIN]
+
+
+def test_plugin_already_listed_is_not_duplicated(manifest, settings):
+    listed = json.dumps([{"class": "ray_pixi.PixiPlugin", "priority": 20}, {"class": "acme.X"}])
+    body = _with_ray_env(manifest("raycluster-head-only"), RAY_RUNTIME_ENV_PLUGINS=listed)
+    result = prepared(body, settings)
+    assert env_of(templates(result)[0]["spec"]["containers"][0])["RAY_RUNTIME_ENV_PLUGINS"] == listed
+
+
+def test_empty_plugins_value_becomes_our_plugin(manifest, settings):
+    body = _with_ray_env(manifest("raycluster-head-only"), RAY_RUNTIME_ENV_PLUGINS="")
+    result = prepared(body, settings)
+    env = env_of(templates(result)[0]["spec"]["containers"][0])
+    assert json.loads(env["RAY_RUNTIME_ENV_PLUGINS"]) == [PLUGIN]
+
+
+@pytest.mark.parametrize("value", ['{"class": "acme.X"}', "acme.X", "[{'class': 'acme.X'}"])
+def test_plugins_value_that_is_not_a_json_list_is_rejected(value, manifest, settings):
+    body = _with_ray_env(manifest("raycluster-head-only"), RAY_RUNTIME_ENV_PLUGINS=value)
+    with pytest.raises(InjectionError) as error:
+        prepare(body, settings)
+    message = str(error.value)
+    assert "spec.headGroupSpec.template.spec.containers[0].env[RAY_RUNTIME_ENV_PLUGINS]" in message
+    assert "must be a JSON list" in message and repr(value) in message
+
+
+def test_plugins_from_valuefrom_is_rejected(manifest, settings):
+    ref = {"valueFrom": {"configMapKeyRef": {"name": "ray-env", "key": "plugins"}}}
+    body = _with_ray_env(manifest("raycluster-head-only"), RAY_RUNTIME_ENV_PLUGINS=ref)
+    with pytest.raises(InjectionError, match="valueFrom.*set it with value instead"):
+        prepare(body, settings)
+
+
+# --- A user's value of the same name wins --------------------------------------------------------
+
+
+def test_user_env_var_of_the_same_name_wins_and_is_reported(manifest, settings):
+    body = _with_ray_env(manifest("raycluster-head-only"), PIXI_CACHE_DIR="/mnt/team-cache")
+    result = prepare(body, settings)
+    assert env_of(templates(result.body)[0]["spec"]["containers"][0])["PIXI_CACHE_DIR"] == "/mnt/team-cache"
+    (kept,) = result.kept
+    assert kept.path == "spec.headGroupSpec.template.spec.containers[0].env[PIXI_CACHE_DIR]"
+    assert "'/mnt/team-cache'" in str(kept) and "'/ray-pixi/pixi-cache'" in str(kept)
+    prepared(body, settings)  # schema and idempotence
+
+
+def test_user_volume_named_ray_pixi_wins_and_is_mounted(manifest, settings):
+    body = manifest("raycluster-head-only")
+    own = {"name": "ray-pixi", "persistentVolumeClaim": {"claimName": "team-envs"}}
+    body["spec"]["headGroupSpec"]["template"]["spec"]["volumes"].append(own)
+    result = prepare(body, settings)
+    pod = templates(result.body)[0]["spec"]
+    assert [v for v in pod["volumes"] if v["name"] == "ray-pixi"] == [own]
+    assert {"name": "ray-pixi", "mountPath": "/ray-pixi"} in pod["containers"][0]["volumeMounts"]
+    assert [k.path for k in result.kept] == ["spec.headGroupSpec.template.spec.volumes[ray-pixi]"]
+    prepared(body, settings)
+
+
+def test_user_pythonpath_with_our_dir_already_in_it_is_left_as_is(manifest, settings):
+    body = _with_ray_env(manifest("raycluster-head-only"), PYTHONPATH="/opt/lib:/ray-pixi/payload/python")
+    result = prepared(body, settings)
+    assert env_of(templates(result)[0]["spec"]["containers"][0])["PYTHONPATH"] == "/opt/lib:/ray-pixi/payload/python"
+
+
+def test_other_mount_at_ray_pixi_is_rejected(manifest, settings):
+    body = manifest("raycluster-head-only")
+    body["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["volumeMounts"].append(
+        {"name": "ray-logs", "mountPath": "/ray-pixi"}
+    )
+    with pytest.raises(InjectionError, match=r"mounts volume 'ray-logs' at /ray-pixi.*mount it elsewhere"):
+        prepare(body, settings)
+
+
+def test_template_without_containers_is_rejected(manifest, settings):
+    body = manifest("raycluster-workers")
+    body["spec"]["workerGroupSpecs"][1]["template"]["spec"]["containers"] = []
+    with pytest.raises(InjectionError, match=r"spec.workerGroupSpecs\[1\].template.spec.containers is empty"):
+        prepare(body, settings)
+
+
+# --- Cache volume kinds, from settings and from annotations ------------------------------------
+
+VOLUME_CASES = [
+    ({}, {}, {"emptyDir": {}}),
+    ({"cache_size_limit": "20Gi"}, {}, {"emptyDir": {"sizeLimit": "20Gi"}}),
+    ({}, {"ray-pixi.io/cache-size-limit": "5Gi"}, {"emptyDir": {"sizeLimit": "5Gi"}}),
+    ({"cache_volume": "hostPath"}, {}, {"hostPath": {"path": "/var/cache/ray-pixi", "type": "DirectoryOrCreate"}}),
+    (
+        {"cache_volume": "hostPath", "cache_host_path": "/mnt/nvme/ray-pixi"},
+        {},
+        {"hostPath": {"path": "/mnt/nvme/ray-pixi", "type": "DirectoryOrCreate"}},
+    ),
+    (
+        {},
+        {"ray-pixi.io/cache-volume": "hostPath", "ray-pixi.io/cache-host-path": "/data/envs"},
+        {"hostPath": {"path": "/data/envs", "type": "DirectoryOrCreate"}},
+    ),
+    (
+        {"cache_volume": "persistentVolumeClaim", "cache_pvc_name": "ray-envs"},
+        {},
+        {"persistentVolumeClaim": {"claimName": "ray-envs"}},
+    ),
+    (
+        {"cache_size_limit": "20Gi"},
+        {"ray-pixi.io/cache-volume": "persistentVolumeClaim", "ray-pixi.io/cache-pvc-name": "team-a-envs"},
+        {"persistentVolumeClaim": {"claimName": "team-a-envs"}},
+    ),
+    (
+        {"cache_volume": "hostPath"},
+        {"ray-pixi.io/cache-volume": "emptyDir"},
+        {"emptyDir": {}},
+    ),
+]
+
+
+@pytest.mark.parametrize(("env", "annotations", "volume"), VOLUME_CASES)
+def test_cache_volume_kind_from_settings_or_annotations(env, annotations, volume, manifest, make_settings):
+    body = manifest("raycluster-workers")
+    body["metadata"].setdefault("annotations", {}).update(annotations)
+    result = prepared(body, make_settings(**env))
+    for template in templates(result):
+        assert [v for v in template["spec"]["volumes"] if v["name"] == "ray-pixi"] == [{"name": "ray-pixi", **volume}]
+
+
+def test_annotations_override_version_cache_cap_and_volume(manifest, make_settings):
+    body = manifest("raycluster-workers")
+    body["metadata"]["annotations"] = {
+        "ray-pixi.io/pixi-version": "0.41.0",
+        "ray-pixi.io/plugin-cache-size-gb": "2.5",
+        "ray-pixi.io/cache-volume": "hostPath",
+    }
+    settings = make_settings(pixi_version="0.40.3", plugin_cache_size_gb="50", payload_image_pull_policy="Always")
+    result = prepared(body, settings)
+    for template in templates(result):
+        env = env_of(template["spec"]["containers"][0])
+        assert env["RAY_PIXI_PIXI_VERSION"] == "0.41.0"
+        assert env["RAY_RUNTIME_ENV_PIXI_CACHE_SIZE_GB"] == "2.5"
+        assert template["spec"]["initContainers"][-1]["imagePullPolicy"] == "Always"
+        assert "hostPath" in template["spec"]["volumes"][-1]
+
+
+BAD_ANNOTATIONS = [
+    ({"ray-pixi.io/pixi-version": "latest"}, "pixi-version", "X.Y.Z"),
+    ({"ray-pixi.io/cache-volume": "nfs"}, "cache-volume", "emptyDir, hostPath, persistentVolumeClaim"),
+    ({"ray-pixi.io/cache-size-limit": "lots"}, "cache-size-limit", "positive Kubernetes quantity"),
+    ({"ray-pixi.io/cache-size-limit": "0Gi"}, "cache-size-limit", "positive Kubernetes quantity"),
+    ({"ray-pixi.io/plugin-cache-size-gb": "-1"}, "plugin-cache-size-gb", "greater than 0"),
+    ({"ray-pixi.io/plugin-cache-size-gb": "ten"}, "plugin-cache-size-gb", "greater than 0"),
+    (
+        {"ray-pixi.io/cache-volume": "hostPath", "ray-pixi.io/cache-host-path": "relative/dir"},
+        "cache-host-path",
+        "absolute directory path",
+    ),
+    (
+        {"ray-pixi.io/cache-volume": "persistentVolumeClaim", "ray-pixi.io/cache-pvc-name": "Team_Envs"},
+        "cache-pvc-name",
+        "existing PersistentVolumeClaim",
+    ),
+    ({"ray-pixi.io/cache-volume": "persistentVolumeClaim"}, "cache-volume", "no claim is named"),
+    (
+        {"ray-pixi.io/cache-volume": "hostPath", "ray-pixi.io/cache-size-limit": "1Gi"},
+        "cache-size-limit",
+        "applies only with ray-pixi.io/cache-volume: emptyDir",
+    ),
+    ({"ray-pixi.io/cache-host-path": "/data"}, "cache-host-path", "applies only with ray-pixi.io/cache-volume: hostPath"),
+    ({"ray-pixi.io/pixi-verison": "0.40.3"}, "pixi-verison", "unknown ray-pixi annotation"),
+]
+
+
+@pytest.mark.parametrize(("annotations", "key", "rule"), BAD_ANNOTATIONS)
+def test_bad_annotation_is_rejected_naming_it_and_the_fix(annotations, key, rule, manifest, settings):
+    body = manifest("raycluster-head-only")
+    body["metadata"]["annotations"] = annotations
+    with pytest.raises(InjectionError) as error:
+        prepare(body, settings)
+    message = str(error.value)
+    assert f"ray-pixi.io/{key}" in message
+    assert rule in message
+
+
+# --- Re-mutation after a change --------------------------------------------------------------------
+
+
+def test_changed_settings_replace_the_add_ons_values_but_not_the_users(manifest, make_settings):
+    body = _with_ray_env(manifest("raycluster-head-only"), PIXI_CACHE_DIR="/mnt/team-cache")
+    body["metadata"]["annotations"] = {"ray-pixi.io/pixi-version": "0.40.3"}
+    first = prepare(body, make_settings()).body
+
+    # A later UPDATE: new payload image in the operator, pixi version annotation removed.
+    del first["metadata"]["annotations"]["ray-pixi.io/pixi-version"]
+    second = prepared(first, make_settings(payload_image="ghcr.io/example/ray-pixi:0.2.0"))
+    pod = templates(second)[0]["spec"]
+    assert [c["image"] for c in pod["initContainers"]] == ["ghcr.io/example/ray-pixi:0.2.0"]
+    env = env_of(pod["containers"][0])
+    assert "RAY_PIXI_PIXI_VERSION" not in env
+    assert env["PIXI_CACHE_DIR"] == "/mnt/team-cache"
+
+
+def test_user_value_set_later_over_an_injected_one_wins(manifest, settings):
+    first = prepare(manifest("raycluster-head-only"), settings).body
+    ray = templates(first)[0]["spec"]["containers"][0]
+    for item in ray["env"]:
+        if item["name"] == "RAY_PIXI_STORE_DIR":
+            item["value"] = "/mnt/store"
+    second = prepare(first, settings)
+    assert env_of(templates(second.body)[0]["spec"]["containers"][0])["RAY_PIXI_STORE_DIR"] == "/mnt/store"
+    assert [k.path.rsplit("[", 1)[1] for k in second.kept] == ["RAY_PIXI_STORE_DIR]"]
+
+
+def test_a_list_replaced_by_a_merge_patch_is_injected_again(manifest, settings):
+    """kubectl apply on a custom resource sends a merge patch, which replaces whole lists."""
+    first = prepare(manifest("raycluster-head-only"), settings).body
+    original_ray = manifest("raycluster-head-only")["spec"]["headGroupSpec"]["template"]["spec"]["containers"]
+    templates(first)[0]["spec"]["containers"] = original_ray
+    again = prepared(first, settings)
+    assert again == prepare(manifest("raycluster-head-only"), settings).body
+
+
+# --- RayJob and RayService -------------------------------------------------------------------------
+
+
+def test_rayjob_cluster_spec_is_prepared_and_the_submitter_is_not(manifest, settings):
+    original = manifest("rayjob")
+    body = prepared(original, settings)
+    assert body["spec"]["submitterPodTemplate"] == original["spec"]["submitterPodTemplate"]
+    for template, before in zip(templates(body), templates(original)):
+        assert_prepared_template(template, before)
+    assert_nothing_else_changes(original, body)
+
+
+def test_rayjob_on_an_existing_cluster_is_unchanged(manifest, settings):
+    original = manifest("rayjob")
+    del original["spec"]["rayClusterSpec"]
+    original["spec"]["clusterSelector"] = {"ray.io/cluster": "shared"}
+    assert prepare(original, settings).body == original
+
+
+def test_rayservice_cluster_config_is_prepared_with_its_annotation(manifest, settings):
+    original = manifest("rayservice")
+    body = prepared(original, settings)
+    for template, before in zip(templates(body), templates(original)):
+        assert_prepared_template(template, before)
+        assert "hostPath" in template["spec"]["volumes"][-1]
+    assert_nothing_else_changes(original, body)
+
+
+def test_other_kinds_are_refused(settings):
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}}
+    with pytest.raises(InjectionError, match="'Deployment'.*not a RayCluster, RayJob or RayService"):
+        prepare(deployment, settings)
+
+
+# --- The schema helper itself ----------------------------------------------------------------------
+
+
+def test_schema_helper_catches_a_field_the_api_server_would_prune(manifest):
+    before = manifest("raycluster-head-only")
+    after = copy.deepcopy(before)
+    after["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["pixiCache"] = "/x"
+    after["spec"]["headGroupSpec"]["template"]["metadata"]["ownerReferences"] = []
+    schema = load_schema("RayCluster")
+    assert sorted(unknown_fields(after, schema)) == [
+        ("spec", "headGroupSpec", "template", "metadata", "ownerReferences"),
+        ("spec", "headGroupSpec", "template", "spec", "containers", 0, "pixiCache"),
+    ]
+    with pytest.raises(AssertionError, match="pixiCache: added but not in the CRD schema"):
+        assert_additions_in_schema(before, after)
