@@ -51,8 +51,21 @@ def render(text: str, settings: Settings, source: str = "<stdin>") -> Rendered:
             raise RenderError(f"{described}: {error}") from None
         notes.extend(f"{described}: {kept}" for kept in preparation.kept)
         prepared.append(preparation.body)
-    output = yaml.safe_dump_all(prepared, sort_keys=False, default_flow_style=False)
+    output = yaml.dump_all(prepared, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
     return Rendered(text=output if prepared else "", notes=tuple(notes))
+
+
+class _Dumper(yaml.SafeDumper):
+    """Writes multi-line strings (serveConfigV2, runtimeEnvYAML) as readable blocks."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    # PyYAML falls back to a quoted style where a block cannot hold the string exactly.
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
 
 
 def _load(text: str, source: str) -> list[Any]:
