@@ -145,15 +145,16 @@ def _copy_tree(source: Path, target: Path) -> None:
                 os.symlink(os.readlink(src), dst)
                 continue
             mode = 0o755 if src.stat().st_mode & stat.S_IXUSR else 0o644
-            with src.open("rb") as fin, open(
-                os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb"
-            ) as fout:
+            with (
+                src.open("rb") as fin,
+                open(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as fout,
+            ):
                 shutil.copyfileobj(fin, fout, 1 << 20)
                 fout.flush()
                 os.fsync(fout.fileno())
-            os.chmod(dst, mode)  # the umask may have narrowed it
+            os.chmod(dst, mode)  # noqa: S103 -- the payload is read and run by another uid
     for dirpath, _, _ in os.walk(target, topdown=False):
-        os.chmod(dirpath, 0o755)
+        os.chmod(dirpath, 0o755)  # noqa: S103 -- read by the Ray container's uid
         _fsync_dir(Path(dirpath))
 
 
@@ -192,10 +193,8 @@ def _check_writable_root(root: Path) -> None:
 
 def _ensure_shared_dir(path: Path) -> str | None:
     """Create a directory every uid can write (1777); return a warning if it cannot be made so."""
-    try:
+    with contextlib.suppress(FileExistsError):
         path.mkdir(mode=0o755)
-    except FileExistsError:
-        pass
     st = path.stat()
     if stat.S_IMODE(st.st_mode) == SHARED_DIR_MODE:
         return None
@@ -256,7 +255,7 @@ def _prune(root: Path, keep: set[str], now: float) -> tuple[Path, ...]:
 
 
 def install(dest: Path, source: Path = DEFAULT_SOURCE) -> InstallResult:
-    """Install the payload at ``dest`` (a symlink) next to the shared ``store`` and ``pixi-cache``."""
+    """Install the payload as ``dest`` (a symlink), with ``store`` and ``pixi-cache`` beside it."""
     source = Path(source)
     dest = Path(dest)
     if not dest.is_absolute():
