@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-import copy
-from pathlib import Path
-from typing import Any
-
 import pytest
-import yaml
+from operator_support import PAYLOAD_IMAGE, load_manifest
 
 from ray_pixi_operator import Settings
-
-MANIFESTS = Path(__file__).parent / "manifests"
-PAYLOAD_IMAGE = "ghcr.io/example/ray-pixi:0.1.0"
-
-
-def load_manifest(name: str) -> dict[str, Any]:
-    return yaml.safe_load((MANIFESTS / f"{name}.yaml").read_text())
 
 
 @pytest.fixture
@@ -26,6 +15,8 @@ def settings() -> Settings:
 
 @pytest.fixture
 def make_settings():
+    """Settings from RAY_PIXI_<KEY> values given as keyword arguments, e.g. cache_volume=..."""
+
     def make(**env: str) -> Settings:
         values = {"RAY_PIXI_PAYLOAD_IMAGE": PAYLOAD_IMAGE}
         values.update({f"RAY_PIXI_{key.upper()}": value for key, value in env.items()})
@@ -36,4 +27,4 @@ def make_settings():
 
 @pytest.fixture
 def manifest():
-    return lambda name: copy.deepcopy(load_manifest(name))
+    return load_manifest

@@ -20,7 +20,7 @@ import aiohttp
 import jsonpatch
 import kopf
 import pytest
-from conftest import PAYLOAD_IMAGE
+from operator_support import PAYLOAD_IMAGE
 from crd_schema import validate
 from kopf._cogs.structs import references
 from kopf._core.engines.admission import serve_admission_request

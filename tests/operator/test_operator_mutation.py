@@ -13,7 +13,7 @@ from typing import Any
 
 import jsonpatch
 import pytest
-from conftest import PAYLOAD_IMAGE
+from operator_support import PAYLOAD_IMAGE
 from crd_schema import assert_additions_in_schema, unknown_fields, load_schema, validate
 
 from ray_pixi_operator import InjectionError, Settings, prepare

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import MANIFESTS, PAYLOAD_IMAGE, load_manifest
+from operator_support import MANIFESTS, PAYLOAD_IMAGE, load_manifest
 from crd_schema import assert_additions_in_schema, validate
 
 from ray_pixi_operator import Settings, prepare
