@@ -211,3 +211,35 @@ class _Text:
 
     def read(self) -> str:
         return self._text
+
+
+def test_run_fails_at_startup_on_invalid_settings():
+    result = subprocess.run(
+        [sys.executable, "-m", "ray_pixi_operator.cli", "run"],
+        capture_output=True,
+        text=True,
+        env={"RAY_PIXI_PAYLOAD_IMAGE": PAYLOAD_IMAGE, "RAY_PIXI_CACHE_VOLUME": "nfs", "PATH": "/usr/bin:/bin"},
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "Invalid RAY_PIXI_CACHE_VOLUME='nfs': must be one of emptyDir" in result.stderr
+
+
+def test_run_without_tls_files_or_certbuilder_says_how_to_fix_it():
+    pytest.importorskip("kopf")
+    try:
+        import certbuilder  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("certbuilder is installed: kopf can make its own certificate")
+    result = subprocess.run(
+        [sys.executable, "-m", "ray_pixi_operator.cli", "run"],
+        capture_output=True,
+        text=True,
+        env={"RAY_PIXI_PAYLOAD_IMAGE": PAYLOAD_IMAGE, "PATH": "/usr/bin:/bin"},
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "Invalid RAY_PIXI_WEBHOOK_CERT_FILE='': unset" in result.stderr
+    assert "RAY_PIXI_WEBHOOK_KEY_FILE" in result.stderr

@@ -97,15 +97,16 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _run() -> int:
-    try:
-        settings = Settings.from_env(os.environ)
-    except SettingsError as error:
-        print(f"ray-pixi-operator: {error}", file=sys.stderr)
-        return 2
-
     import kopf
 
     from . import handlers  # registers the handlers with kopf
+
+    try:
+        settings = Settings.from_env(os.environ)
+        handlers.check_webhook_tls(settings)
+    except SettingsError as error:
+        print(f"ray-pixi-operator: {error}", file=sys.stderr)
+        return 2
 
     kopf.configure(debug=settings.log_level == "DEBUG")
     logging.getLogger().setLevel(settings.log_level)

@@ -17,13 +17,14 @@ import kopf
 
 from . import names
 from .mutation import InjectionError, prepare
-from .settings import Settings
+from .settings import Settings, SettingsError
 from .status import ClusterStatus, build_cluster_status
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "MEMO_KEY",
+    "check_webhook_tls",
     "configure",
     "configure_kopf",
     "inject_raycluster",
@@ -46,8 +47,24 @@ def _settings(memo: Any) -> Settings:
     return settings  # type: ignore[no-any-return]
 
 
+def check_webhook_tls(settings: Settings) -> None:
+    """Fail at startup, not on the first request, when kopf cannot make its own certificate."""
+    if settings.webhook_cert_file is not None:
+        return
+    try:
+        import certbuilder  # noqa: F401 -- kopf's self-signed certificates need it
+    except ImportError:
+        raise SettingsError(
+            "Invalid RAY_PIXI_WEBHOOK_CERT_FILE='': unset, so kopf would make a self-signed "
+            "certificate, which needs 'pip install ray-pixi-operator[dev]'; in a cluster, mount "
+            "the webhook's TLS secret and set RAY_PIXI_WEBHOOK_CERT_FILE and "
+            "RAY_PIXI_WEBHOOK_KEY_FILE"
+        ) from None
+
+
 def configure_kopf(operator: kopf.OperatorSettings, settings: Settings) -> None:
     """Point kopf's webhook server and event posting at the add-on's settings."""
+    check_webhook_tls(settings)
     operator.admission.server = kopf.WebhookServer(
         port=settings.webhook_port,
         host=settings.webhook_host,
