@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from operator_support import PAYLOAD_IMAGE, load_manifest
-
 from ray_pixi_operator import Settings
 
 

@@ -43,7 +43,9 @@ def validate(obj: dict[str, Any]) -> None:
         f"{'.'.join(map(str, error.absolute_path))}: {error.message}"
         for error in jsonschema.Draft4Validator(schema).iter_errors(obj)
     ]
-    problems += [f"{_dotted(path)}: not in the CRD schema (pruned)" for path in unknown_fields(obj, schema)]
+    problems += [
+        f"{_dotted(path)}: not in the CRD schema (pruned)" for path in unknown_fields(obj, schema)
+    ]
     if problems:
         raise AssertionError("invalid against the CRD schema:\n" + "\n".join(problems))
 
@@ -130,7 +132,9 @@ def assert_additions_in_schema(before: dict[str, Any], after: dict[str, Any]) ->
             for inner in unknown_fields(value, sub)
         ]
     if problems:
-        raise AssertionError("the mutation adds fields the API server would prune:\n" + "\n".join(problems))
+        raise AssertionError(
+            "the mutation adds fields the API server would prune:\n" + "\n".join(problems)
+        )
     return added
 
 
@@ -147,4 +151,6 @@ def _get(obj: Any, path: Path_) -> Any:
 
 
 def _dotted(path: Path_) -> str:
-    return "".join(f"[{step}]" if isinstance(step, int) else f".{step}" for step in path).lstrip(".")
+    return "".join(f"[{step}]" if isinstance(step, int) else f".{step}" for step in path).lstrip(
+        "."
+    )

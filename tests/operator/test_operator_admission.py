@@ -20,13 +20,12 @@ import aiohttp
 import jsonpatch
 import kopf
 import pytest
-from operator_support import PAYLOAD_IMAGE
 from crd_schema import validate
 from kopf._cogs.structs import references
 from kopf._core.engines.admission import serve_admission_request
 from kopf._core.intents.registries import get_default_registry
 from kopf._core.reactor.inventory import ResourceMemories
-
+from operator_support import PAYLOAD_IMAGE
 from ray_pixi_operator import Settings, names, prepare
 from ray_pixi_operator.handlers import MEMO_KEY
 
@@ -42,7 +41,9 @@ RAYCLUSTERS = references.Resource(
 )
 
 
-def admission_review(operation: str, obj: dict[str, Any], old: dict[str, Any] | None = None) -> dict[str, Any]:
+def admission_review(
+    operation: str, obj: dict[str, Any], old: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """An admission.k8s.io/v1 AdmissionReview as kube-apiserver sends it."""
     return {
         "apiVersion": "admission.k8s.io/v1",
@@ -65,7 +66,9 @@ def admission_review(operation: str, obj: dict[str, Any], old: dict[str, Any] | 
     }
 
 
-def send(settings: Settings, *reviews: dict[str, Any], path: str = names.WEBHOOK_PATH) -> list[dict[str, Any]]:
+def send(
+    settings: Settings, *reviews: dict[str, Any], path: str = names.WEBHOOK_PATH
+) -> list[dict[str, Any]]:
     """POST each review to a live kopf WebhookServer that serves the add-on's handlers."""
     import ray_pixi_operator.handlers  # noqa: F401 -- registers the handlers
 
@@ -184,7 +187,9 @@ def test_non_list_ray_runtime_env_plugins_is_rejected(manifest, settings):
     ray["env"] = [{"name": "RAY_RUNTIME_ENV_PLUGINS", "value": '{"class": "acme.X"}'}]
     (response,) = send(settings, admission_review("CREATE", cluster))
     assert response["response"]["allowed"] is False
-    assert "RAY_RUNTIME_ENV_PLUGINS] must be a JSON list" in response["response"]["status"]["message"]
+    assert (
+        "RAY_RUNTIME_ENV_PLUGINS] must be a JSON list" in response["response"]["status"]["message"]
+    )
 
 
 def test_kept_user_value_comes_back_as_an_admission_warning(manifest, settings):
@@ -194,9 +199,14 @@ def test_kept_user_value_comes_back_as_an_admission_warning(manifest, settings):
     review = admission_review("CREATE", cluster)
     (response,) = send(settings, review)
     (warning,) = response["response"]["warnings"]
-    assert warning.startswith("ray-pixi: spec.headGroupSpec.template.spec.containers[0].env[PIXI_CACHE_DIR]")
+    assert warning.startswith(
+        "ray-pixi: spec.headGroupSpec.template.spec.containers[0].env[PIXI_CACHE_DIR]"
+    )
     result = patched(review, response)
-    env = {e["name"]: e["value"] for e in result["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]}
+    env = {
+        e["name"]: e["value"]
+        for e in result["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
+    }
     assert env["PIXI_CACHE_DIR"] == "/mnt/cache"
 
 

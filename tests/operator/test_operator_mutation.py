@@ -13,11 +13,9 @@ from typing import Any
 
 import jsonpatch
 import pytest
+from crd_schema import assert_additions_in_schema, load_schema, unknown_fields, validate
 from operator_support import PAYLOAD_IMAGE
-from crd_schema import assert_additions_in_schema, unknown_fields, load_schema, validate
-
-from ray_pixi_operator import InjectionError, Settings, prepare
-from ray_pixi_operator import names
+from ray_pixi_operator import InjectionError, Settings, names, prepare
 
 PLUGIN = {"class": "ray_pixi.PixiPlugin"}
 
@@ -38,11 +36,15 @@ def prepared(body: dict[str, Any], settings: Settings) -> dict[str, Any]:
 def templates(body: dict[str, Any]) -> list[dict[str, Any]]:
     spec = body["spec"]
     spec = spec.get("rayClusterSpec") or spec.get("rayClusterConfig") or spec
-    return [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec.get("workerGroupSpecs", [])]
+    return [spec["headGroupSpec"]["template"]] + [
+        g["template"] for g in spec.get("workerGroupSpecs", [])
+    ]
 
 
 def env_of(container: dict[str, Any]) -> dict[str, Any]:
-    return {item["name"]: item.get("value", item.get("valueFrom")) for item in container.get("env", [])}
+    return {
+        item["name"]: item.get("value", item.get("valueFrom")) for item in container.get("env", [])
+    }
 
 
 def assert_prepared_template(template: dict[str, Any], original: dict[str, Any]) -> None:
@@ -97,13 +99,19 @@ def assert_nothing_else_changes(before: dict[str, Any], after: dict[str, Any]) -
 
 
 @pytest.mark.parametrize(
-    "name", ["raycluster-head-only", "raycluster-workers", "raycluster-autoscaler", "raycluster-from-rayjob"]
+    "name",
+    [
+        "raycluster-head-only",
+        "raycluster-workers",
+        "raycluster-autoscaler",
+        "raycluster-from-rayjob",
+    ],
 )
 def test_every_pod_template_of_a_labelled_cluster_is_prepared(name, manifest, settings):
     original = manifest(name)
     body = prepared(original, settings)
     assert len(templates(body)) == len(templates(original))
-    for template, before in zip(templates(body), templates(original)):
+    for template, before in zip(templates(body), templates(original), strict=True):
         assert_prepared_template(template, before)
     assert_nothing_else_changes(original, body)
     assert body["metadata"] == original["metadata"]
@@ -122,7 +130,10 @@ def test_head_only_cluster_gets_the_default_emptydir_and_payload_image(manifest,
     assert env["PYTHONPATH"] == "/ray-pixi/payload/python"
     # The user's own volume and mount stay.
     assert template["spec"]["volumes"][0] == {"name": "ray-logs", "emptyDir": {}}
-    assert template["spec"]["containers"][0]["volumeMounts"][0] == {"mountPath": "/tmp/ray", "name": "ray-logs"}
+    assert template["spec"]["containers"][0]["volumeMounts"][0] == {
+        "mountPath": "/tmp/ray",
+        "name": "ray-logs",
+    }
 
 
 def test_worker_groups_keep_their_init_containers_pythonpath_and_user(manifest, settings):
@@ -133,7 +144,10 @@ def test_worker_groups_keep_their_init_containers_pythonpath_and_user(manifest, 
     security = cpu["spec"]["initContainers"][-1]["securityContext"]
     assert (security["runAsUser"], security["runAsGroup"]) == (1000, 100)
     assert "runAsUser" not in gpu["spec"]["initContainers"][-1]["securityContext"]
-    assert env_of(gpu["spec"]["containers"][0])["PYTHONPATH"] == "/ray-pixi/payload/python:/opt/team/lib"
+    assert (
+        env_of(gpu["spec"]["containers"][0])["PYTHONPATH"]
+        == "/ray-pixi/payload/python:/opt/team/lib"
+    )
     # The log-shipping sidecar of the head gets nothing.
     sidecar = head["spec"]["containers"][1]
     assert env_of(sidecar) == {"FLUENT_LOG_LEVEL": "info"}
@@ -153,7 +167,9 @@ def test_autoscaler_options_are_untouched(manifest, settings):
 def test_rayjob_generated_cluster_takes_the_copied_annotation(manifest, settings):
     body = prepared(manifest("raycluster-from-rayjob"), settings)
     for template in templates(body):
-        assert env_of(template["spec"]["containers"][0])["RAY_RUNTIME_ENV_PIXI_CACHE_SIZE_GB"] == "25"
+        assert (
+            env_of(template["spec"]["containers"][0])["RAY_RUNTIME_ENV_PIXI_CACHE_SIZE_GB"] == "25"
+        )
 
 
 def test_unlabelled_cluster_is_returned_unchanged(manifest, settings):
@@ -178,20 +194,23 @@ def test_the_input_object_is_not_modified(manifest, settings):
     assert original == snapshot
 
 
-# --- RAY_RUNTIME_ENV_PLUGINS -------------------------------------------------------------------
+# --- RAY_RUNTIME_ENV_PLUGINS ---
 
 
 def _with_ray_env(body: dict[str, Any], **env: Any) -> dict[str, Any]:
     ray = body["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     ray.setdefault("env", []).extend(
-        {"name": key, **(value if isinstance(value, dict) else {"value": value})} for key, value in env.items()
+        {"name": key, **(value if isinstance(value, dict) else {"value": value})}
+        for key, value in env.items()
     )
     return body
 
 
 def test_user_plugins_are_kept_and_ours_appended(manifest, settings):
     theirs = [{"class": "acme.runtime.VaultPlugin", "priority": 5}]
-    body = _with_ray_env(manifest("raycluster-head-only"), RAY_RUNTIME_ENV_PLUGINS=json.dumps(theirs))
+    body = _with_ray_env(
+        manifest("raycluster-head-only"), RAY_RUNTIME_ENV_PLUGINS=json.dumps(theirs)
+    )
     result = prepared(body, settings)
     env = env_of(templates(result)[0]["spec"]["containers"][0])
     assert json.loads(env["RAY_RUNTIME_ENV_PLUGINS"]) == [*theirs, PLUGIN]
@@ -201,7 +220,9 @@ def test_plugin_already_listed_is_not_duplicated(manifest, settings):
     listed = json.dumps([{"class": "ray_pixi.PixiPlugin", "priority": 20}, {"class": "acme.X"}])
     body = _with_ray_env(manifest("raycluster-head-only"), RAY_RUNTIME_ENV_PLUGINS=listed)
     result = prepared(body, settings)
-    assert env_of(templates(result)[0]["spec"]["containers"][0])["RAY_RUNTIME_ENV_PLUGINS"] == listed
+    assert (
+        env_of(templates(result)[0]["spec"]["containers"][0])["RAY_RUNTIME_ENV_PLUGINS"] == listed
+    )
 
 
 def test_empty_plugins_value_becomes_our_plugin(manifest, settings):
@@ -228,13 +249,16 @@ def test_plugins_from_valuefrom_is_rejected(manifest, settings):
         prepare(body, settings)
 
 
-# --- A user's value of the same name wins --------------------------------------------------------
+# --- A user's value of the same name wins ---
 
 
 def test_user_env_var_of_the_same_name_wins_and_is_reported(manifest, settings):
     body = _with_ray_env(manifest("raycluster-head-only"), PIXI_CACHE_DIR="/mnt/team-cache")
     result = prepare(body, settings)
-    assert env_of(templates(result.body)[0]["spec"]["containers"][0])["PIXI_CACHE_DIR"] == "/mnt/team-cache"
+    assert (
+        env_of(templates(result.body)[0]["spec"]["containers"][0])["PIXI_CACHE_DIR"]
+        == "/mnt/team-cache"
+    )
     (kept,) = result.kept
     assert kept.path == "spec.headGroupSpec.template.spec.containers[0].env[PIXI_CACHE_DIR]"
     assert "'/mnt/team-cache'" in str(kept) and "'/ray-pixi/pixi-cache'" in str(kept)
@@ -254,9 +278,14 @@ def test_user_volume_named_ray_pixi_wins_and_is_mounted(manifest, settings):
 
 
 def test_user_pythonpath_with_our_dir_already_in_it_is_left_as_is(manifest, settings):
-    body = _with_ray_env(manifest("raycluster-head-only"), PYTHONPATH="/opt/lib:/ray-pixi/payload/python")
+    body = _with_ray_env(
+        manifest("raycluster-head-only"), PYTHONPATH="/opt/lib:/ray-pixi/payload/python"
+    )
     result = prepared(body, settings)
-    assert env_of(templates(result)[0]["spec"]["containers"][0])["PYTHONPATH"] == "/opt/lib:/ray-pixi/payload/python"
+    assert (
+        env_of(templates(result)[0]["spec"]["containers"][0])["PYTHONPATH"]
+        == "/opt/lib:/ray-pixi/payload/python"
+    )
 
 
 def test_other_mount_at_ray_pixi_is_rejected(manifest, settings):
@@ -264,24 +293,32 @@ def test_other_mount_at_ray_pixi_is_rejected(manifest, settings):
     body["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["volumeMounts"].append(
         {"name": "ray-logs", "mountPath": "/ray-pixi"}
     )
-    with pytest.raises(InjectionError, match=r"mounts volume 'ray-logs' at /ray-pixi.*mount it elsewhere"):
+    with pytest.raises(
+        InjectionError, match=r"mounts volume 'ray-logs' at /ray-pixi.*mount it elsewhere"
+    ):
         prepare(body, settings)
 
 
 def test_template_without_containers_is_rejected(manifest, settings):
     body = manifest("raycluster-workers")
     body["spec"]["workerGroupSpecs"][1]["template"]["spec"]["containers"] = []
-    with pytest.raises(InjectionError, match=r"spec.workerGroupSpecs\[1\].template.spec.containers is empty"):
+    with pytest.raises(
+        InjectionError, match=r"spec.workerGroupSpecs\[1\].template.spec.containers is empty"
+    ):
         prepare(body, settings)
 
 
-# --- Cache volume kinds, from settings and from annotations ------------------------------------
+# --- Cache volume kinds, from settings and from annotations ---
 
 VOLUME_CASES = [
     ({}, {}, {"emptyDir": {}}),
     ({"cache_size_limit": "20Gi"}, {}, {"emptyDir": {"sizeLimit": "20Gi"}}),
     ({}, {"ray-pixi.io/cache-size-limit": "5Gi"}, {"emptyDir": {"sizeLimit": "5Gi"}}),
-    ({"cache_volume": "hostPath"}, {}, {"hostPath": {"path": "/var/cache/ray-pixi", "type": "DirectoryOrCreate"}}),
+    (
+        {"cache_volume": "hostPath"},
+        {},
+        {"hostPath": {"path": "/var/cache/ray-pixi", "type": "DirectoryOrCreate"}},
+    ),
     (
         {"cache_volume": "hostPath", "cache_host_path": "/mnt/nvme/ray-pixi"},
         {},
@@ -299,7 +336,10 @@ VOLUME_CASES = [
     ),
     (
         {"cache_size_limit": "20Gi"},
-        {"ray-pixi.io/cache-volume": "persistentVolumeClaim", "ray-pixi.io/cache-pvc-name": "team-a-envs"},
+        {
+            "ray-pixi.io/cache-volume": "persistentVolumeClaim",
+            "ray-pixi.io/cache-pvc-name": "team-a-envs",
+        },
         {"persistentVolumeClaim": {"claimName": "team-a-envs"}},
     ),
     (
@@ -311,12 +351,16 @@ VOLUME_CASES = [
 
 
 @pytest.mark.parametrize(("env", "annotations", "volume"), VOLUME_CASES)
-def test_cache_volume_kind_from_settings_or_annotations(env, annotations, volume, manifest, make_settings):
+def test_cache_volume_kind_from_settings_or_annotations(
+    env, annotations, volume, manifest, make_settings
+):
     body = manifest("raycluster-workers")
     body["metadata"].setdefault("annotations", {}).update(annotations)
     result = prepared(body, make_settings(**env))
     for template in templates(result):
-        assert [v for v in template["spec"]["volumes"] if v["name"] == "ray-pixi"] == [{"name": "ray-pixi", **volume}]
+        assert [v for v in template["spec"]["volumes"] if v["name"] == "ray-pixi"] == [
+            {"name": "ray-pixi", **volume}
+        ]
 
 
 def test_annotations_override_version_cache_cap_and_volume(manifest, make_settings):
@@ -326,7 +370,9 @@ def test_annotations_override_version_cache_cap_and_volume(manifest, make_settin
         "ray-pixi.io/plugin-cache-size-gb": "2.5",
         "ray-pixi.io/cache-volume": "hostPath",
     }
-    settings = make_settings(pixi_version="0.40.3", plugin_cache_size_gb="50", payload_image_pull_policy="Always")
+    settings = make_settings(
+        pixi_version="0.40.3", plugin_cache_size_gb="50", payload_image_pull_policy="Always"
+    )
     result = prepared(body, settings)
     for template in templates(result):
         env = env_of(template["spec"]["containers"][0])
@@ -338,7 +384,11 @@ def test_annotations_override_version_cache_cap_and_volume(manifest, make_settin
 
 BAD_ANNOTATIONS = [
     ({"ray-pixi.io/pixi-version": "latest"}, "pixi-version", "X.Y.Z"),
-    ({"ray-pixi.io/cache-volume": "nfs"}, "cache-volume", "emptyDir, hostPath, persistentVolumeClaim"),
+    (
+        {"ray-pixi.io/cache-volume": "nfs"},
+        "cache-volume",
+        "emptyDir, hostPath, persistentVolumeClaim",
+    ),
     ({"ray-pixi.io/cache-size-limit": "lots"}, "cache-size-limit", "positive Kubernetes quantity"),
     ({"ray-pixi.io/cache-size-limit": "0Gi"}, "cache-size-limit", "positive Kubernetes quantity"),
     ({"ray-pixi.io/plugin-cache-size-gb": "-1"}, "plugin-cache-size-gb", "greater than 0"),
@@ -349,7 +399,10 @@ BAD_ANNOTATIONS = [
         "absolute directory path",
     ),
     (
-        {"ray-pixi.io/cache-volume": "persistentVolumeClaim", "ray-pixi.io/cache-pvc-name": "Team_Envs"},
+        {
+            "ray-pixi.io/cache-volume": "persistentVolumeClaim",
+            "ray-pixi.io/cache-pvc-name": "Team_Envs",
+        },
         "cache-pvc-name",
         "existing PersistentVolumeClaim",
     ),
@@ -359,13 +412,19 @@ BAD_ANNOTATIONS = [
         "cache-size-limit",
         "applies only with ray-pixi.io/cache-volume: emptyDir",
     ),
-    ({"ray-pixi.io/cache-host-path": "/data"}, "cache-host-path", "applies only with ray-pixi.io/cache-volume: hostPath"),
+    (
+        {"ray-pixi.io/cache-host-path": "/data"},
+        "cache-host-path",
+        "applies only with ray-pixi.io/cache-volume: hostPath",
+    ),
     ({"ray-pixi.io/pixi-verison": "0.40.3"}, "pixi-verison", "unknown ray-pixi annotation"),
 ]
 
 
 @pytest.mark.parametrize(("annotations", "key", "rule"), BAD_ANNOTATIONS)
-def test_bad_annotation_is_rejected_naming_it_and_the_fix(annotations, key, rule, manifest, settings):
+def test_bad_annotation_is_rejected_naming_it_and_the_fix(
+    annotations, key, rule, manifest, settings
+):
     body = manifest("raycluster-head-only")
     body["metadata"]["annotations"] = annotations
     with pytest.raises(InjectionError) as error:
@@ -375,7 +434,7 @@ def test_bad_annotation_is_rejected_naming_it_and_the_fix(annotations, key, rule
     assert rule in message
 
 
-# --- Re-mutation after a change --------------------------------------------------------------------
+# --- Re-mutation after a change ---
 
 
 def test_changed_settings_replace_the_add_ons_values_but_not_the_users(manifest, make_settings):
@@ -400,27 +459,32 @@ def test_user_value_set_later_over_an_injected_one_wins(manifest, settings):
         if item["name"] == "RAY_PIXI_STORE_DIR":
             item["value"] = "/mnt/store"
     second = prepare(first, settings)
-    assert env_of(templates(second.body)[0]["spec"]["containers"][0])["RAY_PIXI_STORE_DIR"] == "/mnt/store"
+    assert (
+        env_of(templates(second.body)[0]["spec"]["containers"][0])["RAY_PIXI_STORE_DIR"]
+        == "/mnt/store"
+    )
     assert [k.path.rsplit("[", 1)[1] for k in second.kept] == ["RAY_PIXI_STORE_DIR]"]
 
 
 def test_a_list_replaced_by_a_merge_patch_is_injected_again(manifest, settings):
     """kubectl apply on a custom resource sends a merge patch, which replaces whole lists."""
     first = prepare(manifest("raycluster-head-only"), settings).body
-    original_ray = manifest("raycluster-head-only")["spec"]["headGroupSpec"]["template"]["spec"]["containers"]
+    original_ray = manifest("raycluster-head-only")["spec"]["headGroupSpec"]["template"]["spec"][
+        "containers"
+    ]
     templates(first)[0]["spec"]["containers"] = original_ray
     again = prepared(first, settings)
     assert again == prepare(manifest("raycluster-head-only"), settings).body
 
 
-# --- RayJob and RayService -------------------------------------------------------------------------
+# --- RayJob and RayService ---
 
 
 def test_rayjob_cluster_spec_is_prepared_and_the_submitter_is_not(manifest, settings):
     original = manifest("rayjob")
     body = prepared(original, settings)
     assert body["spec"]["submitterPodTemplate"] == original["spec"]["submitterPodTemplate"]
-    for template, before in zip(templates(body), templates(original)):
+    for template, before in zip(templates(body), templates(original), strict=True):
         assert_prepared_template(template, before)
     assert_nothing_else_changes(original, body)
 
@@ -435,7 +499,7 @@ def test_rayjob_on_an_existing_cluster_is_unchanged(manifest, settings):
 def test_rayservice_cluster_config_is_prepared_with_its_annotation(manifest, settings):
     original = manifest("rayservice")
     body = prepared(original, settings)
-    for template, before in zip(templates(body), templates(original)):
+    for template, before in zip(templates(body), templates(original), strict=True):
         assert_prepared_template(template, before)
         assert "hostPath" in template["spec"]["volumes"][-1]
     assert_nothing_else_changes(original, body)
@@ -443,11 +507,13 @@ def test_rayservice_cluster_config_is_prepared_with_its_annotation(manifest, set
 
 def test_other_kinds_are_refused(settings):
     deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}}
-    with pytest.raises(InjectionError, match="'Deployment'.*not a RayCluster, RayJob or RayService"):
+    with pytest.raises(
+        InjectionError, match="'Deployment'.*not a RayCluster, RayJob or RayService"
+    ):
         prepare(deployment, settings)
 
 
-# --- The schema helper itself ----------------------------------------------------------------------
+# --- The schema helper itself ---
 
 
 def test_schema_helper_catches_a_field_the_api_server_would_prune(manifest):

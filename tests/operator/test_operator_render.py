@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from operator_support import MANIFESTS, PAYLOAD_IMAGE, load_manifest
 from crd_schema import assert_additions_in_schema, validate
-
+from operator_support import MANIFESTS, PAYLOAD_IMAGE, load_manifest
 from ray_pixi_operator import Settings, prepare
 from ray_pixi_operator.cli import main
 
@@ -43,13 +42,17 @@ def test_render_multi_document_stream_of_every_ray_kind(capsys, tmp_path: Path, 
     del unlabelled["metadata"]["labels"]["ray-pixi.io/enabled"]
     source = tmp_path / "all.yaml"
     source.write_text(
-        stream("raycluster-autoscaler", "rayjob", "rayservice") + "---\n" + yaml.safe_dump(unlabelled)
+        stream("raycluster-autoscaler", "rayjob", "rayservice")
+        + "---\n"
+        + yaml.safe_dump(unlabelled)
     )
     code, docs, err = run_render(capsys, str(source))
     assert code == 0, err
-    originals = [load_manifest(n) for n in ("raycluster-autoscaler", "rayjob", "rayservice")] + [unlabelled]
+    originals = [load_manifest(n) for n in ("raycluster-autoscaler", "rayjob", "rayservice")] + [
+        unlabelled
+    ]
     assert [d["kind"] for d in docs] == ["RayCluster", "RayJob", "RayService", "RayCluster"]
-    for original, rendered in zip(originals, docs):
+    for original, rendered in zip(originals, docs, strict=True):
         validate(rendered)
         assert_additions_in_schema(original, rendered)
         assert rendered == prepare(original, settings).body
@@ -87,16 +90,24 @@ def test_flags_override_the_env_vars(capsys):
     assert code == 0, err
     pod = docs[0]["spec"]["headGroupSpec"]["template"]["spec"]
     assert pod["initContainers"][-1]["image"] == "registry.local/ray-pixi:dev"
-    assert pod["volumes"][-1] == {"name": "ray-pixi", "hostPath": {"path": "/mnt/envs", "type": "DirectoryOrCreate"}}
+    assert pod["volumes"][-1] == {
+        "name": "ray-pixi",
+        "hostPath": {"path": "/mnt/envs", "type": "DirectoryOrCreate"},
+    }
     env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
     assert env["RAY_PIXI_PIXI_VERSION"] == "0.40.3"
     assert env["RAY_RUNTIME_ENV_PIXI_CACHE_SIZE_GB"] == "3"
 
 
 def test_invalid_flag_names_the_variable_and_the_flag(capsys):
-    code, docs, err = run_render(capsys, str(MANIFESTS / "raycluster-head-only.yaml"), "--cache-volume", "nfs")
+    code, docs, err = run_render(
+        capsys, str(MANIFESTS / "raycluster-head-only.yaml"), "--cache-volume", "nfs"
+    )
     assert code == 2 and docs == []
-    assert "Invalid RAY_PIXI_CACHE_VOLUME='nfs': must be one of emptyDir, hostPath, persistentVolumeClaim" in err
+    assert (
+        "Invalid RAY_PIXI_CACHE_VOLUME='nfs': must be one of emptyDir, hostPath, persistentVolumeClaim"  # noqa: E501
+        in err
+    )
     assert "(from --cache-volume)" in err
 
 
@@ -109,7 +120,9 @@ def test_missing_payload_image_is_a_clear_error(capsys, monkeypatch):
 
 def test_invalid_yaml_names_the_document_and_line(capsys, tmp_path: Path):
     source = tmp_path / "broken.yaml"
-    source.write_text(stream("raycluster-head-only") + "---\nkind: RayCluster\nmetadata: {name: [oops\n")
+    source.write_text(
+        stream("raycluster-head-only") + "---\nkind: RayCluster\nmetadata: {name: [oops\n"
+    )
     code, docs, err = run_render(capsys, str(source))
     assert code == 1 and docs == []
     assert f"{source}: document 2: invalid YAML:" in err
@@ -118,7 +131,10 @@ def test_invalid_yaml_names_the_document_and_line(capsys, tmp_path: Path):
 
 def test_non_ray_kind_is_a_clear_error(capsys, tmp_path: Path):
     source = tmp_path / "mixed.yaml"
-    source.write_text(stream("raycluster-head-only") + "---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n")
+    source.write_text(
+        stream("raycluster-head-only")
+        + "---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n"
+    )
     code, docs, err = run_render(capsys, str(source))
     assert code == 1 and docs == []
     assert "document 2 (Deployment 'web')" in err
@@ -134,10 +150,17 @@ def test_a_list_document_is_a_clear_error(capsys, tmp_path: Path):
 
 def test_unquoted_true_label_is_a_clear_error(capsys, tmp_path: Path):
     source = tmp_path / "bool.yaml"
-    source.write_text(stream("raycluster-head-only").replace('ray-pixi.io/enabled: "true"', "ray-pixi.io/enabled: true"))
+    source.write_text(
+        stream("raycluster-head-only").replace(
+            'ray-pixi.io/enabled: "true"', "ray-pixi.io/enabled: true"
+        )
+    )
     code, _, err = run_render(capsys, str(source))
     assert code == 1
-    assert "metadata.labels['ray-pixi.io/enabled'] must be the string \"true\", got True: quote it" in err
+    assert (
+        "metadata.labels['ray-pixi.io/enabled'] must be the string \"true\", got True: quote it"
+        in err
+    )
 
 
 def test_bad_annotation_names_the_document(capsys, tmp_path: Path):
@@ -191,7 +214,10 @@ def test_console_entry_point_renders_from_stdin_without_importing_ray_or_kopf():
     assert result.returncode == 0, result.stderr
     assert "LOADED []" in result.stderr
     (doc,) = yaml.safe_load_all(result.stdout)
-    assert doc["spec"]["headGroupSpec"]["template"]["spec"]["initContainers"][-1]["image"] == PAYLOAD_IMAGE
+    assert (
+        doc["spec"]["headGroupSpec"]["template"]["spec"]["initContainers"][-1]["image"]
+        == PAYLOAD_IMAGE
+    )
 
 
 def test_operator_modules_never_import_ray():
@@ -200,7 +226,9 @@ def test_operator_modules_never_import_ray():
         "import ray_pixi_operator, ray_pixi_operator.handlers, ray_pixi_operator.cli\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'ray'))\n"
     )
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
 
@@ -218,7 +246,11 @@ def test_run_fails_at_startup_on_invalid_settings():
         [sys.executable, "-m", "ray_pixi_operator.cli", "run"],
         capture_output=True,
         text=True,
-        env={"RAY_PIXI_PAYLOAD_IMAGE": PAYLOAD_IMAGE, "RAY_PIXI_CACHE_VOLUME": "nfs", "PATH": "/usr/bin:/bin"},
+        env={
+            "RAY_PIXI_PAYLOAD_IMAGE": PAYLOAD_IMAGE,
+            "RAY_PIXI_CACHE_VOLUME": "nfs",
+            "PATH": "/usr/bin:/bin",
+        },
         timeout=60,
     )
     assert result.returncode == 2

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from ray_pixi_operator import Settings, SettingsError
 
 IMAGE = {"RAY_PIXI_PAYLOAD_IMAGE": "ghcr.io/example/ray-pixi:0.1.0"}
@@ -93,25 +92,58 @@ def test_settings_are_frozen():
 
 INVALID = [
     ({"RAY_PIXI_PAYLOAD_IMAGE": ""}, "Invalid RAY_PIXI_PAYLOAD_IMAGE='': required"),
-    ({"RAY_PIXI_PAYLOAD_IMAGE": "ray pixi"}, "Invalid RAY_PIXI_PAYLOAD_IMAGE='ray pixi': must be the image"),
-    ({"RAY_PIXI_PAYLOAD_IMAGE_PULL_POLICY": "always"}, "Invalid RAY_PIXI_PAYLOAD_IMAGE_PULL_POLICY='always': must be one of Always, IfNotPresent, Never"),
-    ({"RAY_PIXI_PIXI_VERSION": "v0.40"}, "Invalid RAY_PIXI_PIXI_VERSION='v0.40': must be a pixi release version X.Y.Z"),
-    ({"RAY_PIXI_CACHE_VOLUME": "nfs"}, "Invalid RAY_PIXI_CACHE_VOLUME='nfs': must be one of emptyDir, hostPath, persistentVolumeClaim"),
-    ({"RAY_PIXI_CACHE_SIZE_LIMIT": "20GB"}, "Invalid RAY_PIXI_CACHE_SIZE_LIMIT='20GB': must be a positive Kubernetes quantity"),
-    ({"RAY_PIXI_CACHE_HOST_PATH": "/var/../etc"}, "Invalid RAY_PIXI_CACHE_HOST_PATH='/var/../etc': must be an absolute directory path"),
-    ({"RAY_PIXI_PLUGIN_CACHE_SIZE_GB": "0"}, "Invalid RAY_PIXI_PLUGIN_CACHE_SIZE_GB='0': must be a number of gigabytes greater than 0"),
+    (
+        {"RAY_PIXI_PAYLOAD_IMAGE": "ray pixi"},
+        "Invalid RAY_PIXI_PAYLOAD_IMAGE='ray pixi': must be the image",
+    ),
+    (
+        {"RAY_PIXI_PAYLOAD_IMAGE_PULL_POLICY": "always"},
+        "Invalid RAY_PIXI_PAYLOAD_IMAGE_PULL_POLICY='always': must be one of Always, IfNotPresent, Never",  # noqa: E501
+    ),
+    (
+        {"RAY_PIXI_PIXI_VERSION": "v0.40"},
+        "Invalid RAY_PIXI_PIXI_VERSION='v0.40': must be a pixi release version X.Y.Z",
+    ),
+    (
+        {"RAY_PIXI_CACHE_VOLUME": "nfs"},
+        "Invalid RAY_PIXI_CACHE_VOLUME='nfs': must be one of emptyDir, hostPath, persistentVolumeClaim",  # noqa: E501
+    ),
+    (
+        {"RAY_PIXI_CACHE_SIZE_LIMIT": "20GB"},
+        "Invalid RAY_PIXI_CACHE_SIZE_LIMIT='20GB': must be a positive Kubernetes quantity",
+    ),
+    (
+        {"RAY_PIXI_CACHE_HOST_PATH": "/var/../etc"},
+        "Invalid RAY_PIXI_CACHE_HOST_PATH='/var/../etc': must be an absolute directory path",
+    ),
+    (
+        {"RAY_PIXI_PLUGIN_CACHE_SIZE_GB": "0"},
+        "Invalid RAY_PIXI_PLUGIN_CACHE_SIZE_GB='0': must be a number of gigabytes greater than 0",
+    ),
     ({"RAY_PIXI_PLUGIN_CACHE_SIZE_GB": "nan"}, "Invalid RAY_PIXI_PLUGIN_CACHE_SIZE_GB='nan'"),
-    ({"RAY_PIXI_WEBHOOK_PORT": "99999"}, "Invalid RAY_PIXI_WEBHOOK_PORT='99999': must be a TCP port number"),
-    ({"RAY_PIXI_WEBHOOK_CERT_FILE": "/nonexistent/tls.crt"}, "Invalid RAY_PIXI_WEBHOOK_CERT_FILE='/nonexistent/tls.crt': must be the path of a readable PEM file"),
-    ({"RAY_PIXI_NAMESPACES": "ml,Serving"}, "Invalid RAY_PIXI_NAMESPACES='ml,Serving': must be a comma-separated list"),
-    ({"RAY_PIXI_LOG_LEVEL": "chatty"}, "Invalid RAY_PIXI_LOG_LEVEL='chatty': must be one of DEBUG, INFO, WARNING, ERROR"),
+    (
+        {"RAY_PIXI_WEBHOOK_PORT": "99999"},
+        "Invalid RAY_PIXI_WEBHOOK_PORT='99999': must be a TCP port number",
+    ),
+    (
+        {"RAY_PIXI_WEBHOOK_CERT_FILE": "/nonexistent/tls.crt"},
+        "Invalid RAY_PIXI_WEBHOOK_CERT_FILE='/nonexistent/tls.crt': must be the path of a readable PEM file",  # noqa: E501
+    ),
+    (
+        {"RAY_PIXI_NAMESPACES": "ml,Serving"},
+        "Invalid RAY_PIXI_NAMESPACES='ml,Serving': must be a comma-separated list",
+    ),
+    (
+        {"RAY_PIXI_LOG_LEVEL": "chatty"},
+        "Invalid RAY_PIXI_LOG_LEVEL='chatty': must be one of DEBUG, INFO, WARNING, ERROR",
+    ),
     (
         {"RAY_PIXI_CACHE_VOLUME": "hostPath", "RAY_PIXI_CACHE_SIZE_LIMIT": "20Gi"},
-        "Invalid RAY_PIXI_CACHE_SIZE_LIMIT='20Gi': applies only to RAY_PIXI_CACHE_VOLUME=emptyDir, not hostPath",
+        "Invalid RAY_PIXI_CACHE_SIZE_LIMIT='20Gi': applies only to RAY_PIXI_CACHE_VOLUME=emptyDir, not hostPath",  # noqa: E501
     ),
     (
         {"RAY_PIXI_CACHE_VOLUME": "persistentVolumeClaim"},
-        "Invalid RAY_PIXI_CACHE_PVC_NAME='': required with RAY_PIXI_CACHE_VOLUME=persistentVolumeClaim",
+        "Invalid RAY_PIXI_CACHE_PVC_NAME='': required with RAY_PIXI_CACHE_VOLUME=persistentVolumeClaim",  # noqa: E501
     ),
 ]
 

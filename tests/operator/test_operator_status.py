@@ -9,7 +9,9 @@ from ray_pixi_operator import prepare
 from ray_pixi_operator.status import build_cluster_status
 
 
-def pod_from(cluster: dict[str, Any], template: dict[str, Any], name: str, group: str | None) -> dict[str, Any]:
+def pod_from(
+    cluster: dict[str, Any], template: dict[str, Any], name: str, group: str | None
+) -> dict[str, Any]:
     """A pod as KubeRay builds it: the template's metadata plus KubeRay's labels."""
     metadata = copy.deepcopy(template.get("metadata") or {})
     metadata["name"] = name
@@ -24,16 +26,31 @@ def pod_from(cluster: dict[str, Any], template: dict[str, Any], name: str, group
 
 def pods_of(cluster: dict[str, Any]) -> list[dict[str, Any]]:
     spec = cluster["spec"]
-    pods = [pod_from(cluster, spec["headGroupSpec"]["template"], f"{cluster['metadata']['name']}-head", None)]
+    pods = [
+        pod_from(
+            cluster, spec["headGroupSpec"]["template"], f"{cluster['metadata']['name']}-head", None
+        )
+    ]
     for group in spec.get("workerGroupSpecs", []):
-        pods.append(pod_from(cluster, group["template"], f"{cluster['metadata']['name']}-{group['groupName']}-worker-a", group["groupName"]))
+        pods.append(
+            pod_from(
+                cluster,
+                group["template"],
+                f"{cluster['metadata']['name']}-{group['groupName']}-worker-a",
+                group["groupName"],
+            )
+        )
     return pods
 
 
 def test_labelled_cluster_that_was_not_injected_is_a_warning(manifest, settings):
     cluster = manifest("raycluster-workers")
     status = build_cluster_status(cluster, pods_of(cluster), settings)
-    assert (status.status, status.type, status.reason) == ("not-injected", "Warning", "RayPixiNotInjected")
+    assert (status.status, status.type, status.reason) == (
+        "not-injected",
+        "Warning",
+        "RayPixiNotInjected",
+    )
     assert "webhook was unreachable" in status.message
 
 
@@ -66,9 +83,9 @@ def test_pods_of_an_older_injection_predate_the_current_one(manifest, make_setti
     first = prepare(manifest("raycluster-head-only"), make_settings()).body
     old_pods = pods_of(first)
     cluster = prepare(first, make_settings(payload_image="ghcr.io/example/ray-pixi:0.2.0")).body
-    assert build_cluster_status(cluster, old_pods, make_settings(payload_image="ghcr.io/example/ray-pixi:0.2.0")).status == (
-        "pods-predate-injection"
-    )
+    assert build_cluster_status(
+        cluster, old_pods, make_settings(payload_image="ghcr.io/example/ray-pixi:0.2.0")
+    ).status == ("pods-predate-injection")
 
 
 def test_terminating_pods_are_ignored(manifest, settings):
@@ -76,7 +93,9 @@ def test_terminating_pods_are_ignored(manifest, settings):
     old_head = pods_of(before)[0]
     old_head["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     cluster = prepare(before, settings).body
-    assert build_cluster_status(cluster, [old_head, *pods_of(cluster)], settings).status == "injected"
+    assert (
+        build_cluster_status(cluster, [old_head, *pods_of(cluster)], settings).status == "injected"
+    )
 
 
 def test_bad_annotation_on_a_stored_cluster_is_reported_as_invalid(manifest, settings):

@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     render.add_argument("file", nargs="?", default="-", help="YAML file, or - for stdin")
     for field in RENDER_FIELDS:
-        render.add_argument(_flag(field), dest=field, metavar="VALUE", help=Settings.env_name(field))
+        render.add_argument(
+            _flag(field), dest=field, metavar="VALUE", help=Settings.env_name(field)
+        )
     return parser
 
 
@@ -83,7 +85,9 @@ def _render(args: argparse.Namespace) -> int:
         else:
             text, source = Path(args.file).read_text(), args.file
     except OSError as error:
-        print(f"ray-pixi-operator render: cannot read {args.file}: {error.strerror}", file=sys.stderr)
+        print(
+            f"ray-pixi-operator render: cannot read {args.file}: {error.strerror}", file=sys.stderr
+        )
         return 2
     try:
         rendered = render(text, settings, source=source)

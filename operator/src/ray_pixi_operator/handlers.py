@@ -118,7 +118,7 @@ def inject_raycluster(
     if preparation.changed:
         prepared_spec = preparation.body["spec"]
 
-        def replace_spec(raw: dict[str, Any]) -> None:
+        def replace_spec(raw: Any) -> None:
             raw["spec"] = prepared_spec
 
         # kopf diffs the result into the JSONPatch it returns to the API server.
@@ -145,7 +145,7 @@ async def reconcile_raycluster(
     if type == "DELETED" or body.metadata.get("deletionTimestamp"):
         return
     settings = _settings(memo)
-    namespace, name = body.metadata.namespace, body.metadata.name
+    namespace, name = str(body.metadata.namespace), str(body.metadata.name)
     try:
         pods = await asyncio.to_thread(_list_pods, namespace, name)
     except Exception as error:  # noqa: BLE001 -- report what we can without the pods
@@ -165,5 +165,10 @@ def _report(body: kopf.Body, status: ClusterStatus) -> None:
     kopf.event(body, type=status.type, reason=status.reason, message=status.message)
     # The module logger, not kopf's per-object one: that one would post the line as a 2nd event.
     log = logger.warning if status.type == "Warning" else logger.info
-    log("RayCluster %s/%s: %s: %s", body.metadata.namespace, body.metadata.name, status.reason,
-        status.message)
+    log(
+        "RayCluster %s/%s: %s: %s",
+        body.metadata.namespace,
+        body.metadata.name,
+        status.reason,
+        status.message,
+    )

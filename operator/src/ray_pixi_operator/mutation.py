@@ -108,7 +108,7 @@ class Preparation:
     kept: tuple[KeptValue, ...] = ()
 
 
-# --- Selection -----------------------------------------------------------------------------------
+# --- Selection ---
 
 
 def is_opted_in(body: Mapping[str, Any]) -> bool:
@@ -143,7 +143,7 @@ def template_paths(spec: Mapping[str, Any], prefix: str = "spec") -> list[tuple[
     return paths
 
 
-# --- Options -------------------------------------------------------------------------------------
+# --- Options ---
 
 
 def build_cluster_options(settings: Settings, annotations: Mapping[str, str]) -> ClusterOptions:
@@ -209,7 +209,7 @@ def build_cluster_options(settings: Settings, annotations: Mapping[str, str]) ->
     )
 
 
-# --- Builders ------------------------------------------------------------------------------------
+# --- Builders ---
 
 
 def build_volume(options: ClusterOptions) -> Body:
@@ -260,14 +260,17 @@ def build_env(options: ClusterOptions) -> list[Body]:
         {"name": names.PIXI_EXE_ENV, "value": names.PIXI_EXE_PATH},
         {"name": names.STORE_DIR_ENV, "value": names.STORE_DIR},
         {"name": names.PIXI_CACHE_DIR_ENV, "value": names.PIXI_CACHE_DIR},
-        {"name": names.PLUGIN_CACHE_SIZE_GB_ENV, "value": format(options.plugin_cache_size_gb, "g")},
+        {
+            "name": names.PLUGIN_CACHE_SIZE_GB_ENV,
+            "value": format(options.plugin_cache_size_gb, "g"),
+        },
     ]
     if options.pixi_version is not None:
         env.append({"name": names.PIXI_VERSION_ENV, "value": options.pixi_version})
     return env
 
 
-# --- Preparation ---------------------------------------------------------------------------------
+# --- Preparation ---
 
 
 def prepare(body: Mapping[str, Any], settings: Settings) -> Preparation:
@@ -331,7 +334,9 @@ def prepare_pod_template(
     new_record: Body = {}
 
     volumes = pod.setdefault("volumes", [])
-    owned = _upsert(volumes, build_volume(options), record.get("volume"), f"{path}.spec.volumes", kept)
+    owned = _upsert(
+        volumes, build_volume(options), record.get("volume"), f"{path}.spec.volumes", kept
+    )
     if owned:
         new_record["volume"] = owned
 
@@ -377,7 +382,7 @@ def prepare_pod_template(
     return new, kept
 
 
-# --- Helpers -------------------------------------------------------------------------------------
+# --- Helpers ---
 
 
 def _digest(item: Any) -> str:
@@ -456,7 +461,9 @@ def _merge_plugins(env: list[Body], path: str) -> None:
             f'[{{"class": "my_module.MyPlugin"}}], got {raw!r}: fix it (ray-pixi appends '
             f"{json.dumps(entry)}) or remove it"
         )
-    if any(isinstance(plugin, dict) and plugin.get("class") == names.PLUGIN_CLASS for plugin in plugins):
+    if any(
+        isinstance(plugin, dict) and plugin.get("class") == names.PLUGIN_CLASS for plugin in plugins
+    ):
         return
     item["value"] = json.dumps([*plugins, entry])
 
@@ -467,7 +474,9 @@ def _merge_pythonpath(env: list[Body], path: str) -> None:
     if item is None:
         env.append({"name": names.PYTHONPATH_ENV, "value": names.PAYLOAD_PYTHON_DIR})
         return
-    entries = [entry for entry in _plain_value(item, path, names.PAYLOAD_PYTHON_DIR).split(":") if entry]
+    entries = [
+        entry for entry in _plain_value(item, path, names.PAYLOAD_PYTHON_DIR).split(":") if entry
+    ]
     if names.PAYLOAD_PYTHON_DIR not in entries:
         item["value"] = ":".join([names.PAYLOAD_PYTHON_DIR, *entries])
 

@@ -5,7 +5,7 @@ The chart, the image, the plugin and the tests build against these names.
 
 from __future__ import annotations
 
-# --- Opt-in -----------------------------------------------------------------------------------
+# --- Opt-in ---
 # On a RayCluster, or on the RayJob / RayService whose labels KubeRay copies onto its RayCluster.
 ENABLED_LABEL = "ray-pixi.io/enabled"
 ENABLED_VALUE = "true"
@@ -41,7 +41,7 @@ STATUS_NOT_INJECTED = "not-injected"
 STATUS_PODS_PREDATE_INJECTION = "pods-predate-injection"
 STATUS_INVALID = "invalid"
 
-# --- What lands in the pod templates ------------------------------------------------------------
+# --- What lands in the pod templates ---
 VOLUME_NAME = "ray-pixi"
 MOUNT_PATH = "/ray-pixi"
 INIT_CONTAINER_NAME = "ray-pixi-payload"
@@ -62,7 +62,7 @@ PLUGIN_CACHE_SIZE_GB_ENV = "RAY_RUNTIME_ENV_PIXI_CACHE_SIZE_GB"
 PIXI_VERSION_ENV = "RAY_PIXI_PIXI_VERSION"
 PYTHONPATH_ENV = "PYTHONPATH"
 
-# --- KubeRay vocabulary ---------------------------------------------------------------------------
+# --- KubeRay vocabulary ---
 RAY_API_GROUP = "ray.io"
 RAY_API_VERSION = "v1"
 RAYCLUSTER_PLURAL = "rayclusters"
@@ -74,7 +74,7 @@ CLUSTER_LABEL = "ray.io/cluster"
 NODE_TYPE_LABEL = "ray.io/node-type"
 GROUP_LABEL = "ray.io/group"
 
-# --- The webhook ----------------------------------------------------------------------------------
+# --- The webhook ---
 # kopf serves a handler at "/<handler id>"; the MutatingWebhookConfiguration must use this path.
 WEBHOOK_ID = "inject-raycluster"
 WEBHOOK_PATH = "/" + WEBHOOK_ID

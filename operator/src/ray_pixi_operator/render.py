@@ -55,7 +55,7 @@ def render(text: str, settings: Settings, source: str = "<stdin>") -> Rendered:
     return Rendered(text=output if prepared else "", notes=tuple(notes))
 
 
-class _Dumper(yaml.SafeDumper):
+class _Dumper(yaml.SafeDumper):  # type: ignore[misc]
     """Writes multi-line strings (serveConfigV2, runtimeEnvYAML) as readable blocks."""
 
 

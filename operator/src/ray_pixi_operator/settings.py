@@ -66,7 +66,9 @@ def check_cache_size_limit(value: str) -> str:
 def check_cache_host_path(value: str) -> str:
     parts = value.split("/")
     if not value.startswith("/") or value.rstrip("/") == "" or ".." in parts:
-        raise ValueError("must be an absolute directory path on the node, such as /var/cache/ray-pixi")
+        raise ValueError(
+            "must be an absolute directory path on the node, such as /var/cache/ray-pixi"
+        )
     return value
 
 
@@ -226,7 +228,10 @@ class Settings(BaseModel):
             )
         if (self.webhook_cert_file is None) != (self.webhook_key_file is None):
             missing = "webhook_key_file" if self.webhook_key_file is None else "webhook_cert_file"
-            fail(missing, "set both RAY_PIXI_WEBHOOK_CERT_FILE and RAY_PIXI_WEBHOOK_KEY_FILE, or neither")
+            fail(
+                missing,
+                "set both RAY_PIXI_WEBHOOK_CERT_FILE and RAY_PIXI_WEBHOOK_KEY_FILE, or neither",
+            )
 
 
 _CHECKS: dict[str, Callable[[str], Any]] = {

@@ -118,7 +118,9 @@ def _at(spec: Mapping[str, Any], dotted: str) -> Mapping[str, Any]:
     return node if isinstance(node, Mapping) else {}
 
 
-def _status(status: str, type_: Literal["Normal", "Warning"], reason: str, message: str) -> ClusterStatus:
+def _status(
+    status: str, type_: Literal["Normal", "Warning"], reason: str, message: str
+) -> ClusterStatus:
     if len(message) > MAX_MESSAGE:
         message = message[: MAX_MESSAGE - 3] + "..."
     return ClusterStatus(status=status, type=type_, reason=reason, message=message)
