@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 from ray_pixi_operator import prepare
-from ray_pixi_operator.status import build_cluster_status
+from ray_pixi_operator.status import build_cluster_status, needs_report
 
 
 def pod_from(
@@ -114,3 +114,17 @@ def test_kept_user_values_are_reported_with_the_injected_status(manifest, settin
     status = build_cluster_status(cluster, [], settings)
     assert status.status == "injected"
     assert "env[PIXI_CACHE_DIR] keeps the user's '/mnt/cache'" in status.message
+
+
+def test_a_status_is_reported_once_per_change(manifest, settings):
+    cluster = manifest("raycluster-head-only")
+    missing = build_cluster_status(cluster, [], settings)
+    injected = build_cluster_status(prepare(cluster, settings).body, [], settings)
+    # A fresh operator reports what differs from the stored annotation, and only that.
+    assert needs_report(missing, stored=None, last_reported=None)
+    assert not needs_report(injected, stored="injected", last_reported=None)
+    # A running one reports each change, including a new message for the same status.
+    assert not needs_report(injected, stored="not-injected", last_reported=injected)
+    assert needs_report(injected, stored="not-injected", last_reported=missing)
+    reworded = type(injected)(injected.status, injected.type, injected.reason, "other pods")
+    assert needs_report(reworded, stored="injected", last_reported=injected)

@@ -18,7 +18,7 @@ import kopf
 from . import names
 from .mutation import InjectionError, prepare
 from .settings import Settings, SettingsError
-from .status import ClusterStatus, build_cluster_status
+from .status import ClusterStatus, build_cluster_status, needs_report
 
 logger = logging.getLogger(__name__)
 
@@ -152,10 +152,10 @@ async def reconcile_raycluster(
         logger.warning("ray-pixi cannot list the pods of RayCluster %s: %s", name, error)
         pods = []
     status = build_cluster_status(body, pods, settings)
-    if memo.get(_LAST_STATUS) != status:
-        memo[_LAST_STATUS] = status
-        _report(body, status)
     current = body.metadata.annotations.get(names.STATUS_ANNOTATION)
+    if needs_report(status, stored=current, last_reported=memo.get(_LAST_STATUS)):
+        _report(body, status)
+    memo[_LAST_STATUS] = status
     # An invalid cluster cannot be patched while the webhook is up: it would reject the patch.
     if current != status.status and status.status != names.STATUS_INVALID:
         patch.metadata.annotations[names.STATUS_ANNOTATION] = status.status

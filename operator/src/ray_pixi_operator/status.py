@@ -16,7 +16,7 @@ from . import names
 from .mutation import InjectionError, prepare, template_paths
 from .settings import Settings
 
-__all__ = ["ClusterStatus", "build_cluster_status", "stale_pods"]
+__all__ = ["ClusterStatus", "build_cluster_status", "needs_report", "stale_pods"]
 
 # Kubernetes caps an event's message at 1024 bytes.
 MAX_MESSAGE = 1000
@@ -71,6 +71,16 @@ def build_cluster_status(
     if preparation.kept:
         message += "; user values kept: " + "; ".join(str(kept) for kept in preparation.kept)
     return _status(names.STATUS_INJECTED, "Normal", "RayPixiInjected", message)
+
+
+def needs_report(
+    status: ClusterStatus, *, stored: str | None, last_reported: ClusterStatus | None
+) -> bool:
+    """One event per change: of what this process last reported or, after a restart, of the
+    stored status annotation (so a restarted operator does not repeat every cluster's event)."""
+    if last_reported is None:
+        return status.status != stored
+    return status != last_reported
 
 
 def stale_pods(body: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -> list[str]:
