@@ -1,0 +1,100 @@
+"""The chart and the operator agree: env vars vs. settings, webhook TLS files, ports and paths."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+from chart_render import NAMESPACE, VARIANTS, container_env, one, render
+
+from ray_pixi_operator import names
+from ray_pixi_operator.settings import Settings
+
+
+def _settings_from(env: dict[str, str], tmp_path: Path) -> Settings:
+    """Settings.from_env on the rendered env, with the mounted TLS files stood in by local ones."""
+    local = dict(env)
+    for name in ("RAY_PIXI_WEBHOOK_CERT_FILE", "RAY_PIXI_WEBHOOK_KEY_FILE"):
+        stand_in = tmp_path / Path(env[name]).name
+        stand_in.write_text("PEM")
+        local[name] = str(stand_in)
+    return Settings.from_env(local)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_deployment_env_is_exactly_what_the_operator_reads(variant, tmp_path):
+    """Every setting reaches the operator, and it reads nothing the chart does not set."""
+    env = container_env(one(render(VARIANTS[variant]), "Deployment"))
+    assert set(env) == set(Settings.env_names())
+    _settings_from(env, tmp_path)  # and the operator accepts every value
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_values_arrive_as_the_operator_settings(variant, tmp_path):
+    values = VARIANTS[variant]
+    env = container_env(one(render(values), "Deployment"))
+    settings = _settings_from(env, tmp_path)
+    injection = values.get("injection", {})
+    cache = injection.get("cache", {})
+    assert settings.cache_volume == cache.get("volume", "emptyDir")
+    if settings.cache_volume == "emptyDir":
+        assert settings.cache_size_limit == (cache.get("sizeLimit", "20Gi") or None)
+    else:
+        assert settings.cache_size_limit is None
+    assert settings.cache_host_path == cache.get("hostPath", "/var/cache/ray-pixi")
+    assert settings.cache_pvc_name == (cache.get("pvcName") or None)
+    assert settings.plugin_cache_size_gb == 10.0
+    assert settings.pixi_version == (injection.get("pixiVersion") or None)
+    assert settings.namespaces == tuple(values.get("namespaces", ()))
+    assert settings.log_level == values.get("logLevel", "INFO")
+    assert settings.webhook_port == 9443 and settings.health_port == 8080
+    # The chart owns the webhook configuration; kopf must not manage one.
+    assert settings.webhook_managed is None
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_webhook_tls_files_are_the_mounted_secret(variant):
+    objects = render(VARIANTS[variant])
+    deployment = one(objects, "Deployment")
+    env = container_env(deployment)
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    tls_dir = mounts["webhook-tls"]["mountPath"]
+    assert mounts["webhook-tls"]["readOnly"] is True
+    assert env["RAY_PIXI_WEBHOOK_CERT_FILE"] == f"{tls_dir}/tls.crt"
+    assert env["RAY_PIXI_WEBHOOK_KEY_FILE"] == f"{tls_dir}/tls.key"
+    secret_name = volumes["webhook-tls"]["secret"]["secretName"]
+    if VARIANTS[variant].get("webhook", {}).get("tls", {}).get("certManager", {}).get("enabled"):
+        assert one(objects, "Certificate")["spec"]["secretName"] == secret_name
+    else:
+        secret = one(objects, "Secret")
+        assert secret["metadata"]["name"] == secret_name
+        assert {"tls.crt", "tls.key", "ca.crt"} <= set(secret["data"])
+        assert all(base64.b64decode(v) for v in secret["data"].values())
+
+
+def test_webhook_host_is_a_name_in_the_certificate():
+    objects = render(VARIANTS["cert-manager"])
+    env = container_env(one(objects, "Deployment"))
+    service = one(objects, "Service")["metadata"]["name"]
+    assert env["RAY_PIXI_WEBHOOK_HOST"] == f"{service}.{NAMESPACE}.svc"
+    assert env["RAY_PIXI_WEBHOOK_HOST"] in one(objects, "Certificate")["spec"]["dnsNames"]
+
+
+def test_chart_constants_match_the_operator_names():
+    """Path, label and pod-side names the chart spells out are the operator's constants."""
+    chart_dir = Path(__file__).resolve().parents[2] / "charts" / "ray-pixi"
+    helpers = (chart_dir / "templates" / "_helpers.tpl").read_text()
+    assert f"\n{names.WEBHOOK_PATH}\n" in helpers
+    assert f"\n{names.ENABLED_LABEL}\n" in helpers
+    payload = (Path(__file__).resolve().parents[2] / "operator" / "src" / "ray_pixi_operator"
+               / "payload.py").read_text()
+    assert names.PAYLOAD_COMMAND[0] == "ray-pixi-payload" and names.PAYLOAD_COMMAND[1] == "install"
+    assert "SHARED_DIRS = (\"store\", \"pixi-cache\")" in payload
+    assert names.STORE_DIR == names.MOUNT_PATH + "/store"
+    assert names.PIXI_CACHE_DIR == names.MOUNT_PATH + "/pixi-cache"
+    assert names.PIXI_EXE_PATH == names.PAYLOAD_DIR + "/bin/pixi"
+    assert names.PAYLOAD_PYTHON_DIR == names.PAYLOAD_DIR + "/python"
