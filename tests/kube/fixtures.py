@@ -1,0 +1,101 @@
+"""pytest fixtures for the cluster-in-a-box.
+
+`kube_cluster` (session) starts etcd, kube-apiserver and KubeRay once; `kube_namespace`
+(function) gives each test a fresh namespace and deletes it afterwards. Tests that use
+them must carry the `apiserver` marker so `pytest -m apiserver` selects exactly them.
+
+When Go or the Go module proxy is missing the tests skip with the reason, except on CI
+(`CI=true`) with Go present: there a harness that cannot start fails, so a broken build
+cannot hide behind a skip.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+from collections.abc import Iterator
+
+import pytest
+
+from .build import BuildError, Unavailable, ensure_all
+from .cluster import Binaries, KubeCluster
+
+__all__ = ["kube_cluster", "kube_namespace"]
+
+MARKER = "apiserver"
+_FIXTURES = ("kube_cluster", "kube_namespace")
+logger = logging.getLogger("kube")
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def _reporter_log(config: pytest.Config):  # type: ignore[no-untyped-def]
+    """Log lines to the terminal even while output is captured (a build takes minutes)."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+
+    def log(message: str) -> None:
+        logger.info(message)
+        if reporter is None:
+            return
+        if capture is None:
+            reporter.write_line(message)
+            return
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(message)
+
+    return log
+
+
+def _check_markers(session: pytest.Session) -> None:
+    unmarked = [
+        item.nodeid
+        for item in session.items
+        if set(_FIXTURES) & set(getattr(item, "fixturenames", ()))
+        and item.get_closest_marker(MARKER) is None
+    ]
+    if unmarked:
+        pytest.fail(
+            f"tests using {' or '.join(_FIXTURES)} must be marked @pytest.mark.{MARKER} "
+            f"(so `pytest -m {MARKER}` selects them): {', '.join(unmarked)}",
+            pytrace=False,
+        )
+
+
+@pytest.fixture(scope="session")
+def kube_cluster(request: pytest.FixtureRequest) -> Iterator[KubeCluster]:
+    """etcd + kube-apiserver (TLS, RBAC, ServiceAccount tokens) + KubeRay, on loopback."""
+    _check_markers(request.session)
+    log = _reporter_log(request.config)
+    try:
+        paths = ensure_all(log)
+    except Unavailable as error:
+        if error.go_present and in_ci():
+            pytest.fail(
+                f"CI=true and Go is installed, so the cluster harness must run: {error}",
+                pytrace=False,
+            )
+        pytest.skip(f"cluster-in-a-box unavailable: {error}")
+    except BuildError as error:
+        pytest.fail(f"cluster-in-a-box build failed: {error}", pytrace=False)
+    binaries = Binaries(
+        etcd=paths["etcd"],
+        kube_apiserver=paths["kube-apiserver"],
+        kuberay_operator=paths["kuberay-operator"],
+    )
+    with KubeCluster(binaries, log=log) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def kube_namespace(kube_cluster: KubeCluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace (with its `default` ServiceAccount) for one test."""
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"t-{slug}-{secrets.token_hex(3)}"
+    kube_cluster.create_namespace(name)
+    yield name
+    kube_cluster.delete_namespace(name)

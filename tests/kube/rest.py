@@ -1,0 +1,148 @@
+"""A small, dependency-free Kubernetes REST client for the harness and its tests.
+
+The harness needs a handful of verbs on arbitrary paths (CRDs, TokenRequest, namespace
+finalize, discovery) with either the admin's client certificate or a bearer token. The
+stdlib does that in a page, and tests get the API server's exact answer (status code and
+Status body) instead of a generated client's interpretation of it.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import ssl
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+__all__ = ["ApiError", "Rest", "poll"]
+
+T = TypeVar("T")
+
+MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+
+
+class ApiError(RuntimeError):
+    """A non-2xx answer; `status` is the HTTP code, `body` the decoded Status if any."""
+
+    def __init__(self, method: str, path: str, status: int, body: Any) -> None:
+        message = body.get("message") if isinstance(body, dict) else body
+        super().__init__(f"{method} {path} -> {status}: {message}")
+        self.status = status
+        self.body = body
+
+
+@dataclass
+class Rest:
+    """Requests against `server` as the identity of a client certificate or a token."""
+
+    server: str
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    token: str | None = None
+    timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        if self.cert_file is not None:
+            context.load_cert_chain(str(self.cert_file), str(self.key_file))
+        self._context = context
+        parsed = urllib.parse.urlsplit(self.server)
+        self._host = parsed.hostname or "127.0.0.1"
+        self._port = parsed.port or 443
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        params: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        """Send one request; return the decoded JSON answer or raise `ApiError`."""
+        if params:
+            path = f"{path}?{urllib.parse.urlencode(params)}"
+        headers = {"Accept": "application/json"}
+        if self.token is not None:
+            headers["Authorization"] = f"Bearer {self.token}"
+        data = None
+        if body is not None:
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            headers["Content-Type"] = content_type
+        connection = http.client.HTTPSConnection(
+            self._host, self._port, context=self._context, timeout=self.timeout
+        )
+        try:
+            connection.request(method, path, body=data, headers=headers)
+            response = connection.getresponse()
+            raw = response.read()
+        finally:
+            connection.close()
+        try:
+            decoded: Any = json.loads(raw) if raw else None
+        except ValueError:
+            decoded = raw.decode(errors="replace")
+        if not 200 <= response.status < 300:
+            raise ApiError(method, path, response.status, decoded)
+        return decoded
+
+    def get(self, path: str, **params: str) -> Any:
+        return self.request("GET", path, params=params or None)
+
+    def create(self, path: str, body: Any) -> Any:
+        return self.request("POST", path, body)
+
+    def replace(self, path: str, body: Any) -> Any:
+        return self.request("PUT", path, body)
+
+    def merge_patch(self, path: str, patch: Any) -> Any:
+        return self.request("PATCH", path, patch, content_type=MERGE_PATCH)
+
+    def json_patch(self, path: str, operations: list[dict[str, Any]]) -> Any:
+        return self.request("PATCH", path, operations, content_type=JSON_PATCH)
+
+    def delete(self, path: str, *, missing_ok: bool = False, **params: str) -> Any:
+        try:
+            return self.request("DELETE", path, params=params or None)
+        except ApiError as error:
+            if missing_ok and error.status == 404:
+                return None
+            raise
+
+    def exists(self, path: str) -> bool:
+        try:
+            self.get(path)
+        except ApiError as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
+
+
+def poll(
+    check: Callable[[], T | None],
+    *,
+    timeout: float,
+    what: str,
+    interval: float = 0.2,
+    describe: Callable[[], str] | None = None,
+) -> T:
+    """Call `check` until it returns something truthy, and return that; fail after `timeout`.
+
+    `describe` supplies the last observed state for the failure message.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            state = f"; last seen: {describe()}" if describe else ""
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}{state}")
+        time.sleep(interval)
