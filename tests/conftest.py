@@ -8,18 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-FAKE_PIXI_DIR = REPO / "tests" / "fake_pixi"
-FAKE_PIXI = FAKE_PIXI_DIR / "pixi"
-
-
-def persistent_cache(name: str) -> Path:
-    """A directory under the user cache that outlives test runs (PyPI downloads)."""
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    path = root / "ray-pixi-tests" / name
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+from support import FAKE_PIXI_DIR, persistent_cache
 
 
 @pytest.fixture
@@ -36,10 +25,6 @@ def fake_pixi_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     monkeypatch.delenv("RAY_PIXI_EXE", raising=False)
     monkeypatch.delenv("RAY_PIXI_PIXI_VERSION", raising=False)
     yield record
-
-
-def install_count(record: Path) -> int:
-    return len(record.read_text().splitlines()) if record.exists() else 0
 
 # The cluster-in-a-box (tests/kube): etcd + kube-apiserver + KubeRay, for `-m apiserver`.
 from kube.fixtures import kube_cluster, kube_namespace  # noqa: E402, F401
