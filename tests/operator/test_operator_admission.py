@@ -225,3 +225,25 @@ def test_the_documented_path_is_the_one_that_mutates(manifest, settings):
     assert "patch" in served["response"]
     assert "patch" not in ignored["response"]
     assert PAYLOAD_IMAGE in json.dumps(patched(right, served))
+
+
+def test_startup_configures_kopfs_webhook_server_from_the_env(monkeypatch, tmp_path):
+    """What `kopf run -m ray_pixi_operator.handlers` gets: the same settings, from env vars."""
+    from ray_pixi_operator.handlers import configure
+
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    cert.write_text("cert")
+    key.write_text("key")
+    for name in Settings.env_names():
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RAY_PIXI_PAYLOAD_IMAGE", PAYLOAD_IMAGE)
+    monkeypatch.setenv("RAY_PIXI_WEBHOOK_PORT", "8443")
+    monkeypatch.setenv("RAY_PIXI_WEBHOOK_CERT_FILE", str(cert))
+    monkeypatch.setenv("RAY_PIXI_WEBHOOK_KEY_FILE", str(key))
+    operator_settings, memo = kopf.OperatorSettings(), kopf.Memo()
+    configure(settings=operator_settings, memo=memo)
+    server = operator_settings.admission.server
+    assert isinstance(server, kopf.WebhookServer)
+    assert (server.port, server.certfile, server.pkeyfile) == (8443, cert, key)
+    assert operator_settings.admission.managed is None  # the chart owns the configuration
+    assert memo[MEMO_KEY].payload_image == PAYLOAD_IMAGE
