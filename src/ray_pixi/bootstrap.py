@@ -101,7 +101,7 @@ def install_pixi_release(version: str, platform: str, dest_dir: Path) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(binary)
-        os.chmod(tmp, 0o755)
+        os.chmod(tmp, 0o755)  # noqa: S103 - an executable every Ray process may run
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

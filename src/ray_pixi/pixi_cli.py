@@ -5,6 +5,7 @@ cancellation."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shlex
@@ -141,10 +142,8 @@ def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 
 def _kill_group(proc: asyncio.subprocess.Process, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 async def run_pixi(
@@ -179,10 +178,8 @@ async def run_pixi(
             stdout, _ = await proc.communicate()
         except BaseException:
             _kill_group(proc, signal.SIGTERM)
-            try:
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(proc.wait()), _KILL_GRACE_SECONDS)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
-                pass
             _kill_group(proc, signal.SIGKILL)
             raise
         if capture_stdout and stdout:

@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from enum import Enum
 from pathlib import PurePosixPath
-from typing import Any, Union
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr, ValidationError, model_validator
 
@@ -63,8 +63,8 @@ _ENV_NAME = re.compile(r"^[a-z0-9-]+$")
 _VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
-PypiRequirement = Union[StrictStr, dict[StrictStr, Any]]
-CondaRequirement = Union[StrictStr, dict[StrictStr, Any]]
+PypiRequirement = StrictStr | dict[StrictStr, Any]
+CondaRequirement = StrictStr | dict[StrictStr, Any]
 
 
 class Mode(str, Enum):
@@ -234,7 +234,9 @@ _KNOWN_KEYS = tuple(PixiSpec.model_fields)
 def _translate(error: ValidationError, raw: Mapping[str, Any]) -> PixiSpecError:
     """Turn pydantic's first error into our one-line message with the field path."""
     first = error.errors()[0]
-    loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith(("str", "dict", "tuple", "function"))))
+    # pydantic adds union-member names ("str", "dict[...]") to locations; drop them.
+    noise = ("str", "dict", "tuple", "function")
+    loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith(noise)))
     seen = first.get("input")
     if first["type"] == "extra_forbidden":
         key = loc[-1]
@@ -242,15 +244,17 @@ def _translate(error: ValidationError, raw: Mapping[str, Any]) -> PixiSpecError:
         hint = f"Did you mean {close[0]!r}? " if close else ""
         return PixiSpecError(f"{_where()} has an unknown key {key!r}. {hint}"
                              f"Known keys: {', '.join(_KNOWN_KEYS)}.")
-    if first["type"] == "value_error" and isinstance(first.get("ctx", {}).get("error"), PixiSpecError):
-        return first["ctx"]["error"]
+    cause = first.get("ctx", {}).get("error")
+    if first["type"] == "value_error" and isinstance(cause, PixiSpecError):
+        return cause
     top = loc[0] if loc else ""
     problem = _TYPE_HINTS.get(str(top), "must be a string")
     if len(loc) > 1 and top in ("dependencies", "pypi_dependencies"):
         problem = "must be a version string like '>=1.2' or a table"
         if len(loc) > 2:
             loc = loc[:2]
-            seen = raw.get(str(top), {}).get(loc[1], seen) if isinstance(raw.get(str(top)), dict) else seen
+            table = raw.get(str(top))
+            seen = table.get(loc[1], seen) if isinstance(table, dict) else seen
     elif len(loc) > 1:
         problem = "must be a string"
     fix = _EXAMPLES.get(str(top), "See the field table in the ray-pixi README.")

@@ -21,8 +21,8 @@ def test_path_like_values_keep_the_node_value_as_a_reference() -> None:
     a = build_activation(hook(PATH="/s/env/bin:/usr/bin:/bin", HOME="/home/ray",
                               LD_LIBRARY_PATH="/s/env/lib:/opt/lib", CONDA_PREFIX="/s/env"),
                          Path("/s/env"), NODE)
-    assert a.env_vars == {"CONDA_PREFIX": "/s/env", "LD_LIBRARY_PATH": "/s/env/lib:${LD_LIBRARY_PATH}",
-                          "PATH": "/s/env/bin:${PATH}"}
+    assert a.env_vars == {"CONDA_PREFIX": "/s/env", "PATH": "/s/env/bin:${PATH}",
+                          "LD_LIBRARY_PATH": "/s/env/lib:${LD_LIBRARY_PATH}"}
     assert a.python == "/s/env/bin/python"
 
 

@@ -8,7 +8,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from conftest import FAKE_PIXI
+from support import FAKE_PIXI
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

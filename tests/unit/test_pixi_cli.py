@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import FAKE_PIXI
 
 from ray_pixi.errors import PixiInstallError, PixiNotFoundError
 from ray_pixi.pixi_cli import PixiExe, find_pixi_on_node, pixi_env, run_pixi
+from support import FAKE_PIXI
 
 
 def test_inherited_variables_that_steer_pixi_are_stripped() -> None:
