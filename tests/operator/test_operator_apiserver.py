@@ -377,7 +377,10 @@ def test_labelled_cluster_is_injected_before_kuberay_builds_pods_and_unlabelled_
     # The reconciler confirms, as an event and a status annotation; unlabelled is not its business.
     event = wait_for_event(operator, "pixi", "RayPixiInjected")
     assert event["type"] == "Normal"
-    wait_for_status(operator, "pixi", names.STATUS_INJECTED)
+    body = wait_for_status(operator, "pixi", names.STATUS_INJECTED)
+    # No finalizer and no kopf bookkeeping: deleting a cluster never waits for the add-on.
+    assert not body["metadata"].get("finalizers")
+    assert not [key for key in body["metadata"]["annotations"] if "kopf" in key]
     assert names.STATUS_ANNOTATION not in (
         stored(operator, "RayCluster", "plain")["metadata"].get("annotations") or {}
     )
