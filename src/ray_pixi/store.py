@@ -26,7 +26,6 @@ import os
 import shutil
 import tempfile
 import threading
-
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 import ray
-from support import FAKE_PIXI_DIR, install_count, persistent_cache
 from ray.cluster_utils import Cluster
+
+from support import FAKE_PIXI_DIR, install_count, persistent_cache
 
 PLUGINS = json.dumps([{"class": "ray_pixi.PixiPlugin"}])
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import ray
+
 from support import REPO, persistent_cache
 
 pytestmark = pytest.mark.integration

@@ -3,7 +3,6 @@ environments are installed, and what a user reads when something is wrong."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -14,9 +13,9 @@ import pytest
 import ray
 from ray.exceptions import RuntimeEnvSetupError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-from support import FAKE_PIXI
 
 from ray_pixi import pixi
+from support import FAKE_PIXI
 
 pytestmark = pytest.mark.integration
 CLUSTER_PYTHON = "{}.{}.{}".format(*sys.version_info[:3])
@@ -91,7 +90,6 @@ def test_a_self_contained_manifest_needs_no_working_dir(shared_cluster, tmp_path
     @ray.remote(max_calls=1)
     def setting() -> tuple[str, str]:
         import os
-
         from importlib.metadata import version
 
         import pyjokes  # noqa: F401
@@ -175,9 +173,8 @@ def test_an_env_without_the_clusters_ray_fails_setup_with_the_remedy(
     spec = {"manifest": "pixi.toml", "locked": False, "manifest_content": (
             f'[workspace]\nname = "noray"\nchannels = ["conda-forge"]\nplatforms = ["linux-64"]\n'
             f'[dependencies]\npython = "=={CLUSTER_PYTHON}"\n[pypi-dependencies]\npyjokes = "*"\n')}
-    with shared_cluster.job():
-        with pytest.raises(RuntimeEnvSetupError) as e:
-            ray.get(probe.options(runtime_env={"pixi": spec}).remote())
+    with shared_cluster.job(), pytest.raises(RuntimeEnvSetupError) as e:
+        ray.get(probe.options(runtime_env={"pixi": spec}).remote())
     text = str(e.value)
     assert f"it has Ray (not installed) but the cluster runs {ray.__version__}" in text
     assert f'ray = {{ version = "=={ray.__version__}", extras = ["default"] }}' in text
@@ -185,10 +182,9 @@ def test_an_env_without_the_clusters_ray_fails_setup_with_the_remedy(
 
 def test_a_failed_install_surfaces_the_log_tail(own_cluster, tmp_path: Path) -> None:
     with own_cluster(FAKE_PIXI_FAIL_INSTALL="failed to fetch repodata: connection reset") as c:
-        with c.job():
-            with pytest.raises(RuntimeEnvSetupError) as e:
-                ray.get(probe.options(
-                    runtime_env={"pixi": pixi(pypi_dependencies={"pyjokes": "*"})}).remote())
+        with c.job(), pytest.raises(RuntimeEnvSetupError) as e:
+            ray.get(probe.options(
+                runtime_env={"pixi": pixi(pypi_dependencies={"pyjokes": "*"})}).remote())
         text = str(e.value)
         assert "exited with code 1" in text
         assert "failed to fetch repodata: connection reset" in text
@@ -230,9 +226,8 @@ def test_two_nodes_on_one_host_share_one_install(own_cluster) -> None:
 
 def test_a_new_ray_session_reuses_the_store(own_cluster, tmp_path: Path) -> None:
     spec = {"pixi": pixi(pypi_dependencies={"pyjokes": "==0.8.3"})}
-    with own_cluster() as c:
-        with c.job(runtime_env=spec):
-            first = ray.get(probe.remote())
+    with own_cluster() as c, c.job(runtime_env=spec):
+        first = ray.get(probe.remote())
     with own_cluster() as c:  # ray stop / ray start: a new session, same store directory
         with c.job(runtime_env=spec):
             second = ray.get(probe.remote())
