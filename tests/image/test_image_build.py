@@ -1,0 +1,288 @@
+"""images/Dockerfile built for real: the air-gapped pixi path, the payload, and who can import it.
+
+Needs a Docker daemon and the local base image that .ci/setup-docker makes (no image registry is
+reachable on the build machines); skips with the reason otherwise. The build takes its pixi from
+a local file (the FAKE pixi stand-in) with its sha256, as an air-gapped build does, and reaches
+PyPI for the Python packages (with this machine's CA certificates, kept out of the final image).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import FAKE_PIXI, REPO, persistent_cache
+
+pytestmark = pytest.mark.docker
+
+BASE_IMAGE = "ray-pixi-test-base:bookworm"
+IMAGE = "ray-pixi-test:latest"
+PIXI_VERSION = "0.77.0"  # what the FAKE pixi reports by default
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+SETUP_STATUS = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ray-pixi" / \
+    "docker-setup.status"
+PYENV_VERSIONS = Path.home() / ".pyenv" / "versions"
+
+
+def _docker(*args: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout,
+                          check=check)
+
+
+def _setup_said() -> str:
+    try:
+        said = SETUP_STATUS.read_text().strip()
+    except OSError:
+        return ".ci/setup-docker has not run"
+    return f".ci/setup-docker said: {said}" if said else ".ci/setup-docker did not finish"
+
+
+@functools.lru_cache(maxsize=1)
+def docker_unavailable() -> str | None:
+    if shutil.which("docker") is None:
+        return f"no docker CLI on PATH ({_setup_said()})"
+    try:
+        info = _docker("info", "--format", "{{.ServerVersion}}", timeout=30)
+    except subprocess.TimeoutExpired:
+        return f"docker info timed out ({_setup_said()})"
+    if info.returncode != 0:
+        return f"Docker daemon not reachable: {info.stderr.strip()[:200]} ({_setup_said()})"
+    if _docker("image", "inspect", BASE_IMAGE).returncode != 0:
+        return f"base image {BASE_IMAGE} missing: run .ci/setup-docker ({_setup_said()})"
+    return None
+
+
+def build_context(root: Path, pixi_file: Path) -> Path:
+    """What the Dockerfile reads from a checkout, plus the air-gapped inputs."""
+    ctx = root / "context"
+    ctx.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, ctx / name)
+    shutil.copytree(REPO / "src", ctx / "src", ignore=ignore)
+    (ctx / "operator").mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / "operator" / name, ctx / "operator" / name)
+    shutil.copytree(REPO / "operator" / "src", ctx / "operator" / "src", ignore=ignore)
+    (ctx / "images" / "build-inputs").mkdir(parents=True)
+    for name in ("Dockerfile", "install_pixi.py"):
+        shutil.copy2(REPO / "images" / name, ctx / "images" / name)
+    shutil.copy2(pixi_file, ctx / "images" / "build-inputs" / "pixi")
+    if HOST_CA_BUNDLE.is_file():  # TLS to the registries is intercepted on the build machines
+        shutil.copy2(HOST_CA_BUNDLE, ctx / "images" / "build-inputs" / "host-ca.crt")
+    return ctx
+
+
+def docker_build(ctx: Path, tag: str, **build_args: str) -> subprocess.CompletedProcess[str]:
+    args = ["build", "--force-rm", "--network", "host", "-f", "images/Dockerfile", "-t", tag,
+            "--build-arg", f"BASE_IMAGE={BASE_IMAGE}"]
+    for key, value in build_args.items():
+        args += ["--build-arg", f"{key}={value}"]
+    return subprocess.run(["docker", *args, str(ctx)], capture_output=True, text=True,
+                          timeout=840)
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    reason = docker_unavailable()
+    if reason:
+        pytest.skip(reason)
+    ctx = build_context(tmp_path_factory.mktemp("image"), FAKE_PIXI)
+    sha = hashlib.sha256(FAKE_PIXI.read_bytes()).hexdigest()
+    result = docker_build(ctx, IMAGE, PIXI_FILE="pixi", PIXI_SHA256=sha, PIXI_VERSION=PIXI_VERSION)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    yield IMAGE
+
+
+@pytest.fixture(scope="module")
+def context_dir(tmp_path_factory: pytest.TempPathFactory, image: str) -> Path:
+    return build_context(tmp_path_factory.mktemp("image-bad"), FAKE_PIXI)
+
+
+def run(image: str, *command: str, volume: Path | None = None, user: str | None = None,
+        timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`docker run` as a restricted pod runs it: read-only root, no capabilities."""
+    args = ["run", "--rm", "--network", "none", "--read-only", "--cap-drop", "ALL",
+            "--security-opt", "no-new-privileges"]
+    if volume is not None:
+        args += ["-v", f"{volume}:/ray-pixi"]
+    if user is not None:
+        args += ["--user", user]
+    return _docker(*args, image, *command, timeout=timeout)
+
+
+# --- the image ---------------------------------------------------------------------------------
+
+
+def test_image_is_non_root_small_and_free_of_build_inputs(image):
+    (config,) = json.loads(_docker("image", "inspect", image, check=True).stdout)
+    assert config["Config"]["User"] == "65532:65532"
+    size_mb = config["Size"] / 1e6
+    base_mb = json.loads(_docker("image", "inspect", BASE_IMAGE, check=True).stdout)[0]["Size"] / 1e6
+    print(f"image {image}: {size_mb:.0f} MB ({size_mb - base_mb:.0f} MB over the base image)")
+    assert size_mb - base_mb < 150, "the layers over the base image grew"
+    probe = run(image, "sh", "-c",
+                "id -u; test ! -e /build && echo no-build-dir; "
+                "python -m pip --version >/dev/null 2>&1 || echo no-pip; "
+                "grep -rl 'BEGIN CERTIFICATE' /opt/ray-pixi 2>/dev/null | grep -v certifi || "
+                "echo no-extra-ca")
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.split() == ["65532", "no-build-dir", "no-pip", "no-extra-ca"]
+
+
+def test_operator_entry_point_runs_on_a_read_only_root(image):
+    checked = run(image, "python", "-c", "import ray_pixi_operator.handlers, kopf, kubernetes.client")
+    assert checked.returncode == 0, checked.stderr
+    # Without its settings it stops at once with the documented message (before kopf starts).
+    started = run(image, "ray-pixi-operator", "run")
+    assert started.returncode == 2
+    assert "Invalid RAY_PIXI_PAYLOAD_IMAGE=''" in started.stderr
+
+
+# --- the payload ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def installed(image: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """/ray-pixi after the init container ran (an emptyDir volume: mode 0777, owned by root)."""
+    volume = tmp_path_factory.mktemp("ray-pixi")
+    volume.chmod(0o777)
+    first = run(image, "ray-pixi-payload", "install", "/ray-pixi/payload", volume=volume)
+    assert first.returncode == 0, first.stderr
+    assert " copied; /ray-pixi/payload -> .payload-" in first.stdout
+    return volume
+
+
+def test_payload_install_is_idempotent_in_the_container(image, installed):
+    again = run(image, "ray-pixi-payload", "install", "/ray-pixi/payload", volume=installed)
+    assert again.returncode == 0, again.stderr
+    assert " already present; " in again.stdout
+
+
+def test_payload_layout_and_permissions(installed):
+    payload = installed / "payload"
+    assert payload.is_symlink()
+    pixi = payload / "bin" / "pixi"
+    assert os.access(pixi, os.X_OK)
+    # The very file the air-gapped build was given (and checked against its sha256).
+    assert hashlib.sha256(pixi.read_bytes()).digest() == hashlib.sha256(FAKE_PIXI.read_bytes()).digest()
+    version = subprocess.run([pixi, "--version"], capture_output=True, text=True, check=True)
+    assert version.stdout.strip() == f"pixi {PIXI_VERSION}"
+    top = sorted(p.name for p in (payload / "python").iterdir())
+    assert [n for n in top if not n.endswith(".dist-info")] == ["ray_pixi", "tomli_w"]
+    assert not list((payload / "python").rglob("*.so")) and not list((payload / "python").rglob("*.pyc"))
+    for shared in ("store", "pixi-cache"):
+        assert (installed / shared).stat().st_mode & 0o7777 == 0o1777
+
+
+def test_ray_user_can_use_the_payload_and_write_the_store(image, installed):
+    """The Ray container runs as uid 1000, not as the init container's 65532."""
+    probe = run(image, "sh", "-c",
+                "set -e; /ray-pixi/payload/bin/pixi --version; "
+                "PYTHONPATH=/ray-pixi/payload/python python -c 'import tomli_w, ray_pixi.errors'; "
+                "mkdir /ray-pixi/store/env-a /ray-pixi/pixi-cache/pkgs; "
+                "touch /ray-pixi/payload/python/x 2>/dev/null && echo payload-writable || "
+                "echo payload-read-only",
+                volume=installed, user="1000:100")
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.split()[-1] == "payload-read-only"
+
+
+def _image_python(image: str) -> tuple[int, int]:
+    out = run(image, "python", "-c", "import sys; print(*sys.version_info[:2])")
+    major, minor = out.stdout.split()
+    return int(major), int(minor)
+
+
+def _other_pythons(image_version: tuple[int, int]) -> list[Path]:
+    found = []
+    for minor in (10, 13, 12):  # the oldest and newest Ray supports first
+        if (3, minor) == image_version:
+            continue
+        for candidate in sorted(PYENV_VERSIONS.glob(f"3.{minor}.*/bin/python3")):
+            found.append(candidate)
+            break
+    return found
+
+
+def _ray_like_venv(python: Path) -> Path:
+    """A venv of `python` with what a Ray image has that ray_pixi imports eagerly (pydantic)."""
+    version = subprocess.run([python, "-c", "import sys; print(*sys.version_info[:2], sep='.')"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    venv = persistent_cache("image-test-pythons") / f"py{version}"
+    marker = venv / ".ready"
+    if not marker.exists():
+        shutil.rmtree(venv, ignore_errors=True)
+        subprocess.run([python, "-m", "venv", venv], check=True, capture_output=True, timeout=300)
+        pip = subprocess.run([venv / "bin" / "python", "-m", "pip", "install", "-q",
+                              "pydantic>=2.5"], capture_output=True, text=True, timeout=600)
+        if pip.returncode != 0:
+            pytest.skip(f"cannot install pydantic for Python {version}: {pip.stderr[-300:]}")
+        marker.touch()
+    return venv / "bin" / "python"
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["oldest-other-python", "newest-other-python"])
+def test_payload_imports_with_a_different_python_than_the_image(image, installed, which):
+    image_version = _image_python(image)
+    pythons = _other_pythons(image_version)
+    if len(pythons) <= which:
+        pytest.skip(f"no second Python other than the image's {image_version} under {PYENV_VERSIONS}")
+    python = _ray_like_venv(pythons[which])
+    payload_python = installed / "payload" / "python"
+    code = (
+        "import sys, pathlib, ray_pixi, tomli_w\n"
+        "from ray_pixi import pixi, PixiSpec\n"
+        "assert tomli_w.dumps({'name': 'demo'}) == 'name = \"demo\"\\n'\n"
+        # Every module of the plugin parses under this Python (some import ray lazily).
+        "for path in pathlib.Path(ray_pixi.__file__).parent.rglob('*.py'):\n"
+        "    compile(path.read_text(), str(path), 'exec')\n"
+        "print(sys.version_info[0], sys.version_info[1], ray_pixi.__file__)\n"
+    )
+    result = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={"PYTHONPATH": str(payload_python), "PATH": os.environ["PATH"],
+                                 "PYTHONDONTWRITEBYTECODE": "1"})
+    assert result.returncode == 0, result.stderr
+    major, minor, where = result.stdout.split()
+    assert (int(major), int(minor)) != image_version
+    assert Path(where).resolve().is_relative_to(payload_python.resolve())
+
+
+# --- the build's checks on the pixi file ---------------------------------------------------------
+
+
+def test_build_fails_when_the_pixi_file_does_not_match_its_sha256(context_dir):
+    result = docker_build(context_dir, "ray-pixi-test:bad-sha", PIXI_FILE="pixi",
+                          PIXI_SHA256="0" * 64, PIXI_VERSION=PIXI_VERSION)
+    assert result.returncode != 0
+    assert re.search(r"sha256 mismatch for /build/inputs/pixi: expected 0{64}, got [0-9a-f]{64}",
+                     result.stdout + result.stderr)
+
+
+def test_build_refuses_a_local_pixi_file_without_its_sha256(context_dir):
+    result = docker_build(context_dir, "ray-pixi-test:no-sha", PIXI_FILE="pixi",
+                          PIXI_VERSION=PIXI_VERSION)
+    assert result.returncode != 0
+    assert "PIXI_FILE needs PIXI_SHA256" in result.stdout + result.stderr
+
+
+def test_build_fails_when_the_pixi_file_is_another_version(context_dir):
+    sha = hashlib.sha256(FAKE_PIXI.read_bytes()).hexdigest()
+    result = docker_build(context_dir, "ray-pixi-test:wrong-version", PIXI_FILE="pixi",
+                          PIXI_SHA256=sha, PIXI_VERSION="0.40.0")
+    assert result.returncode != 0
+    assert "the pixi file reports 'pixi 0.77.0', but PIXI_VERSION is 0.40.0" in (
+        result.stdout + result.stderr)
+
+
+if __name__ == "__main__":  # pragma: no cover - `python tests/image/test_image_build.py`
+    sys.exit(pytest.main([__file__, "-v"]))
