@@ -1,19 +1,20 @@
 """Build or run the cluster-in-a-box by hand.
 
-    PYTHONPATH=tests python -m kube build    # build/cached binaries (what .ci/setup-kube runs)
-    PYTHONPATH=tests python -m kube up       # start it; prints KUBECONFIG; Ctrl-C stops it
-    PYTHONPATH=tests python -m kube where    # print the cache dir and each binary's state
+PYTHONPATH=tests python -m kube build    # build/cached binaries (what .ci/setup-kube runs)
+PYTHONPATH=tests python -m kube up       # start it; prints KUBECONFIG; Ctrl-C stops it
+PYTHONPATH=tests python -m kube where    # print the cache dir and each binary's state
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import threading
 
+# Only the standard library until `up`: .ci/setup-kube runs `build` with any python3.
 from .build import COMPONENTS, ETCD, BuildError, Unavailable, cache_dir, ensure_all, is_built
-from .cluster import Binaries, KubeCluster
 
 
 def _log(message: str) -> None:
@@ -21,8 +22,11 @@ def _log(message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kube", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m kube",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("command", choices=["build", "up", "where"])
     args = parser.parse_args(argv)
 
@@ -43,16 +47,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {path}")
         return 0
 
+    from .cluster import Binaries, KubeCluster
+
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     binaries = Binaries(paths[ETCD.name], paths["kube-apiserver"], paths["kuberay-operator"])
     with KubeCluster(binaries, log=_log) as cluster:
         print(f"export KUBECONFIG={cluster.admin_kubeconfig}", flush=True)
         _log(f"kube: logs in {cluster.workdir}; Ctrl-C to stop")
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
-        except KeyboardInterrupt:
-            pass
     return 0
 
 

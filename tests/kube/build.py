@@ -222,9 +222,21 @@ def _build(go: str, component: Component, log: Log) -> None:
     build_log = component.install_dir() / "build.log"
     with open(build_log, "w") as log_file:
         result = subprocess.run(
-            [go, "build", "-trimpath", "-ldflags", component.ldflags(), "-o", str(output),
-             component.package],
-            cwd=cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT, timeout=3600,
+            [
+                go,
+                "build",
+                "-trimpath",
+                "-ldflags",
+                component.ldflags(),
+                "-o",
+                str(output),
+                component.package,
+            ],
+            cwd=cwd,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            timeout=3600,
         )
     if result.returncode != 0:
         raise BuildError(

@@ -304,8 +304,10 @@ class KubeCluster:
         ).start()
         self.admin_kubeconfig = self._write_kubeconfig(
             "admin",
-            {"client-certificate": str(self.admin.cert_file),
-             "client-key": str(self.admin.key_file)},
+            {
+                "client-certificate": str(self.admin.cert_file),
+                "client-key": str(self.admin.key_file),
+            },
         )
         admin = self.rest()
 
@@ -345,9 +347,7 @@ class KubeCluster:
         def established(name: str) -> bool:
             crd = admin.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
             conditions = (crd.get("status") or {}).get("conditions") or []
-            return any(
-                c["type"] == "Established" and c["status"] == "True" for c in conditions
-            )
+            return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
 
         for name in names:
             poll(lambda n=name: established(n), timeout=30, what=f"CRD {name} Established")
@@ -390,9 +390,7 @@ class KubeCluster:
                 }
             ],
             "users": [{"name": name, "user": user}],
-            "contexts": [
-                {"name": name, "context": {"cluster": "ray-pixi-box", "user": name}}
-            ],
+            "contexts": [{"name": name, "context": {"cluster": "ray-pixi-box", "user": name}}],
             "current-context": name,
         }
         directory = self.workdir / "kubeconfigs"
@@ -433,8 +431,7 @@ class KubeCluster:
         request = {
             "apiVersion": "authentication.k8s.io/v1",
             "kind": "TokenRequest",
-            "spec": {"audiences": list(audiences) or None,
-                     "expirationSeconds": expiration_seconds},
+            "spec": {"audiences": list(audiences) or None, "expirationSeconds": expiration_seconds},
         }
         try:
             answer = self.rest().create(
@@ -463,7 +460,9 @@ class KubeCluster:
                 for resource in admin.get(base)["resources"]:
                     if "/" not in resource["name"]:
                         self._discovery[(group_version, resource["kind"])] = _Resource(
-                            base, resource["name"], resource["namespaced"],
+                            base,
+                            resource["name"],
+                            resource["namespaced"],
                             frozenset(resource.get("verbs", ())),
                         )
         return self._discovery
@@ -505,8 +504,11 @@ class KubeCluster:
         admin = self.rest()
         admin.create(
             "/api/v1/namespaces",
-            {"apiVersion": "v1", "kind": "Namespace",
-             "metadata": {"name": name, "labels": labels or {}}},
+            {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": name, "labels": labels or {}},
+            },
         )
         admin.create(
             f"/api/v1/namespaces/{name}/serviceaccounts",
@@ -521,11 +523,13 @@ class KubeCluster:
             return
         # Terminating now: NamespaceLifecycle refuses new objects, so KubeRay cannot
         # recreate what is deleted below.
-        collections = sorted({
-            resource.path(name)
-            for resource in self._resources().values()
-            if resource.namespaced and {"list", "deletecollection"} <= resource.verbs
-        })
+        collections = sorted(
+            {
+                resource.path(name)
+                for resource in self._resources().values()
+                if resource.namespaced and {"list", "deletecollection"} <= resource.verbs
+            }
+        )
         for path in collections:
             with contextlib.suppress(ApiError):
                 admin.delete(path)
@@ -551,16 +555,27 @@ class KubeCluster:
                 with contextlib.suppress(ApiError):
                     admin.merge_patch(item_path, {"metadata": {"finalizers": None}})
                     admin.delete(item_path, missing_ok=True)
-        poll(lambda: not leftovers(), timeout=timeout / 2, what=f"namespace {name} to empty",
-             describe=describe)
+        poll(
+            lambda: not leftovers(),
+            timeout=timeout / 2,
+            what=f"namespace {name} to empty",
+            describe=describe,
+        )
         with contextlib.suppress(ApiError):
             admin.replace(
                 f"/api/v1/namespaces/{name}/finalize",
-                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name},
-                 "spec": {"finalizers": []}},
+                {
+                    "apiVersion": "v1",
+                    "kind": "Namespace",
+                    "metadata": {"name": name},
+                    "spec": {"finalizers": []},
+                },
             )
-        poll(lambda: not admin.exists(f"/api/v1/namespaces/{name}"), timeout=10,
-             what=f"namespace {name} to be deleted")
+        poll(
+            lambda: not admin.exists(f"/api/v1/namespaces/{name}"),
+            timeout=10,
+            what=f"namespace {name} to be deleted",
+        )
 
     def logs(self) -> Iterator[Path]:
         """The components' log files (kept only while the cluster's work dir exists)."""

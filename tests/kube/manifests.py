@@ -107,8 +107,10 @@ def cluster_pods(rest: Rest, namespace: str, cluster: str) -> list[dict[str, Any
     )["items"]
     return sorted(
         pods,
-        key=lambda p: (p["metadata"]["labels"].get("ray.io/node-type") != "head",
-                       p["metadata"]["name"]),
+        key=lambda p: (
+            p["metadata"]["labels"].get("ray.io/node-type") != "head",
+            p["metadata"]["name"],
+        ),
     )
 
 
@@ -120,6 +122,7 @@ def wait_for_pods(
         lambda: (pods := cluster_pods(rest, namespace, cluster)) and len(pods) == count and pods,
         timeout=timeout,
         what=f"{count} pods of RayCluster {namespace}/{cluster}",
-        describe=lambda: str([p["metadata"]["name"] for p in cluster_pods(rest, namespace,
-                                                                           cluster)]),
+        describe=lambda: str(
+            [p["metadata"]["name"] for p in cluster_pods(rest, namespace, cluster)]
+        ),
     )

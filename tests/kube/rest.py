@@ -16,7 +16,7 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 __all__ = ["ApiError", "Rest", "poll"]
 
@@ -126,7 +126,7 @@ class Rest:
 
 
 def poll(
-    check: Callable[[], T | None],
+    check: Callable[[], T | None | Literal[False]],
     *,
     timeout: float,
     what: str,

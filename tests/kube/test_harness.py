@@ -84,10 +84,12 @@ def test_service_account_token_is_subject_to_rbac(
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "RoleBinding",
             "metadata": {"name": "reader-reads-pods"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                        "name": "pod-reader"},
-            "subjects": [{"kind": "ServiceAccount", "name": "reader",
-                          "namespace": kube_namespace}],
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": "pod-reader",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": kube_namespace}],
         },
         kube_namespace,
     )
@@ -111,9 +113,11 @@ def test_kubeconfigs_work_with_the_kubernetes_client(
     path = kube_cluster.kubeconfig_for_token(
         kube_cluster.service_account_token(kube_namespace, "nobody")
     )
-    with config.new_client_from_config(config_file=str(path)) as api:
-        with pytest.raises(client.ApiException) as denied:
-            client.CoreV1Api(api).list_namespaced_pod(kube_namespace)
+    with (
+        config.new_client_from_config(config_file=str(path)) as api,
+        pytest.raises(client.ApiException) as denied,
+    ):
+        client.CoreV1Api(api).list_namespaced_pod(kube_namespace)
     assert denied.value.status == 403
 
 
