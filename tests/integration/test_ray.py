@@ -35,7 +35,8 @@ def probe(module: str = "pyjokes") -> dict:
     return {"module": importlib.metadata.version(module), "file": m.__file__,
             "prefix": sys.prefix, "executable": sys.executable, "ray": worker_ray.__version__,
             "path": os.environ["PATH"], "pixi_env": os.environ.get("PIXI_ENVIRONMENT_NAME"),
-            "node": worker_ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+            "node": worker_ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+            "cwd": os.getcwd()}
 
 
 def test_a_task_imports_a_package_only_its_inline_env_has(shared_cluster) -> None:
@@ -251,3 +252,15 @@ def test_a_small_cache_cap_evicts_an_unused_env(own_cluster) -> None:
                     pypi_dependencies={"pyjokes": "==0.6.0"}), "env_vars": {
                     "T": str(time.monotonic())}}).remote())
         assert not (c.store / "envs" / f"{first_key}.json").exists()
+
+
+def test_a_store_path_with_shell_syntax_cannot_inject(own_cluster, tmp_path: Path) -> None:
+    """Ray splices py_executable into `bash -c` unquoted; the plugin must quote it."""
+    store = tmp_path / "my store $(touch INJECTED) ; echo"
+    with own_cluster(RAY_PIXI_STORE_DIR=str(store)) as c, c.job(
+            runtime_env={"pixi": pixi(pypi_dependencies={"pyjokes": "==0.8.3"})}):
+        seen = ray.get(probe.remote())
+    assert seen["prefix"].startswith(str(store / "envs"))
+    # An injected `touch` would run in the shell that starts the worker, in its cwd.
+    assert not (Path(seen["cwd"]) / "INJECTED").exists()
+    assert not list(tmp_path.rglob("INJECTED"))
