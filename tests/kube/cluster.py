@@ -4,7 +4,9 @@ No controller-manager, scheduler or kubelet run: Pods stay Pending, which is eno
 read the specs KubeRay builds. Two controllers that a real cluster would provide are
 emulated where tests need them: a new namespace gets its `default` ServiceAccount (the
 ServiceAccount admission plugin refuses Pods without it), and deleting a namespace deletes
-its contents and then finalizes it (the namespace controller's job).
+its contents and then finalizes it (the namespace controller's job). A Service can be
+routed to a process on loopback (`route_service`), standing in for kube-proxy and the
+Service's Pods, so webhooks configured with a `service` clientConfig are reachable.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import yaml
 
 from .pki import CertificateAuthority, write_service_account_keys
 from .rest import ApiError, Rest, poll
+from .services import ServiceRouter, egress_selector_config
 
 __all__ = [
     "KubeCluster",
@@ -173,8 +176,8 @@ class KubeCluster:
 
     Public surface (the fixture contract): `server`, `ca_file`, `admin_kubeconfig`,
     `kubeconfig_for_token()`, `service_account_token()`, `api_client()`, plus `rest()`,
-    `apply()`, `create_namespace()`, `delete_namespace()` and `start_kuberay()` /
-    `stop_kuberay()`.
+    `apply()`, `path_for()`, `create_namespace()`, `delete_namespace()`,
+    `route_service()` / `unroute_service()` and `start_kuberay()` / `stop_kuberay()`.
     """
 
     def __init__(self, binaries: Binaries, *, log: Log = print, workdir: Path | None = None):
@@ -185,6 +188,7 @@ class KubeCluster:
         self.etcd: Service | None = None
         self.apiserver: Service | None = None
         self.kuberay: Service | None = None
+        self.router: ServiceRouter | None = None
         self.server = ""
         self._discovery: dict[tuple[str, str], _Resource] = {}
         self._kubeconfigs = 0
@@ -218,6 +222,8 @@ class KubeCluster:
         for service in (self.kuberay, self.apiserver, self.etcd):
             if service is not None:
                 service.stop()
+        if self.router is not None:
+            self.router.stop()
         if self._own_workdir and not os.environ.get("RAY_PIXI_KUBE_KEEP"):
             shutil.rmtree(self.workdir, ignore_errors=True)
         elif self.workdir.exists():
@@ -275,6 +281,11 @@ class KubeCluster:
         port = free_port()
         self.server = f"https://127.0.0.1:{port}"
         pki = self.workdir / "pki"
+        self.router = ServiceRouter(
+            self.workdir / "egress.sock", self.workdir / "service-router.log"
+        ).start()
+        egress = self.workdir / "egress-selector.yaml"
+        egress.write_text(egress_selector_config(self.router.socket_path))
         self.apiserver = Service(
             "kube-apiserver",
             [
@@ -296,6 +307,8 @@ class KubeCluster:
                 # The `kubernetes` Service's endpoints would point at 127.0.0.1, which
                 # Endpoints validation refuses; nothing in the box routes to it anyway.
                 "--endpoint-reconciler-type=none",
+                # Webhooks behind a Service are dialled at its ClusterIP through this.
+                f"--egress-selector-config-file={egress}",
                 "--allow-privileged=true",
                 "--profiling=false",
                 "--v=1",
@@ -445,6 +458,27 @@ class KubeCluster:
                 ) from None
             raise
         return str(answer["status"]["token"])
+
+    def route_service(self, namespace: str, name: str, port: int, target_port: int) -> str:
+        """Send traffic for Service `namespace/name`'s `port` to 127.0.0.1:`target_port`.
+
+        Returns the Service's ClusterIP. Only the API server's own calls (webhooks with a
+        `service` clientConfig) use this route: there is no kube-proxy on the machine.
+        """
+        assert self.router is not None
+        service = self.rest().get(f"/api/v1/namespaces/{namespace}/services/{name}")
+        cluster_ip = str(service["spec"]["clusterIP"])
+        ports = [p["port"] for p in service["spec"].get("ports", [])]
+        if port not in ports:
+            raise ValueError(f"Service {namespace}/{name} has ports {ports}, not {port}")
+        self.router.route(cluster_ip, port, target_port)
+        return cluster_ip
+
+    def unroute_service(self, namespace: str, name: str, port: int) -> None:
+        assert self.router is not None
+        with contextlib.suppress(ApiError):
+            service = self.rest().get(f"/api/v1/namespaces/{namespace}/services/{name}")
+            self.router.unroute(str(service["spec"]["clusterIP"]), port)
 
     # objects -------------------------------------------------------------------------
 
