@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from support import REPO
 
 CHART_DIR = REPO / "charts" / "ray-pixi"
@@ -54,7 +55,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "logLevel": "DEBUG",
         "imagePullSecrets": [{"name": "regcred"}],
     },
-    "bring-your-own-rbac": {"serviceAccount": {"create": False, "name": "ops"}, "rbac": {"create": False}},
+    "bring-your-own-rbac": {
+        "serviceAccount": {"create": False, "name": "ops"},
+        "rbac": {"create": False},
+    },
 }
 
 

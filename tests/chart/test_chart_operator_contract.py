@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from chart_render import NAMESPACE, VARIANTS, container_env, one, render
-
 from ray_pixi_operator import names
 from ray_pixi_operator.settings import Settings
 
@@ -90,10 +89,15 @@ def test_chart_constants_match_the_operator_names():
     helpers = (chart_dir / "templates" / "_helpers.tpl").read_text()
     assert f"\n{names.WEBHOOK_PATH}\n" in helpers
     assert f"\n{names.ENABLED_LABEL}\n" in helpers
-    payload = (Path(__file__).resolve().parents[2] / "operator" / "src" / "ray_pixi_operator"
-               / "payload.py").read_text()
+    payload = (
+        Path(__file__).resolve().parents[2]
+        / "operator"
+        / "src"
+        / "ray_pixi_operator"
+        / "payload.py"
+    ).read_text()
     assert names.PAYLOAD_COMMAND[0] == "ray-pixi-payload" and names.PAYLOAD_COMMAND[1] == "install"
-    assert "SHARED_DIRS = (\"store\", \"pixi-cache\")" in payload
+    assert 'SHARED_DIRS = ("store", "pixi-cache")' in payload
     assert names.STORE_DIR == names.MOUNT_PATH + "/store"
     assert names.PIXI_CACHE_DIR == names.MOUNT_PATH + "/pixi-cache"
     assert names.PIXI_EXE_PATH == names.PAYLOAD_DIR + "/bin/pixi"

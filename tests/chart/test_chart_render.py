@@ -39,15 +39,21 @@ _ISSUER_REF = {
     "type": "object",
     "additionalProperties": False,
     "required": ["name"],
-    "properties": {"name": {"type": "string", "minLength": 1}, "kind": {"type": "string", "minLength": 1},
-                   "group": {"type": "string"}},
+    "properties": {
+        "name": {"type": "string", "minLength": 1},
+        "kind": {"type": "string", "minLength": 1},
+        "group": {"type": "string"},
+    },
 }
 _META = {
     "type": "object",
     "required": ["name", "namespace"],
-    "properties": {"name": {"type": "string"}, "namespace": {"type": "string"},
-                   "labels": {"type": "object", "additionalProperties": {"type": "string"}},
-                   "annotations": {"type": "object", "additionalProperties": {"type": "string"}}},
+    "properties": {
+        "name": {"type": "string"},
+        "namespace": {"type": "string"},
+        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
     "additionalProperties": False,
 }
 CERT_MANAGER_SCHEMAS = {
@@ -59,9 +65,18 @@ CERT_MANAGER_SCHEMAS = {
             "apiVersion": {"const": "cert-manager.io/v1"},
             "kind": {"const": "Issuer"},
             "metadata": _META,
-            "spec": {"type": "object", "additionalProperties": False, "minProperties": 1,
-                     "properties": {"selfSigned": {"type": "object", "additionalProperties": False,
-                                                   "properties": {"crlDistributionPoints": {"type": "array"}}}}},
+            "spec": {
+                "type": "object",
+                "additionalProperties": False,
+                "minProperties": 1,
+                "properties": {
+                    "selfSigned": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {"crlDistributionPoints": {"type": "array"}},
+                    }
+                },
+            },
         },
     },
     "Certificate": {
@@ -106,8 +121,13 @@ CERT_MANAGER_SCHEMAS = {
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_variant_lints_strictly_clean(variant):
-    report = helm_python.lint(CHART_DIR, VARIANTS[variant], strict=True, namespace=NAMESPACE,
-                              kube_version="v" + KUBE_VERSIONS[0])
+    report = helm_python.lint(
+        CHART_DIR,
+        VARIANTS[variant],
+        strict=True,
+        namespace=NAMESPACE,
+        kube_version="v" + KUBE_VERSIONS[0],
+    )
     problems = [m for m in report["messages"] if m["severity"] >= 2]
     assert report["errors"] == [] and problems == [], problems or report["errors"]
 
@@ -126,8 +146,10 @@ def test_every_rendered_object_validates_strictly(variant):
             try:
                 kubernetes_validate.validate(obj, version, strict=True)
             except kubernetes_validate.ValidationError as error:
-                pytest.fail(f"{variant}: {kind} {obj['metadata']['name']} invalid for {version}: "
-                            f"{error.message} at {list(error.path)}")
+                pytest.fail(
+                    f"{variant}: {kind} {obj['metadata']['name']} invalid for {version}: "
+                    f"{error.message} at {list(error.path)}"
+                )
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -163,8 +185,14 @@ def test_names_stay_valid_for_a_long_release_name():
     ("values", "complaint"),
     [
         ({"namespace": ["ml"]}, "additional properties 'namespace' not allowed"),
-        ({"injection": {"cache": {"volum": "hostPath"}}}, "additional properties 'volum' not allowed"),
-        ({"webhook": {"failurepolicy": "Ignore"}}, "additional properties 'failurepolicy' not allowed"),
+        (
+            {"injection": {"cache": {"volum": "hostPath"}}},
+            "additional properties 'volum' not allowed",
+        ),
+        (
+            {"webhook": {"failurepolicy": "Ignore"}},
+            "additional properties 'failurepolicy' not allowed",
+        ),
         ({"webhook": {"tls": {"certmanager": {"enabled": True}}}}, "'certmanager' not allowed"),
         ({"image": {"tags": "1"}}, "additional properties 'tags' not allowed"),
         ({"webhook": {"failurePolicy": "ignore"}}, "value must be one of 'Fail', 'Ignore'"),
@@ -187,9 +215,19 @@ def test_schema_rejects_typos_and_bad_values(values, complaint):
 def test_schema_closes_every_object():
     """additionalProperties: false on every object whose keys the chart defines."""
     schema = yaml.safe_load((CHART_DIR / "values.schema.json").read_text())
-    free_form = {"resources", "podSecurityContext", "securityContext", "affinity", "global",
-                 "commonLabels", "podLabels", "podAnnotations", "nodeSelector", "annotations",
-                 "tolerations[]"}
+    free_form = {
+        "resources",
+        "podSecurityContext",
+        "securityContext",
+        "affinity",
+        "global",
+        "commonLabels",
+        "podLabels",
+        "podAnnotations",
+        "nodeSelector",
+        "annotations",
+        "tolerations[]",
+    }
 
     def walk(node: dict[str, Any], path: str) -> None:
         if node.get("type") == "object" and "properties" in node:
@@ -244,8 +282,12 @@ def test_readme_values_table_lists_every_value():
     def walk(node: dict[str, Any], prefix: str) -> None:
         for key, value in node.items():
             path = f"{prefix}{key}"
-            if isinstance(value, dict) and value and path not in {"resources", "podSecurityContext",
-                                                                  "securityContext", "nodeSelector"}:
+            if (
+                isinstance(value, dict)
+                and value
+                and path
+                not in {"resources", "podSecurityContext", "securityContext", "nodeSelector"}
+            ):
                 walk(value, path + ".")
             elif f"`{path}`" not in readme:
                 missing.append(path)
@@ -299,13 +341,17 @@ def test_image_and_payload_image_references():
 
 
 def _rules(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [rule for role in of_kind(objects, "ClusterRole") + of_kind(objects, "Role")
-            for rule in role["rules"]]
+    return [
+        rule
+        for role in of_kind(objects, "ClusterRole") + of_kind(objects, "Role")
+        for rule in role["rules"]
+    ]
 
 
 def _allows(rules: list[dict[str, Any]], group: str, resource: str, verb: str) -> bool:
-    return any(group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"]
-               for r in rules)
+    return any(
+        group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"] for r in rules
+    )
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -313,7 +359,9 @@ def test_rbac_has_no_wildcards(variant):
     for rule in _rules(render(VARIANTS[variant])):
         for field in ("apiGroups", "resources", "verbs"):
             assert "*" not in rule[field], rule
-        assert not {"escalate", "bind", "impersonate", "delete", "deletecollection"} & set(rule["verbs"])
+        assert not {"escalate", "bind", "impersonate", "delete", "deletecollection"} & set(
+            rule["verbs"]
+        )
 
 
 def test_cluster_wide_rbac_grants_what_the_operator_does():
@@ -330,10 +378,13 @@ def test_cluster_wide_rbac_grants_what_the_operator_does():
     # Nothing else: no secrets, no pod writes, no webhook configurations.
     assert not _allows(rules, "", "secrets", "get")
     assert not _allows(rules, "", "pods", "create")
-    assert not _allows(rules, "admissionregistration.k8s.io", "mutatingwebhookconfigurations", "patch")
+    assert not _allows(
+        rules, "admissionregistration.k8s.io", "mutatingwebhookconfigurations", "patch"
+    )
     sa = one(objects, "ServiceAccount")
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
-                                    "namespace": NAMESPACE}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": NAMESPACE}
+    ]
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
 
 
@@ -350,14 +401,23 @@ def test_namespaced_mode_uses_roles_in_the_chosen_namespaces_only():
     env = container_env(one(objects, "Deployment"))
     assert env["RAY_PIXI_NAMESPACES"] == "ml-team-a,ml-team-b"
     webhook = one(objects, "MutatingWebhookConfiguration")["webhooks"][0]
-    assert webhook["namespaceSelector"] == {"matchExpressions": [{
-        "key": "kubernetes.io/metadata.name", "operator": "In", "values": values["namespaces"]}]}
+    assert webhook["namespaceSelector"] == {
+        "matchExpressions": [
+            {"key": "kubernetes.io/metadata.name", "operator": "In", "values": values["namespaces"]}
+        ]
+    }
 
 
 def test_rbac_and_service_account_can_be_brought_along():
     objects = render(VARIANTS["bring-your-own-rbac"])
     kinds = {o["kind"] for o in objects}
-    assert not kinds & {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+    assert not kinds & {
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+    }
     deployment = one(objects, "Deployment")
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "ops"
 
@@ -372,10 +432,15 @@ def test_webhook_configuration(variant):
     values = VARIANTS[variant]
     objects = render(values)
     (webhook,) = one(objects, "MutatingWebhookConfiguration")["webhooks"]
-    assert webhook["rules"] == [{
-        "apiGroups": ["ray.io"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
-        "resources": ["rayclusters"], "scope": "Namespaced",
-    }]
+    assert webhook["rules"] == [
+        {
+            "apiGroups": ["ray.io"],
+            "apiVersions": ["v1"],
+            "operations": ["CREATE", "UPDATE"],
+            "resources": ["rayclusters"],
+            "scope": "Namespaced",
+        }
+    ]
     assert webhook["objectSelector"] == {"matchLabels": {names.ENABLED_LABEL: names.ENABLED_VALUE}}
     assert webhook["sideEffects"] == "None"
     assert webhook["admissionReviewVersions"] == ["v1"]
@@ -396,7 +461,7 @@ def test_webhook_configuration(variant):
 
 def test_failure_policy_default_is_fail_and_stated_in_values():
     text = (CHART_DIR / "values.yaml").read_text()
-    block = text[text.index("webhook:"):text.index("failurePolicy: Fail")]
+    block = text[text.index("webhook:") : text.index("failurePolicy: Fail")]
     assert "Default Fail" in block and "objectSelector" in block
 
 
@@ -411,14 +476,15 @@ def test_helm_test_hook_pod_targets_the_webhook():
     env = {e["name"]: e["value"] for e in container["env"]}
     service = one(objects, "Service")
     assert env["WEBHOOK_URL"] == (
-        f"https://{service['metadata']['name']}.{NAMESPACE}.svc:443{names.WEBHOOK_PATH}")
+        f"https://{service['metadata']['name']}.{NAMESPACE}.svc:443{names.WEBHOOK_PATH}"
+    )
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["spec"]["automountServiceAccountToken"] is False
 
 
 def test_notes_render_for_each_mode():
     notes = render_raw({})[f"{RELEASE}/templates/NOTES.txt"]
-    assert "ray-pixi.io/enabled: \"true\"" in notes and "every namespace" in notes
+    assert 'ray-pixi.io/enabled: "true"' in notes and "every namespace" in notes
     assert "helm test ray-pixi" in notes
     namespaced = render_raw(VARIANTS["namespaced"])[f"{RELEASE}/templates/NOTES.txt"]
     assert "ml-team-a, ml-team-b" in namespaced

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import helm_python
-import pytest
 from chart_render import (
     CHART_DIR,
     NAMESPACE,
@@ -84,14 +83,18 @@ def test_generated_certificate_serves_the_webhook_service():
     assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is True
     assert cert.issuer == ca.subject
     ca.public_key().verify(  # type: ignore[union-attr, call-arg]
-        cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(),
+        cert.signature,
+        cert.tbs_certificate_bytes,
+        padding.PKCS1v15(),
         cert.signature_hash_algorithm,
     )
     assert key.public_key().public_numbers() == cert.public_key().public_numbers()  # type: ignore[union-attr]
     service = one(objects, "Service")["metadata"]["name"]
     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert sans.get_values_for_type(x509.DNSName) == [
-        service, f"{service}.{NAMESPACE}", f"{service}.{NAMESPACE}.svc",
+        service,
+        f"{service}.{NAMESPACE}",
+        f"{service}.{NAMESPACE}.svc",
         f"{service}.{NAMESPACE}.svc.cluster.local",
     ]
     lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
@@ -138,11 +141,15 @@ def test_cert_manager_mode_has_no_generated_material():
     assert "caBundle" not in webhook["clientConfig"]
     certificate = one(objects, "Certificate")
     assert config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == (
-        f"{NAMESPACE}/{certificate['metadata']['name']}")
+        f"{NAMESPACE}/{certificate['metadata']['name']}"
+    )
     issuer = one(objects, "Issuer")
     assert issuer["spec"] == {"selfSigned": {}}
     assert certificate["spec"]["issuerRef"] == {
-        "name": issuer["metadata"]["name"], "kind": "Issuer", "group": "cert-manager.io"}
+        "name": issuer["metadata"]["name"],
+        "kind": "Issuer",
+        "group": "cert-manager.io",
+    }
     service = one(objects, "Service")["metadata"]["name"]
     assert f"{service}.{NAMESPACE}.svc" in certificate["spec"]["dnsNames"]
 
@@ -151,7 +158,11 @@ def test_cert_manager_with_a_cluster_issuer():
     objects = render(VARIANTS["cert-manager-cluster-issuer"])
     assert of_kind(objects, "Issuer") == []
     spec = one(objects, "Certificate")["spec"]
-    assert spec["issuerRef"] == {"name": "corp-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
+    assert spec["issuerRef"] == {
+        "name": "corp-ca",
+        "kind": "ClusterIssuer",
+        "group": "cert-manager.io",
+    }
     assert spec["duration"] == "2160h"
 
 
@@ -168,19 +179,23 @@ def _free_port() -> int:
 def running_webhook(cert_file: Path, key_file: Path, port: int):  # type: ignore[no-untyped-def]
     """kopf's WebhookServer with the add-on's handlers, over TLS with the chart's certificate."""
     import kopf
+    import ray_pixi_operator.handlers  # noqa: F401 -- registers the handlers
     from kopf._cogs.structs import references
     from kopf._core.engines.admission import serve_admission_request
     from kopf._core.intents.registries import get_default_registry
     from kopf._core.reactor.inventory import ResourceMemories
-
-    import ray_pixi_operator.handlers  # noqa: F401 -- registers the handlers
     from ray_pixi_operator.handlers import MEMO_KEY
     from ray_pixi_operator.settings import Settings
 
     settings = Settings.from_env({"RAY_PIXI_PAYLOAD_IMAGE": "ghcr.io/example/ray-pixi:0.1.0"})
     resource = references.Resource(
-        group="ray.io", version="v1", plural="rayclusters", kind="RayCluster",
-        singular="raycluster", namespaced=True, preferred=True,
+        group="ray.io",
+        version="v1",
+        plural="rayclusters",
+        kind="RayCluster",
+        singular="raycluster",
+        namespaced=True,
+        preferred=True,
         verbs=("create", "update", "get", "list", "watch", "patch"),
     )
     ready, stop = threading.Event(), None
@@ -192,12 +207,17 @@ def running_webhook(cert_file: Path, key_file: Path, port: int):  # type: ignore
         insights = references.Insights()
         insights.webhook_resources.add(resource)
         webhookfn = functools.partial(
-            serve_admission_request, settings=kopf.OperatorSettings(),
-            memories=ResourceMemories(), memobase=kopf.Memo({MEMO_KEY: settings}),
-            registry=get_default_registry(), insights=insights, indices={},
+            serve_admission_request,
+            settings=kopf.OperatorSettings(),
+            memories=ResourceMemories(),
+            memobase=kopf.Memo({MEMO_KEY: settings}),
+            registry=get_default_registry(),
+            insights=insights,
+            indices={},
         )
-        server = kopf.WebhookServer(addr="127.0.0.1", port=port, host="localhost",
-                                    certfile=cert_file, pkeyfile=key_file)
+        server = kopf.WebhookServer(
+            addr="127.0.0.1", port=port, host="localhost", certfile=cert_file, pkeyfile=key_file
+        )
         configs = server(webhookfn)
         await configs.__anext__()
         ready.set()
@@ -244,7 +264,9 @@ def test_helm_test_hook_gets_an_answer_from_the_operator_webhook(tmp_path):
         result = subprocess.run(
             [sys.executable, "-c", resolver + script],
             env={**os.environ, **env, "WEBHOOK_URL": url},
-            capture_output=True, text=True, timeout=60,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
     assert result.returncode == 0, result.stdout + result.stderr
     answer = json.loads(result.stdout.strip().splitlines()[-1])

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from support import FAKE_PIXI, REPO, persistent_cache
 
 pytestmark = pytest.mark.docker
@@ -28,14 +29,20 @@ BASE_IMAGE = "ray-pixi-test-base:bookworm"
 IMAGE = "ray-pixi-test:latest"
 PIXI_VERSION = "0.77.0"  # what the FAKE pixi reports by default
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
-SETUP_STATUS = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ray-pixi" / \
-    "docker-setup.status"
+SETUP_STATUS = (
+    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    / "ray-pixi"
+    / "docker-setup.status"
+)
 PYENV_VERSIONS = Path.home() / ".pyenv" / "versions"
 
 
-def _docker(*args: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout,
-                          check=check)
+def _docker(
+    *args: str, timeout: float = 120, check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["docker", *args], capture_output=True, text=True, timeout=timeout, check=check
+    )
 
 
 def _setup_said() -> str:
@@ -83,12 +90,21 @@ def build_context(root: Path, pixi_file: Path) -> Path:
 
 
 def docker_build(ctx: Path, tag: str, **build_args: str) -> subprocess.CompletedProcess[str]:
-    args = ["build", "--force-rm", "--network", "host", "-f", "images/Dockerfile", "-t", tag,
-            "--build-arg", f"BASE_IMAGE={BASE_IMAGE}"]
+    args = [
+        "build",
+        "--force-rm",
+        "--network",
+        "host",
+        "-f",
+        "images/Dockerfile",
+        "-t",
+        tag,
+        "--build-arg",
+        f"BASE_IMAGE={BASE_IMAGE}",
+    ]
     for key, value in build_args.items():
         args += ["--build-arg", f"{key}={value}"]
-    return subprocess.run(["docker", *args, str(ctx)], capture_output=True, text=True,
-                          timeout=840)
+    return subprocess.run(["docker", *args, str(ctx)], capture_output=True, text=True, timeout=840)
 
 
 @pytest.fixture(scope="module")
@@ -108,11 +124,25 @@ def context_dir(tmp_path_factory: pytest.TempPathFactory, image: str) -> Path:
     return build_context(tmp_path_factory.mktemp("image-bad"), FAKE_PIXI)
 
 
-def run(image: str, *command: str, volume: Path | None = None, user: str | None = None,
-        timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run(
+    image: str,
+    *command: str,
+    volume: Path | None = None,
+    user: str | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
     """`docker run` as a restricted pod runs it: read-only root, no capabilities."""
-    args = ["run", "--rm", "--network", "none", "--read-only", "--cap-drop", "ALL",
-            "--security-opt", "no-new-privileges"]
+    args = [
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--read-only",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+    ]
     if volume is not None:
         args += ["-v", f"{volume}:/ray-pixi"]
     if user is not None:
@@ -127,20 +157,28 @@ def test_image_is_non_root_small_and_free_of_build_inputs(image):
     (config,) = json.loads(_docker("image", "inspect", image, check=True).stdout)
     assert config["Config"]["User"] == "65532:65532"
     size_mb = config["Size"] / 1e6
-    base_mb = json.loads(_docker("image", "inspect", BASE_IMAGE, check=True).stdout)[0]["Size"] / 1e6
+    base_mb = (
+        json.loads(_docker("image", "inspect", BASE_IMAGE, check=True).stdout)[0]["Size"] / 1e6
+    )
     print(f"image {image}: {size_mb:.0f} MB ({size_mb - base_mb:.0f} MB over the base image)")
     assert size_mb - base_mb < 150, "the layers over the base image grew"
-    probe = run(image, "sh", "-c",
-                "id -u; test ! -e /build && echo no-build-dir; "
-                "python -m pip --version >/dev/null 2>&1 || echo no-pip; "
-                "grep -rl 'BEGIN CERTIFICATE' /opt/ray-pixi 2>/dev/null | grep -v certifi || "
-                "echo no-extra-ca")
+    probe = run(
+        image,
+        "sh",
+        "-c",
+        "id -u; test ! -e /build && echo no-build-dir; "
+        "python -m pip --version >/dev/null 2>&1 || echo no-pip; "
+        "grep -rl 'BEGIN CERTIFICATE' /opt/ray-pixi 2>/dev/null | grep -v certifi || "
+        "echo no-extra-ca",
+    )
     assert probe.returncode == 0, probe.stderr
     assert probe.stdout.split() == ["65532", "no-build-dir", "no-pip", "no-extra-ca"]
 
 
 def test_operator_entry_point_runs_on_a_read_only_root(image):
-    checked = run(image, "python", "-c", "import ray_pixi_operator.handlers, kopf, kubernetes.client")
+    checked = run(
+        image, "python", "-c", "import ray_pixi_operator.handlers, kopf, kubernetes.client"
+    )
     assert checked.returncode == 0, checked.stderr
     # Without its settings it stops at once with the documented message (before kopf starts).
     started = run(image, "ray-pixi-operator", "run")
@@ -174,25 +212,35 @@ def test_payload_layout_and_permissions(installed):
     pixi = payload / "bin" / "pixi"
     assert os.access(pixi, os.X_OK)
     # The very file the air-gapped build was given (and checked against its sha256).
-    assert hashlib.sha256(pixi.read_bytes()).digest() == hashlib.sha256(FAKE_PIXI.read_bytes()).digest()
+    assert (
+        hashlib.sha256(pixi.read_bytes()).digest()
+        == hashlib.sha256(FAKE_PIXI.read_bytes()).digest()
+    )
     version = subprocess.run([pixi, "--version"], capture_output=True, text=True, check=True)
     assert version.stdout.strip() == f"pixi {PIXI_VERSION}"
     top = sorted(p.name for p in (payload / "python").iterdir())
     assert [n for n in top if not n.endswith(".dist-info")] == ["ray_pixi", "tomli_w"]
-    assert not list((payload / "python").rglob("*.so")) and not list((payload / "python").rglob("*.pyc"))
+    assert not list((payload / "python").rglob("*.so")) and not list(
+        (payload / "python").rglob("*.pyc")
+    )
     for shared in ("store", "pixi-cache"):
         assert (installed / shared).stat().st_mode & 0o7777 == 0o1777
 
 
 def test_ray_user_can_use_the_payload_and_write_the_store(image, installed):
     """The Ray container runs as uid 1000, not as the init container's 65532."""
-    probe = run(image, "sh", "-c",
-                "set -e; /ray-pixi/payload/bin/pixi --version; "
-                "PYTHONPATH=/ray-pixi/payload/python python -c 'import tomli_w, ray_pixi.errors'; "
-                "mkdir /ray-pixi/store/env-a /ray-pixi/pixi-cache/pkgs; "
-                "touch /ray-pixi/payload/python/x 2>/dev/null && echo payload-writable || "
-                "echo payload-read-only",
-                volume=installed, user="1000:100")
+    probe = run(
+        image,
+        "sh",
+        "-c",
+        "set -e; /ray-pixi/payload/bin/pixi --version; "
+        "PYTHONPATH=/ray-pixi/payload/python python -c 'import tomli_w, ray_pixi.errors'; "
+        "mkdir /ray-pixi/store/env-a /ray-pixi/pixi-cache/pkgs; "
+        "touch /ray-pixi/payload/python/x 2>/dev/null && echo payload-writable || "
+        "echo payload-read-only",
+        volume=installed,
+        user="1000:100",
+    )
     assert probe.returncode == 0, probe.stderr
     assert probe.stdout.split()[-1] == "payload-read-only"
 
@@ -216,15 +264,23 @@ def _other_pythons(image_version: tuple[int, int]) -> list[Path]:
 
 def _ray_like_venv(python: Path) -> Path:
     """A venv of `python` with what a Ray image has that ray_pixi imports eagerly (pydantic)."""
-    version = subprocess.run([python, "-c", "import sys; print(*sys.version_info[:2], sep='.')"],
-                             capture_output=True, text=True, check=True).stdout.strip()
+    version = subprocess.run(
+        [python, "-c", "import sys; print(*sys.version_info[:2], sep='.')"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     venv = persistent_cache("image-test-pythons") / f"py{version}"
     marker = venv / ".ready"
     if not marker.exists():
         shutil.rmtree(venv, ignore_errors=True)
         subprocess.run([python, "-m", "venv", venv], check=True, capture_output=True, timeout=300)
-        pip = subprocess.run([venv / "bin" / "python", "-m", "pip", "install", "-q",
-                              "pydantic>=2.5"], capture_output=True, text=True, timeout=600)
+        pip = subprocess.run(
+            [venv / "bin" / "python", "-m", "pip", "install", "-q", "pydantic>=2.5"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         if pip.returncode != 0:
             pytest.skip(f"cannot install pydantic for Python {version}: {pip.stderr[-300:]}")
         marker.touch()
@@ -236,7 +292,9 @@ def test_payload_imports_with_a_different_python_than_the_image(image, installed
     image_version = _image_python(image)
     pythons = _other_pythons(image_version)
     if len(pythons) <= which:
-        pytest.skip(f"no second Python other than the image's {image_version} under {PYENV_VERSIONS}")
+        pytest.skip(
+            f"no second Python other than the image's {image_version} under {PYENV_VERSIONS}"
+        )
     python = _ray_like_venv(pythons[which])
     payload_python = installed / "payload" / "python"
     code = (
@@ -248,9 +306,17 @@ def test_payload_imports_with_a_different_python_than_the_image(image, installed
         "    compile(path.read_text(), str(path), 'exec')\n"
         "print(sys.version_info[0], sys.version_info[1], ray_pixi.__file__)\n"
     )
-    result = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=120,
-                            env={"PYTHONPATH": str(payload_python), "PATH": os.environ["PATH"],
-                                 "PYTHONDONTWRITEBYTECODE": "1"})
+    result = subprocess.run(
+        [python, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={
+            "PYTHONPATH": str(payload_python),
+            "PATH": os.environ["PATH"],
+            "PYTHONDONTWRITEBYTECODE": "1",
+        },
+    )
     assert result.returncode == 0, result.stderr
     major, minor, where = result.stdout.split()
     assert (int(major), int(minor)) != image_version
@@ -261,27 +327,41 @@ def test_payload_imports_with_a_different_python_than_the_image(image, installed
 
 
 def test_build_fails_when_the_pixi_file_does_not_match_its_sha256(context_dir):
-    result = docker_build(context_dir, "ray-pixi-test:bad-sha", PIXI_FILE="pixi",
-                          PIXI_SHA256="0" * 64, PIXI_VERSION=PIXI_VERSION)
+    result = docker_build(
+        context_dir,
+        "ray-pixi-test:bad-sha",
+        PIXI_FILE="pixi",
+        PIXI_SHA256="0" * 64,
+        PIXI_VERSION=PIXI_VERSION,
+    )
     assert result.returncode != 0
-    assert re.search(r"sha256 mismatch for /build/inputs/pixi: expected 0{64}, got [0-9a-f]{64}",
-                     result.stdout + result.stderr)
+    assert re.search(
+        r"sha256 mismatch for /build/inputs/pixi: expected 0{64}, got [0-9a-f]{64}",
+        result.stdout + result.stderr,
+    )
 
 
 def test_build_refuses_a_local_pixi_file_without_its_sha256(context_dir):
-    result = docker_build(context_dir, "ray-pixi-test:no-sha", PIXI_FILE="pixi",
-                          PIXI_VERSION=PIXI_VERSION)
+    result = docker_build(
+        context_dir, "ray-pixi-test:no-sha", PIXI_FILE="pixi", PIXI_VERSION=PIXI_VERSION
+    )
     assert result.returncode != 0
     assert "PIXI_FILE needs PIXI_SHA256" in result.stdout + result.stderr
 
 
 def test_build_fails_when_the_pixi_file_is_another_version(context_dir):
     sha = hashlib.sha256(FAKE_PIXI.read_bytes()).hexdigest()
-    result = docker_build(context_dir, "ray-pixi-test:wrong-version", PIXI_FILE="pixi",
-                          PIXI_SHA256=sha, PIXI_VERSION="0.40.0")
+    result = docker_build(
+        context_dir,
+        "ray-pixi-test:wrong-version",
+        PIXI_FILE="pixi",
+        PIXI_SHA256=sha,
+        PIXI_VERSION="0.40.0",
+    )
     assert result.returncode != 0
     assert "the pixi file reports 'pixi 0.77.0', but PIXI_VERSION is 0.40.0" in (
-        result.stdout + result.stderr)
+        result.stdout + result.stderr
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover - `python tests/image/test_image_build.py`

@@ -15,9 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from ray_pixi_operator import payload
-from ray_pixi_operator.payload import PayloadError, install, main
+from ray_pixi_operator.payload import install, main
 
 
 def make_source(root: Path, version: str) -> Path:
@@ -69,7 +68,9 @@ def test_payload_imports_from_the_pythonpath_entry(tmp_path, volume):
     out = subprocess.run(
         [sys.executable, "-c", "import ray_pixi, tomli_w; print(ray_pixi.__version__)"],
         env={"PYTHONPATH": str(volume / "payload" / "python"), "PATH": os.environ["PATH"]},
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert out.stdout.strip() == "1"
 
@@ -153,8 +154,12 @@ def test_concurrent_installers_on_one_volume(tmp_path, volume):
         "import sys; from ray_pixi_operator.payload import main; "
         f"sys.exit(main(['install', {str(volume / 'payload')!r}, '--source', {str(source)!r}]))"
     )
-    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
     outputs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], outputs
     copied = sum("copied;" in out for out, _ in outputs)
@@ -184,15 +189,18 @@ def test_a_directory_left_at_dest_is_replaced(tmp_path, volume):
     assert [p.name for p in volume.iterdir() if "replaced" in p.name] == []
 
 
-def test_shared_dirs_made_by_another_uid_are_left_with_a_warning(tmp_path, volume, monkeypatch,
-                                                                capsys):
+def test_shared_dirs_made_by_another_uid_are_left_with_a_warning(
+    tmp_path, volume, monkeypatch, capsys
+):
     (volume / "store").mkdir(mode=0o755)
 
     def refuse(path, mode):  # type: ignore[no-untyped-def]
         raise PermissionError(1, "Operation not permitted", str(path))
 
     source = make_source(tmp_path, "1")
-    monkeypatch.setattr(payload.os, "chmod", lambda p, m: None if ".payload" in str(p) else refuse(p, m))
+    monkeypatch.setattr(
+        payload.os, "chmod", lambda p, m: None if ".payload" in str(p) else refuse(p, m)
+    )
     install(volume / "payload", source)
     assert "cannot make it writable for the Ray container's user" in capsys.readouterr().err
 
@@ -200,8 +208,11 @@ def test_shared_dirs_made_by_another_uid_are_left_with_a_warning(tmp_path, volum
 def test_unwritable_volume_fails_with_what_to_do(tmp_path, volume, monkeypatch, capsys):
     source = make_source(tmp_path, "1")
     real_access = os.access
-    monkeypatch.setattr(payload.os, "access",
-                        lambda path, mode: False if Path(path) == volume else real_access(path, mode))
+    monkeypatch.setattr(
+        payload.os,
+        "access",
+        lambda path, mode: False if Path(path) == volume else real_access(path, mode),
+    )
     code = main(["install", str(volume / "payload"), "--source", str(source)])
     err = capsys.readouterr().err
     assert code == 1
