@@ -10,16 +10,24 @@ only. The release runs in namespaced mode, so its webhook never touches other te
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import os
 import secrets
+import socket
+import subprocess
+import sys
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import helm_python
 import pytest
 from chart_render import CHART_DIR
 from kube.cluster import KubeCluster
-from kube.manifests import raycluster
-from kube.rest import ApiError
+from kube.manifests import raycluster, wait_for_pods
+from kube.rest import ApiError, poll
 from ray_pixi_operator import names
 
 pytestmark = pytest.mark.apiserver
@@ -145,3 +153,91 @@ def test_failure_policy_ignore_admits_opted_in_clusters_unchanged(
         raycluster("opted-in", labels={names.ENABLED_LABEL: names.ENABLED_VALUE}, workers=0),
     )
     assert "initContainers" not in created["spec"]["headGroupSpec"]["template"]["spec"]
+
+
+def _free_port() -> int:
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_installed_chart_injects_opted_in_clusters(kube_cluster, kube_namespace, release, tmp_path):
+    """The chart's defaults end to end: its operator (run as its Deployment says, with its
+    ServiceAccount's rights and its webhook certificate) answers its webhook configuration,
+    and KubeRay builds the pods of an opted-in RayCluster with the payload init container."""
+    config, name = release
+    config.install(CHART_DIR, name, {"namespaces": [kube_namespace]}, namespace=kube_namespace)
+    admin = kube_cluster.rest()
+    fullname = f"{name}-ray-pixi"
+    deployment = admin.get(f"/apis/apps/v1/namespaces/{kube_namespace}/deployments/{fullname}")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value", "") for e in container["env"]}
+
+    # What the pod would mount and where it would listen, moved to this machine.
+    secret = admin.get(f"/api/v1/namespaces/{kube_namespace}/secrets/{fullname}-webhook-tls")
+    for key in ("tls.crt", "tls.key"):
+        (tmp_path / key).write_bytes(base64.b64decode(secret["data"][key]))
+    webhook_port, health_port = _free_port(), _free_port()
+    env.update(
+        {
+            "RAY_PIXI_WEBHOOK_CERT_FILE": str(tmp_path / "tls.crt"),
+            "RAY_PIXI_WEBHOOK_KEY_FILE": str(tmp_path / "tls.key"),
+            "RAY_PIXI_WEBHOOK_PORT": str(webhook_port),
+            "RAY_PIXI_HEALTH_PORT": str(health_port),
+        }
+    )
+    token = kube_cluster.service_account_token(kube_namespace, fullname)
+    kubeconfig = kube_cluster.kubeconfig_for_token(token, name="ray-pixi-operator")
+    command = [
+        str(Path(sys.executable).with_name(container["command"][0])),
+        *container["command"][1:],
+    ]
+    proc_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_PIXI_")}
+    log = (tmp_path / "operator.log").open("w")
+    operator = subprocess.Popen(
+        command,
+        env={**proc_env, **env, "KUBECONFIG": str(kubeconfig)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    service = f"{fullname}-webhook"
+    kube_cluster.route_service(kube_namespace, service, 443, webhook_port)
+    try:
+        poll(
+            lambda: _healthy(health_port),
+            timeout=60,
+            what=f"the operator's /healthz (log: {tmp_path / 'operator.log'})",
+        )
+        clusters = kube_cluster.path_for("ray.io/v1", "RayCluster", kube_namespace)
+        created = admin.create(
+            clusters,
+            raycluster("opted-in", labels={names.ENABLED_LABEL: names.ENABLED_VALUE}, workers=1),
+        )
+        head = created["spec"]["headGroupSpec"]["template"]["spec"]
+        (init,) = head["initContainers"]
+        assert init["name"] == names.INIT_CONTAINER_NAME
+        assert init["image"] == env["RAY_PIXI_PAYLOAD_IMAGE"] == container["image"]
+        assert init["command"] == list(names.PAYLOAD_COMMAND)
+        volume = {v["name"]: v for v in head["volumes"]}[names.VOLUME_NAME]
+        assert volume["emptyDir"] == {"sizeLimit": "20Gi"}
+        pods = wait_for_pods(admin, kube_namespace, "opted-in", 2)
+        for pod in pods:
+            inits = [c["name"] for c in pod["spec"].get("initContainers", [])]
+            assert inits[0] == names.INIT_CONTAINER_NAME, inits
+    finally:
+        kube_cluster.unroute_service(kube_namespace, service, 443)
+        operator.terminate()
+        try:
+            operator.wait(30)
+        except subprocess.TimeoutExpired:
+            operator.kill()
+        log.close()
+    assert operator.returncode is not None
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as reply:
+            return reply.status == 200
+    except OSError:
+        return False
