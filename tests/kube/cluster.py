@@ -557,12 +557,14 @@ class KubeCluster:
             return
         # Terminating now: NamespaceLifecycle refuses new objects, so KubeRay cannot
         # recreate what is deleted below.
+        # Custom resources (RayJobs, RayClusters) before the Pods their operators own.
         collections = sorted(
             {
                 resource.path(name)
                 for resource in self._resources().values()
                 if resource.namespaced and {"list", "deletecollection"} <= resource.verbs
-            }
+            },
+            key=lambda path: (path.startswith("/api/v1/"), path),
         )
         for path in collections:
             with contextlib.suppress(ApiError):

@@ -1,0 +1,345 @@
+"""End to end at the API level: the chart's webhook, the operator and KubeRay together.
+
+The chart is rendered with the real Helm engine and applied as `helm install` would; the
+operator runs locally as the chart's ServiceAccount (a TokenRequest token), so a missing
+RBAC rule fails these tests; the API server calls the webhook through the chart's own
+MutatingWebhookConfiguration (Service reference, generated CA); KubeRay builds the Pods.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kube.cluster import KubeCluster
+from kube.manifests import cluster_pods, raycluster, rayjob, wait_for_pods
+from kube.release import CHART, Release, install_release, operator_executable
+from kube.rest import Rest, poll
+
+pytestmark = pytest.mark.apiserver
+
+LABELS = {"ray-pixi.io/enabled": "true"}
+PAYLOAD = "ray-pixi-payload"
+VOLUME = "ray-pixi"
+MOUNT = "/ray-pixi"
+STATUS = "ray-pixi.io/status"
+INJECTED = "ray-pixi.io/injected"
+SETTLE = 60
+
+
+def _missing(reason: str) -> None:
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def release(
+    kube_cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Release]:
+    if not (CHART / "Chart.yaml").exists():
+        _missing(f"no chart at {CHART}")
+    if importlib.util.find_spec("helm_python") is None:
+        _missing("helm-python-sdk is not installed (pip install helm-python-sdk)")
+    if importlib.util.find_spec("ray_pixi_operator") is None:
+        _missing("the operator is not installed (pip install -e operator)")
+    executable = operator_executable()
+    if executable is None:
+        _missing("no ray-pixi-operator executable (pip install -e operator)")
+    assert executable is not None
+    installed = install_release(
+        kube_cluster, tmp_path_factory.mktemp("release"), executable=executable
+    )
+    try:
+        yield installed
+    finally:
+        installed.uninstall()
+
+
+# --- reading what the API server stored and KubeRay built ---------------------------------
+
+
+def _settings(release: Release) -> Any:
+    from ray_pixi_operator import Settings
+
+    return Settings.from_env(release.operator_env())
+
+
+def _expected(release: Release, manifest: dict[str, Any]) -> dict[str, Any]:
+    """What the webhook means the stored object to be: the operator's own pure mutation."""
+    from ray_pixi_operator import prepare
+
+    return dict(prepare(manifest, _settings(release)).body)
+
+
+def _templates(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    templates = {"head": spec["headGroupSpec"]["template"]}
+    for group in spec.get("workerGroupSpecs", []):
+        templates[group["groupName"]] = group["template"]
+    return templates
+
+
+def _injected_env_names(release: Release, manifest: dict[str, Any]) -> set[str]:
+    submitted = _templates(manifest["spec"])["head"]["spec"]["containers"][0].get("env", [])
+    prepared = _templates(_expected(release, manifest)["spec"])["head"]["spec"]["containers"][0]
+    return {e["name"] for e in prepared["env"]} - {e["name"] for e in submitted}
+
+
+def _names(items: list[dict[str, Any]] | None, key: str = "name") -> list[str]:
+    return [item[key] for item in items or []]
+
+
+def _injection_problems(pod_spec: dict[str, Any], env_names: set[str]) -> list[str]:
+    """Empty when a pod (or template) spec carries the injection exactly once, correctly."""
+    problems = []
+    init = _names(pod_spec.get("initContainers"))
+    if init.count(PAYLOAD) != 1:
+        problems.append(f"init containers {init}: {PAYLOAD} not exactly once")
+    elif "wait-gcs-ready" in init and init.index(PAYLOAD) > init.index("wait-gcs-ready"):
+        problems.append(f"init containers {init}: {PAYLOAD} after wait-gcs-ready")
+    if _names(pod_spec.get("volumes")).count(VOLUME) != 1:
+        problems.append(f"volumes {_names(pod_spec.get('volumes'))}: {VOLUME} not exactly once")
+    ray, *others = pod_spec["containers"]
+    env = _names(ray.get("env"))
+    for name in sorted(env_names):
+        if env.count(name) != 1:
+            problems.append(f"containers[0] env {env}: {name} not exactly once")
+    mounts = _names(ray.get("volumeMounts"), "mountPath")
+    if mounts.count(MOUNT) != 1:
+        problems.append(f"containers[0] mounts {mounts}: {MOUNT} not exactly once")
+    for other in others:
+        leaked = env_names & set(_names(other.get("env")))
+        if leaked:
+            problems.append(f"container {other['name']} got {sorted(leaked)}")
+    return problems
+
+
+def _not_injected(pod_spec: dict[str, Any]) -> bool:
+    return (
+        PAYLOAD not in _names(pod_spec.get("initContainers"))
+        and VOLUME not in _names(pod_spec.get("volumes"))
+        and MOUNT not in _names(pod_spec["containers"][0].get("volumeMounts"), "mountPath")
+    )
+
+
+def _with_sidecar(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A user sidecar after the Ray container: it must not receive the add-on's env vars."""
+    manifest = copy.deepcopy(manifest)
+    for group in manifest["spec"]["workerGroupSpecs"]:
+        group["template"]["spec"]["containers"].append(
+            {"name": "log-tailer", "image": "busybox:1.36", "command": ["tail", "-F", "/x"]}
+        )
+    return manifest
+
+
+def _get_cluster(admin: Rest, namespace: str, name: str) -> dict[str, Any]:
+    return dict(admin.get(f"/apis/ray.io/v1/namespaces/{namespace}/rayclusters/{name}"))
+
+
+def _events(admin: Rest, namespace: str, name: str) -> list[dict[str, Any]]:
+    events = admin.get(f"/api/v1/namespaces/{namespace}/events")["items"]
+    return [e for e in events if e["involvedObject"].get("name") == name]
+
+
+def _wait_status(admin: Rest, namespace: str, name: str, status: str) -> dict[str, Any]:
+    return poll(
+        lambda: (
+            (c := _get_cluster(admin, namespace, name))["metadata"]
+            .get("annotations", {})
+            .get(STATUS)
+            == status
+            and c
+        ),
+        timeout=SETTLE,
+        what=f"{STATUS}={status} on RayCluster {namespace}/{name}",
+        describe=lambda: str(
+            _get_cluster(admin, namespace, name)["metadata"].get("annotations", {}).get(STATUS)
+        ),
+    )
+
+
+# --- the tests -----------------------------------------------------------------------------
+
+
+def test_operator_acts_as_the_charts_service_account(release: Release) -> None:
+    """The operator's credentials are the chart's ServiceAccount, not the admin's."""
+    review = release.cluster.rest(token=release.token).create(
+        "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"},
+    )
+    assert review["status"]["userInfo"]["username"] == (
+        f"system:serviceaccount:{release.namespace}:{release.service_account}"
+    )
+    stored = release.admin.get(release.webhook_path)["webhooks"][0]["clientConfig"]
+    assert stored == release.webhook["webhooks"][0]["clientConfig"]
+    assert "service" in stored and "url" not in stored
+
+
+def test_labelled_raycluster_every_pod_injected_once(release: Release, kube_namespace: str) -> None:
+    """Head and worker Pods carry the injection once; nothing the webhook added is pruned."""
+    admin = release.admin
+    manifest = _with_sidecar(raycluster("labelled", labels=LABELS, workers=2))
+    release.cluster.apply(copy.deepcopy(manifest), kube_namespace)
+    env_names = _injected_env_names(release, manifest)
+    assert env_names, "the operator's mutation adds no env vars?"
+
+    stored = _get_cluster(admin, kube_namespace, "labelled")
+    expected = _expected(release, manifest)
+    for group, template in _templates(stored["spec"]).items():
+        want = _templates(expected["spec"])[group]
+        # Everything the mutation produced survived the API server's pruning and defaulting.
+        for field in ("initContainers", "volumes"):
+            assert [i for i in template["spec"][field] if i["name"] in (PAYLOAD, VOLUME)] == [
+                i for i in want["spec"][field] if i["name"] in (PAYLOAD, VOLUME)
+            ], f"{group}: {field}"
+        ray, want_ray = template["spec"]["containers"][0], want["spec"]["containers"][0]
+        assert [e for e in ray["env"] if e["name"] in env_names] == [
+            e for e in want_ray["env"] if e["name"] in env_names
+        ], group
+        assert ray["volumeMounts"] == want_ray["volumeMounts"], group
+        assert (
+            template["metadata"]["annotations"][INJECTED]
+            == (want["metadata"]["annotations"][INJECTED])
+        )
+        # The user's own values are still there.
+        assert {"name": "USER_SETTING", "value": "kept"} in ray["env"]
+        assert "ray-logs" in _names(template["spec"]["volumes"])
+
+    pods = wait_for_pods(admin, kube_namespace, "labelled", 3)
+    for pod in pods:
+        assert _injection_problems(pod["spec"], env_names) == [], pod["metadata"]["name"]
+    workers = [p for p in pods if p["metadata"]["labels"]["ray.io/node-type"] == "worker"]
+    assert [_names(w["spec"]["initContainers"]) for w in workers] == [
+        [PAYLOAD, "wait-gcs-ready"]
+    ] * 2
+
+    _wait_status(admin, kube_namespace, "labelled", "injected")
+    reasons = {e["reason"] for e in _events(admin, kube_namespace, "labelled")}
+    assert "RayPixiInjected" in reasons
+
+
+def test_labelled_rayjob_gets_an_injected_raycluster(release: Release, kube_namespace: str) -> None:
+    """KubeRay copies the RayJob's label onto the RayCluster it creates; that one is injected."""
+    admin = release.admin
+    manifest = rayjob("labelled-job", labels=LABELS, workers=1)
+    release.cluster.apply(copy.deepcopy(manifest), kube_namespace)
+    path = release.cluster.path_for("ray.io/v1", "RayCluster", kube_namespace)
+    (generated,) = poll(
+        lambda: admin.get(path)["items"], timeout=SETTLE, what="the RayJob's RayCluster"
+    )
+    env_names = _injected_env_names(release, raycluster("x", labels=LABELS))
+    for group, template in _templates(generated["spec"]).items():
+        assert _injection_problems(template["spec"], env_names) == [], group
+    for pod in wait_for_pods(admin, kube_namespace, generated["metadata"]["name"], 2):
+        assert _injection_problems(pod["spec"], env_names) == [], pod["metadata"]["name"]
+
+
+def test_unlabelled_raycluster_is_untouched(release: Release, kube_namespace: str) -> None:
+    """Without the label the webhook is not even called: templates and Pods stay as written."""
+    admin = release.admin
+    manifest = raycluster("plain", workers=1)
+    release.cluster.apply(copy.deepcopy(manifest), kube_namespace)
+    stored = _get_cluster(admin, kube_namespace, "plain")
+    for group, template in _templates(stored["spec"]).items():
+        assert _not_injected(template["spec"]), group
+        assert INJECTED not in (template.get("metadata") or {}).get("annotations", {})
+    for pod in wait_for_pods(admin, kube_namespace, "plain", 2):
+        assert _not_injected(pod["spec"]), pod["metadata"]["name"]
+    assert STATUS not in stored["metadata"].get("annotations", {})
+
+
+def test_scaling_a_worker_group_keeps_one_injection(release: Release, kube_namespace: str) -> None:
+    """An UPDATE (replicas 1 -> 3) goes through the webhook again without duplicating it."""
+    admin = release.admin
+    manifest = raycluster("scaled", labels=LABELS, workers=1)
+    release.cluster.apply(copy.deepcopy(manifest), kube_namespace)
+    env_names = _injected_env_names(release, manifest)
+    wait_for_pods(admin, kube_namespace, "scaled", 2)
+    before = _get_cluster(admin, kube_namespace, "scaled")
+
+    admin.json_patch(
+        f"/apis/ray.io/v1/namespaces/{kube_namespace}/rayclusters/scaled",
+        [{"op": "replace", "path": "/spec/workerGroupSpecs/0/replicas", "value": 3}],
+    )
+    after = _get_cluster(admin, kube_namespace, "scaled")
+    assert after["metadata"]["generation"] > before["metadata"]["generation"]
+    assert _templates(after["spec"]) == _templates(before["spec"])
+    for group, template in _templates(after["spec"]).items():
+        assert _injection_problems(template["spec"], env_names) == [], group
+    for pod in wait_for_pods(admin, kube_namespace, "scaled", 4):
+        assert _injection_problems(pod["spec"], env_names) == [], pod["metadata"]["name"]
+
+
+def test_operator_down_with_ignore_then_reconciler_reports(
+    release: Release, kube_namespace: str
+) -> None:
+    """failurePolicy Ignore admits a labelled cluster uninjected; the restarted operator says so."""
+    admin = release.admin
+    executable = operator_executable()
+    assert executable is not None
+    release.set_failure_policy("Ignore")
+    release.stop_operator()
+    try:
+        release.cluster.apply(raycluster("missed", labels=LABELS, workers=1), kube_namespace)
+        stored = _get_cluster(admin, kube_namespace, "missed")
+        for group, template in _templates(stored["spec"]).items():
+            assert _not_injected(template["spec"]), group
+        pods = wait_for_pods(admin, kube_namespace, "missed", 2)
+        assert all(_not_injected(p["spec"]) for p in pods)
+    finally:
+        release.start_operator(executable)
+        release.set_failure_policy(release.webhook["webhooks"][0]["failurePolicy"])
+
+    # The reconciler finds the cluster uninjected and writes its status; that write is an
+    # UPDATE the webhook now injects, and then the Pods KubeRay built earlier are stale.
+    _wait_status(admin, kube_namespace, "missed", "pods-predate-injection")
+    reasons = poll(
+        lambda: (
+            (r := {e["reason"] for e in _events(admin, kube_namespace, "missed")})
+            >= {"RayPixiNotInjected", "RayPixiPodsPredateInjection"}
+            and r
+        ),
+        timeout=SETTLE,
+        what="the reconciler's events",
+        describe=lambda: str({e["reason"] for e in _events(admin, kube_namespace, "missed")}),
+    )
+    assert "RayPixiInjected" not in reasons
+    stale = {p["metadata"]["name"] for p in cluster_pods(admin, kube_namespace, "missed")}
+    (event,) = [
+        e
+        for e in _events(admin, kube_namespace, "missed")
+        if e["reason"] == "RayPixiPodsPredateInjection"
+    ]
+    assert event["type"] == "Warning"
+    assert all(name in event["message"] for name in stale)
+
+
+def test_operator_log_shows_no_permission_errors(release: Release) -> None:
+    """Run last: the operator, on the chart's RBAC alone, was never refused anything."""
+    log = release.operator_log()
+    assert log, "the operator wrote no log"
+    # RBAC denials read 'X is forbidden: User "system:serviceaccount:..." cannot <verb> ...';
+    # other 403s (an event posted into a namespace being deleted) are not about RBAC.
+    refused = [line for line in log.splitlines() if re.search(r'forbidden: User ".*" cannot', line)]
+    assert refused == [], "\n".join(refused[:20])
+
+
+def test_chart_renders_the_failure_policy_it_is_given(tmp_path: Path) -> None:
+    """What set_failure_policy emulates is what the chart renders for that value."""
+    from kube.release import render_chart
+
+    if importlib.util.find_spec("helm_python") is None or not (CHART / "Chart.yaml").exists():
+        _missing("helm-python-sdk or the chart is missing")
+    (webhook,) = [
+        d
+        for d in render_chart({"webhook": {"failurePolicy": "Ignore"}}, name="r", namespace="n")
+        if d["kind"] == "MutatingWebhookConfiguration"
+    ]
+    assert webhook["webhooks"][0]["failurePolicy"] == "Ignore"
