@@ -71,17 +71,20 @@ def kube_cluster(request: pytest.FixtureRequest) -> Iterator[KubeCluster]:
     """etcd + kube-apiserver (TLS, RBAC, ServiceAccount tokens) + KubeRay, on loopback."""
     _check_markers(request.session)
     log = _reporter_log(request.config)
+    problem = None
     try:
         paths = ensure_all(log)
     except Unavailable as error:
-        if error.go_present and in_ci():
-            pytest.fail(
-                f"CI=true and Go is installed, so the cluster harness must run: {error}",
-                pytrace=False,
-            )
-        pytest.skip(f"cluster-in-a-box unavailable: {error}")
+        problem = error
     except BuildError as error:
         pytest.fail(f"cluster-in-a-box build failed: {error}", pytrace=False)
+    if problem is not None:  # outside the except block: no chained traceback in the report
+        if problem.go_present and in_ci():
+            pytest.fail(
+                f"CI=true and Go is installed, so the cluster harness must run: {problem}",
+                pytrace=False,
+            )
+        pytest.skip(f"cluster-in-a-box unavailable: {problem}")
     binaries = Binaries(
         etcd=paths["etcd"],
         kube_apiserver=paths["kube-apiserver"],
