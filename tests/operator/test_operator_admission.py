@@ -247,3 +247,23 @@ def test_startup_configures_kopfs_webhook_server_from_the_env(monkeypatch, tmp_p
     assert (server.port, server.certfile, server.pkeyfile) == (8443, cert, key)
     assert operator_settings.admission.managed is None  # the chart owns the configuration
     assert memo[MEMO_KEY].payload_image == PAYLOAD_IMAGE
+
+
+@pytest.mark.parametrize(("namespaces", "scanning_disabled"), [("", False), ("ml,serving", True)])
+def test_namespaced_mode_never_scans_cluster_wide(monkeypatch, tmp_path, namespaces,
+                                                  scanning_disabled):
+    """The chart's namespaced mode grants Roles only; cluster-wide scans would be Forbidden."""
+    from ray_pixi_operator.handlers import configure
+
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    cert.write_text("cert")
+    key.write_text("key")
+    for name in Settings.env_names():
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RAY_PIXI_PAYLOAD_IMAGE", PAYLOAD_IMAGE)
+    monkeypatch.setenv("RAY_PIXI_WEBHOOK_CERT_FILE", str(cert))
+    monkeypatch.setenv("RAY_PIXI_WEBHOOK_KEY_FILE", str(key))
+    monkeypatch.setenv("RAY_PIXI_NAMESPACES", namespaces)
+    operator_settings = kopf.OperatorSettings()
+    configure(settings=operator_settings, memo=kopf.Memo())
+    assert operator_settings.scanning.disabled is scanning_disabled

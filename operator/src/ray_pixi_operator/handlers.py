@@ -75,6 +75,9 @@ def configure_kopf(operator: kopf.OperatorSettings, settings: Settings) -> None:
     operator.admission.managed = settings.webhook_managed
     # Handlers' log lines stay in the log; the reconciler posts its own events.
     operator.posting.level = logging.WARNING
+    # In namespaced mode the chart grants Roles only: kopf must not try to list
+    # namespaces and CRDs cluster-wide (Forbidden, retried and logged) before it serves.
+    operator.scanning.disabled = bool(settings.namespaces)
 
 
 @kopf.on.startup()
