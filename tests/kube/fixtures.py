@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import secrets
+import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -67,7 +68,9 @@ def _check_markers(session: pytest.Session) -> None:
 
 
 @pytest.fixture(scope="session")
-def kube_cluster(request: pytest.FixtureRequest) -> Iterator[KubeCluster]:
+def kube_cluster(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[KubeCluster]:
     """etcd + kube-apiserver (TLS, RBAC, ServiceAccount tokens) + KubeRay, on loopback."""
     _check_markers(request.session)
     log = _reporter_log(request.config)
@@ -92,6 +95,12 @@ def kube_cluster(request: pytest.FixtureRequest) -> Iterator[KubeCluster]:
     )
     with KubeCluster(binaries, log=log) as cluster:
         yield cluster
+        if request.session.testsfailed:
+            # The work dir goes with the cluster; keep its logs where pytest keeps tmp dirs.
+            saved = tmp_path_factory.mktemp("kube-logs")
+            for path in cluster.logs():
+                shutil.copy(path, saved / path.name)
+            log(f"kube: tests failed; component logs saved in {saved}")
 
 
 @pytest.fixture
