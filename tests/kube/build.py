@@ -199,9 +199,26 @@ def ensure_built(component: Component, log: Log = print) -> Path:
     return component.binary()
 
 
+MINIMUM_GO = (1, 26)  # the recipes' `go` lines; GOTOOLCHAIN=local never downloads a newer one
+
+
+def _check_go_version(go: str, env: dict[str, str]) -> None:
+    found = subprocess.run(
+        [go, "env", "GOVERSION"], env=env, capture_output=True, text=True, timeout=60
+    ).stdout.strip()
+    match = re.match(r"go(\d+)\.(\d+)", found)
+    if not match or (int(match.group(1)), int(match.group(2))) < MINIMUM_GO:
+        raise Unavailable(
+            f"{go} is {found or 'of unknown version'}; the build recipes need Go "
+            f"{'.'.join(map(str, MINIMUM_GO))} or newer",
+            go_present=True,
+        )
+
+
 def _build(go: str, component: Component, log: Log) -> None:
     env = go_env()
     cwd = component.recipe_dir
+    _check_go_version(go, env)
     started = time.monotonic()
     log(
         f"kube: building {component.name} {component.version} from {component.module} "
