@@ -84,6 +84,8 @@ class PixiPlugin(RuntimeEnvPlugin):
         parse_runtime_env(runtime_env_dict)
 
     def get_uris(self, runtime_env: Any) -> list[str]:
+        if runtime_env.get(FIELD) is None:
+            return []  # the agent asks every plugin about every runtime_env
         spec = self._spec(runtime_env)
         if spec.mode is Mode.PROJECT and spec.digest is None:
             return []  # keyed by working_dir content, known only once Ray downloads it
