@@ -1,0 +1,398 @@
+"""`ray-pixi doctor`: check a node for what the plugin needs, as the runtime_env agent sees
+it. Each check is a function of the agent's environment variables; nothing here imports
+Ray, so the checks run the same whatever Python runs the command."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "AgentProcess",
+    "Check",
+    "check_node",
+    "describe_pid",
+    "find_agents",
+    "lock_holders",
+    "pixi_cache_dir",
+    "store_dir",
+]
+
+PLUGINS_VAR = "RAY_RUNTIME_ENV_PLUGINS"
+PLUGIN_CLASS = "ray_pixi.PixiPlugin"
+REGISTER_LINE = f"export {PLUGINS_VAR}='[{{\"class\": \"{PLUGIN_CLASS}\"}}]'"
+CACHE_CAP_VAR = "RAY_RUNTIME_ENV_PIXI_CACHE_SIZE_GB"
+MIN_FREE_BYTES = 2 * 2**30
+AGENT_SCRIPT = "runtime_env/agent/main.py"
+AGENT_TITLE = "ray::RuntimeEnvAgent"
+
+OK, WARN, FAIL = "ok", "warn", "FAIL"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str  # OK, WARN or FAIL
+    detail: str
+    fix: str = ""
+
+
+@dataclass(frozen=True)
+class AgentProcess:
+    """A Ray node's runtime_env agent (the process that loads the plugin), as its raylet
+    starts it: the raylet's pid, the agent's Python and variables, the session."""
+
+    pid: int
+    python: str
+    environ: dict[str, str]
+    session_dir: str | None
+    started: float
+
+
+def _read_proc(pid: int, name: str) -> bytes | None:
+    try:
+        with open(f"/proc/{pid}/{name}", "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _args(pid: int) -> list[str]:
+    cmdline = _read_proc(pid, "cmdline") or b""
+    return [a.decode(errors="replace") for a in cmdline.split(b"\0") if a]
+
+
+def _flag(args: list[str], *names: str) -> str | None:
+    for arg in args:
+        for name in names:
+            if arg.startswith(f"--{name}="):
+                return arg.split("=", 1)[1]
+    return None
+
+
+def _is_agent(args: list[str]) -> bool:
+    """Ray retitles the agent `ray::RuntimeEnvAgent` once it runs; before that its command
+    line is `python [-u] .../runtime_env/agent/main.py ...`."""
+    return bool(args) and (args[0].startswith(AGENT_TITLE)
+                           or any(a.endswith(AGENT_SCRIPT) for a in args[1:3]))
+
+
+def _is_raylet(args: list[str]) -> bool:
+    return bool(args) and os.path.basename(args[0]) == "raylet" and \
+        _flag(args, "runtime_env_agent_command") is not None
+
+
+def _ppid(pid: int) -> int | None:
+    stat = _read_proc(pid, "stat")
+    try:
+        return int(stat.rsplit(b")", 1)[1].split()[1]) if stat else None
+    except (IndexError, ValueError):
+        return None
+
+
+def agent_process(pid: int) -> AgentProcess | None:
+    """The runtime_env agent of the Ray node with this raylet or agent pid, from /proc
+    (Linux); None if it is neither or not readable.
+
+    The agent inherits the raylet's variables, and the raylet's command line names the
+    agent's Python (`--runtime_env_agent_command=<python> ...`) and the session. Both are
+    read from the raylet: Ray retitles the agent with setproctitle, which overwrites the
+    agent's own /proc command line and much of its /proc environ.
+    """
+    args = _args(pid)
+    if _is_agent(args):
+        parent = _ppid(pid)
+        if parent is None:
+            return None
+        pid, args = parent, _args(parent)
+    if not _is_raylet(args):
+        return None
+    environ = _read_proc(pid, "environ")
+    stat = _read_proc(pid, "stat")
+    if environ is None or stat is None:
+        return None
+    env = dict(
+        item.decode(errors="replace").split("=", 1)
+        for item in environ.split(b"\0") if b"=" in item
+    )
+    command = _flag(args, "runtime_env_agent_command") or sys.executable
+    started = float(stat.rsplit(b")", 1)[1].split()[19])
+    return AgentProcess(pid, command.split()[0], env, _flag(args, "session_dir"), started)
+
+
+def find_agents() -> list[AgentProcess]:
+    """The runtime_env agents of the Ray nodes running here (read through their raylets),
+    newest first; empty where there is no /proc."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*") if Path("/proc").is_dir() else []:
+        if not _is_raylet(_args(int(entry.name))):
+            continue
+        agent = agent_process(int(entry.name))
+        if agent is not None:
+            found.append(agent)
+    return sorted(found, key=lambda a: a.started, reverse=True)
+
+
+def _home(env: Mapping[str, str]) -> Path:
+    return Path(env.get("HOME") or os.path.expanduser("~"))
+
+
+def store_dir(env: Mapping[str, str]) -> Path:
+    """The store the plugin uses under these variables (as plugin.default_store_dir)."""
+    if env.get("RAY_PIXI_STORE_DIR"):
+        return Path(env["RAY_PIXI_STORE_DIR"])
+    cache = env.get("XDG_CACHE_HOME") or str(_home(env) / ".cache")
+    return Path(cache) / "ray-pixi" / "store"
+
+
+def pixi_cache_dir(env: Mapping[str, str]) -> tuple[Path, str]:
+    """pixi's package cache under these variables, and the variable that chose it."""
+    for var in ("PIXI_CACHE_DIR", "RATTLER_CACHE_DIR"):
+        if env.get(var):
+            return Path(env[var]), var
+    if env.get("XDG_CACHE_HOME"):
+        return Path(env["XDG_CACHE_HOME"]) / "pixi", "XDG_CACHE_HOME"
+    return _home(env) / ".cache" / "rattler", "the default"
+
+
+def _existing(path: Path) -> Path:
+    """`path`, or its nearest ancestor that exists (where it would be created)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _writable(path: Path) -> str | None:
+    """None if files can be created in `path` (or, if missing, where it would be made)."""
+    target = _existing(path)
+    if not target.is_dir():
+        return f"{target} is not a directory"
+    try:
+        fd, name = tempfile.mkstemp(dir=target, prefix=".ray-pixi-doctor-")
+    except OSError as e:
+        return f"cannot create a file in {target}: {e.strerror}"
+    os.close(fd)
+    os.unlink(name)
+    return None
+
+
+def check_plugins_var(env: Mapping[str, str], whose: str) -> Check:
+    raw = env.get(PLUGINS_VAR)
+    fix = f"{REGISTER_LINE} before `ray start` on this node (KubeRay: the ray-pixi add-on sets it)"
+    if not raw:
+        return Check("plugin registered", FAIL, f"{PLUGINS_VAR} is not set for {whose}", fix)
+    try:
+        plugins = json.loads(raw)
+    except ValueError as e:
+        return Check("plugin registered", FAIL, f"{PLUGINS_VAR}={raw!r} is not JSON ({e})",
+                     fix)
+    if not isinstance(plugins, list) or not all(isinstance(p, dict) for p in plugins):
+        return Check("plugin registered", FAIL,
+                     f"{PLUGINS_VAR}={raw!r} must be a JSON list of objects", fix)
+    ours = [p for p in plugins if p.get("class") == PLUGIN_CLASS]
+    if not ours:
+        classes = [p.get("class") for p in plugins]
+        return Check("plugin registered", FAIL, f"{PLUGINS_VAR} for {whose} lists {classes}, "
+                     f"not {PLUGIN_CLASS}", f"add {{\"class\": \"{PLUGIN_CLASS}\"}} to it")
+    priority = ours[0].get("priority", 10)
+    if not isinstance(priority, int) or not 0 <= priority <= 100:
+        return Check("plugin registered", FAIL, f"priority {priority!r} is not an integer "
+                     "from 0 to 100", "drop `priority` or give an integer from 0 to 100")
+    return Check("plugin registered", OK, f"{PLUGINS_VAR} lists {PLUGIN_CLASS} for {whose}")
+
+
+_IMPORT_PROBE = (
+    "import json, sys\n"
+    "import ray, ray_pixi\n"
+    "from ray_pixi.plugin import PixiPlugin\n"
+    "print(json.dumps({'python': '%d.%d.%d' % sys.version_info[:3], 'ray': ray.__version__,"
+    " 'ray_pixi': ray_pixi.__version__, 'where': ray_pixi.__file__}))\n"
+)
+
+
+def probe_python(python: str, env: Mapping[str, str]) -> tuple[dict[str, str] | None, str]:
+    """Import Ray and the plugin with the cluster's Python: (versions, error)."""
+    try:
+        proc = subprocess.run([python, "-c", _IMPORT_PROBE], env=dict(env),
+                              capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError) as e:
+        return None, f"could not run {python}: {e}"
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines()
+        return None, lines[-1] if lines else f"exit code {proc.returncode}"
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1]), ""
+    except (ValueError, IndexError):
+        return None, f"unexpected output: {proc.stdout.strip()[-200:]!r}"
+
+
+def check_import(python: str, env: Mapping[str, str], own_version: str
+                 ) -> tuple[Check, dict[str, str] | None]:
+    seen, error = probe_python(python, env)
+    if seen is None:
+        return Check("plugin importable", FAIL, f"{python} cannot import the plugin: {error}",
+                     f"`{python} -m pip install ray-pixi` on this node (into the Python "
+                     "that runs `ray start`)"), None
+    detail = f"{python} imports ray_pixi {seen['ray_pixi']} from {seen['where']}"
+    if seen["ray_pixi"] != own_version:
+        return Check("plugin importable", WARN, f"{detail}, but this command is ray-pixi "
+                     f"{own_version}", "install the same ray-pixi version everywhere"), seen
+    return Check("plugin importable", OK, detail), seen
+
+
+def check_pixi(env: Mapping[str, str], min_version: tuple[int, int, int],
+               read_version: Callable[[str], tuple[int, int, int]]) -> Check:
+    pinned = env.get("RAY_PIXI_PIXI_VERSION")
+    explicit = env.get("RAY_PIXI_EXE")
+    minimum = ".".join(map(str, min_version))
+    if explicit:
+        path: str | None = explicit
+        if not (os.path.isfile(explicit) and os.access(explicit, os.X_OK)):
+            return Check("pixi", FAIL, f"RAY_PIXI_EXE={explicit!r} is not an executable file",
+                         "point RAY_PIXI_EXE at the pixi binary, or unset it to use PATH")
+    else:
+        path = shutil.which("pixi", path=env.get("PATH", os.defpath))
+    if path is None:
+        if pinned:
+            return Check("pixi", WARN, "no pixi on PATH and RAY_PIXI_EXE unset; "
+                         f"RAY_PIXI_PIXI_VERSION={pinned} will be downloaded (sha256-verified) "
+                         "at the first install", "set RAY_PIXI_DOWNLOAD_URL to a mirror on "
+                         "air-gapped nodes, or install pixi")
+        return Check("pixi", FAIL, "no pixi: RAY_PIXI_EXE is unset and `pixi` is not on the "
+                     "PATH the agent has", "install pixi (https://pixi.sh) on the node or set "
+                     "RAY_PIXI_EXE, or set RAY_PIXI_PIXI_VERSION to have ray-pixi fetch one")
+    try:
+        version = read_version(path)
+    except Exception as e:  # a broken binary: its own message says what
+        return Check("pixi", FAIL, f"{path}: {e}", "replace it with a pixi binary")
+    shown = ".".join(map(str, version))
+    if version < min_version:
+        return Check("pixi", FAIL, f"{path} is pixi {shown}; ray-pixi needs {minimum} or newer",
+                     "`pixi self-update`, or set RAY_PIXI_PIXI_VERSION to a newer release")
+    note = f" (RAY_PIXI_PIXI_VERSION={pinned} will be fetched for specs without " \
+           "pixi_version)" if pinned and pinned != shown else ""
+    return Check("pixi", OK, f"{path} is pixi {shown} (>= {minimum}){note}")
+
+
+def check_dirs(env: Mapping[str, str]) -> list[Check]:
+    store = store_dir(env)
+    cache, chosen_by = pixi_cache_dir(env)
+    checks = []
+    for name, path, var in (("store dir", store, "RAY_PIXI_STORE_DIR"),
+                            ("pixi cache dir", cache, "PIXI_CACHE_DIR")):
+        problem = _writable(path)
+        if problem:
+            checks.append(Check(name, FAIL, f"{path}: {problem}",
+                                f"make it writable by the user running Ray, or set {var}"))
+        else:
+            checks.append(Check(name, OK, f"{path} is writable"
+                                + ("" if path.exists() else " (will be created)")))
+    store_dev = _existing(store).stat().st_dev
+    cache_dev = _existing(cache).stat().st_dev
+    if store_dev != cache_dev:
+        checks.append(Check("same filesystem", WARN, f"the store ({store}) and pixi's cache "
+                            f"({cache}, from {chosen_by}) are on different filesystems: every "
+                            "install copies packages instead of linking them",
+                            f"set PIXI_CACHE_DIR to a directory on the store's filesystem, "
+                            f"e.g. {store.parent / 'pixi-cache'}"))
+    else:
+        checks.append(Check("same filesystem", OK, "store and pixi cache share a filesystem "
+                            "(packages are linked, not copied)"))
+    try:
+        free = shutil.disk_usage(_existing(store)).free
+    except OSError as e:
+        return [*checks, Check("free disk", FAIL, f"cannot stat {store}: {e}", "")]
+    try:
+        cap = float(env.get(CACHE_CAP_VAR) or 10) * 1e9
+    except ValueError:
+        checks.append(Check("cache cap", FAIL, f"{CACHE_CAP_VAR}={env[CACHE_CAP_VAR]!r} is not "
+                            "a number", f"set {CACHE_CAP_VAR} to a number of GB, e.g. 10"))
+        cap = 10e9
+    shown = f"{free / 1e9:.1f} GB free where the store lives"
+    if free < MIN_FREE_BYTES:
+        checks.append(Check("free disk", FAIL, shown, "free disk space (`ray-pixi envs gc`) "
+                            "or move RAY_PIXI_STORE_DIR to a larger volume"))
+    elif free < cap:
+        checks.append(Check("free disk", WARN, f"{shown}, less than the plugin's cache cap "
+                            f"of {cap / 1e9:.0f} GB ({CACHE_CAP_VAR})",
+                            f"lower {CACHE_CAP_VAR} or give the store more room"))
+    else:
+        checks.append(Check("free disk", OK, f"{shown} (cache cap {cap / 1e9:.0f} GB)"))
+    return checks
+
+
+def check_versions(seen: Mapping[str, str] | None, own_python: str, own_ray: str | None
+                   ) -> Check:
+    if seen is None:
+        return Check("versions", WARN, f"this command: Python {own_python}, Ray "
+                     f"{own_ray or '(not installed)'}; the cluster's Python could not be probed",
+                     "fix the import problem above")
+    cluster = f"Python {seen['python']}, Ray {seen['ray']}"
+    if (seen["python"], seen["ray"]) != (own_python, own_ray):
+        return Check("versions", WARN, f"the cluster runs {cluster}; this command runs Python "
+                     f"{own_python}, Ray {own_ray or '(not installed)'}",
+                     "drivers must match the cluster's Python and Ray; run this command "
+                     "with the cluster's Python for exact results")
+    return Check("versions", OK, f"cluster {cluster}; pixi environments get both pinned")
+
+
+def check_node(env: Mapping[str, str], python: str, whose: str, own_version: str,
+               min_pixi: tuple[int, int, int],
+               read_version: Callable[[str], tuple[int, int, int]]) -> list[Check]:
+    """Every check, for an agent with variables `env` running `python`."""
+    own_python = "{}.{}.{}".format(*sys.version_info[:3])
+    try:
+        from importlib.metadata import version
+
+        own_ray: str | None = version("ray")
+    except Exception:
+        own_ray = None
+    checks = [check_plugins_var(env, whose)]
+    imported, seen = check_import(python, env, own_version)
+    checks.append(imported)
+    checks.append(check_pixi(env, min_pixi, read_version))
+    checks += check_dirs(env)
+    checks.append(check_versions(seen, own_python, own_ray))
+    return checks
+
+
+def lock_holders(path: Path) -> set[int]:
+    """Pids holding an flock on `path`, from /proc/locks (Linux; empty elsewhere, and for
+    holders in another pid namespace)."""
+    try:
+        st = path.stat()
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return set()
+    wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    pids = set()
+    for line in lines:
+        parts = line.split()
+        if "->" in parts:  # a waiter, not a holder
+            continue
+        if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == wanted:
+            try:
+                pids.add(int(parts[4]))
+            except ValueError:
+                continue
+    return {p for p in pids if p > 0}
+
+
+def describe_pid(pid: int) -> str:
+    """`pid N` plus the Ray session it serves, if it is a Ray process."""
+    args = _args(pid)
+    session = _flag(args, "session-dir", "session_dir")
+    if session is None and args and args[0].startswith("ray::"):
+        parent = _ppid(pid)
+        session = _flag(_args(parent), "session_dir") if parent else None
+    if session:
+        return f"pid {pid}, Ray {os.path.basename(session.rstrip('/'))}"
+    return f"pid {pid}" + (f" ({os.path.basename(args[0])})" if args else "")
