@@ -41,8 +41,11 @@ __all__ = ["FileLock", "Store", "StoreEntry", "directory_size"]
 
 
 def directory_size(path: Path) -> int:
-    """Bytes on disk under `path`, counting each inode once (pixi hard-links packages)."""
-    seen: set[tuple[int, int]] = set()
+    """Bytes that deleting `path` frees: each inode once, and no file that is hard-linked
+    from outside `path`. pixi (and uv) hard-link packages from the shared package cache,
+    which deleting an environment does not free; counting those files would make Ray's
+    cache cap evict environments long before the disk holds that much."""
+    files: dict[tuple[int, int], list[int]] = {}  # inode -> [links under path, st_nlink, bytes]
     total = 0
     stack = [str(path)]
     while stack:
@@ -53,15 +56,16 @@ def directory_size(path: Path) -> int:
                         st = entry.stat(follow_symlinks=False)
                     except OSError:
                         continue
+                    size = getattr(st, "st_blocks", 0) * 512 or st.st_size
                     if entry.is_dir(follow_symlinks=False):
                         stack.append(entry.path)
-                    if (st.st_dev, st.st_ino) in seen:
+                        total += size
                         continue
-                    seen.add((st.st_dev, st.st_ino))
-                    total += getattr(st, "st_blocks", 0) * 512 or st.st_size
+                    seen = files.setdefault((st.st_dev, st.st_ino), [0, st.st_nlink, size])
+                    seen[0] += 1
         except OSError:
             continue
-    return total
+    return total + sum(size for here, nlink, size in files.values() if here >= nlink)
 
 
 class FileLock:

@@ -110,6 +110,19 @@ def test_hard_links_are_counted_once(tmp_path: Path) -> None:
     assert directory_size(tmp_path) == single >= 100_000
 
 
+def test_files_linked_from_the_package_cache_are_not_counted(tmp_path: Path) -> None:
+    """Deleting an environment frees only what no package cache links to."""
+    cache, env = tmp_path / "cache", tmp_path / "env"
+    cache.mkdir()
+    env.mkdir()
+    (cache / "pkg.so").write_bytes(b"x" * 1_000_000)
+    (env / "own.txt").write_bytes(b"y" * 100_000)
+    os.link(cache / "pkg.so", env / "pkg.so")
+    assert 100_000 <= directory_size(env) < 1_000_000
+    (cache / "pkg.so").unlink()  # the cache was cleaned: now the env alone holds it
+    assert directory_size(env) >= 1_100_000
+
+
 @pytest.mark.parametrize("shared", [True, False])
 def test_async_lock_waits_without_blocking_the_loop(tmp_path: Path, shared: bool) -> None:
     import asyncio
