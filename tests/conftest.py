@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from support import FAKE_PIXI_DIR, persistent_cache
 
 
