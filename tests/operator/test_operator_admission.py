@@ -227,8 +227,8 @@ def test_the_documented_path_is_the_one_that_mutates(manifest, settings):
     assert PAYLOAD_IMAGE in json.dumps(patched(right, served))
 
 
-def test_startup_configures_kopfs_webhook_server_from_the_env(monkeypatch, tmp_path):
-    """What `kopf run -m ray_pixi_operator.handlers` gets: the same settings, from env vars."""
+def configure_from_env(monkeypatch, tmp_path, **env: str):
+    """Run the operator's kopf startup hook with only these RAY_PIXI_* variables set."""
     from ray_pixi_operator.handlers import configure
 
     cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
@@ -236,12 +236,19 @@ def test_startup_configures_kopfs_webhook_server_from_the_env(monkeypatch, tmp_p
     key.write_text("key")
     for name in Settings.env_names():
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("RAY_PIXI_PAYLOAD_IMAGE", PAYLOAD_IMAGE)
-    monkeypatch.setenv("RAY_PIXI_WEBHOOK_PORT", "8443")
-    monkeypatch.setenv("RAY_PIXI_WEBHOOK_CERT_FILE", str(cert))
-    monkeypatch.setenv("RAY_PIXI_WEBHOOK_KEY_FILE", str(key))
+    for name, value in {"RAY_PIXI_PAYLOAD_IMAGE": PAYLOAD_IMAGE,
+                        "RAY_PIXI_WEBHOOK_CERT_FILE": str(cert),
+                        "RAY_PIXI_WEBHOOK_KEY_FILE": str(key), **env}.items():
+        monkeypatch.setenv(name, value)
     operator_settings, memo = kopf.OperatorSettings(), kopf.Memo()
     configure(settings=operator_settings, memo=memo)
+    return operator_settings, memo, cert, key
+
+
+def test_startup_configures_kopfs_webhook_server_from_the_env(monkeypatch, tmp_path):
+    """What `kopf run -m ray_pixi_operator.handlers` gets: the same settings, from env vars."""
+    operator_settings, memo, cert, key = configure_from_env(
+        monkeypatch, tmp_path, RAY_PIXI_WEBHOOK_PORT="8443")
     server = operator_settings.admission.server
     assert isinstance(server, kopf.WebhookServer)
     assert (server.port, server.certfile, server.pkeyfile) == (8443, cert, key)
@@ -253,17 +260,6 @@ def test_startup_configures_kopfs_webhook_server_from_the_env(monkeypatch, tmp_p
 def test_namespaced_mode_never_scans_cluster_wide(monkeypatch, tmp_path, namespaces,
                                                   scanning_disabled):
     """The chart's namespaced mode grants Roles only; cluster-wide scans would be Forbidden."""
-    from ray_pixi_operator.handlers import configure
-
-    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
-    cert.write_text("cert")
-    key.write_text("key")
-    for name in Settings.env_names():
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("RAY_PIXI_PAYLOAD_IMAGE", PAYLOAD_IMAGE)
-    monkeypatch.setenv("RAY_PIXI_WEBHOOK_CERT_FILE", str(cert))
-    monkeypatch.setenv("RAY_PIXI_WEBHOOK_KEY_FILE", str(key))
-    monkeypatch.setenv("RAY_PIXI_NAMESPACES", namespaces)
-    operator_settings = kopf.OperatorSettings()
-    configure(settings=operator_settings, memo=kopf.Memo())
+    operator_settings, *_ = configure_from_env(monkeypatch, tmp_path,
+                                               RAY_PIXI_NAMESPACES=namespaces)
     assert operator_settings.scanning.disabled is scanning_disabled
