@@ -21,3 +21,37 @@ def persistent_cache(name: str) -> Path:
 def install_count(record: Path) -> int:
     """Real installs the FAKE pixi recorded (one JSON line each)."""
     return len(record.read_text().splitlines()) if record.exists() else 0
+
+
+def kopf_admission_handler(settings: object) -> object:
+    """kopf's admission entry point bound to the add-on's registered handlers and `settings`
+    (a ray_pixi_operator Settings), as `kopf run` binds it; give it to a kopf.WebhookServer.
+
+    Uses kopf internals: the admission and chart-TLS tests drive real AdmissionReviews
+    through the same code the operator runs.
+    """
+    import functools
+
+    import kopf
+    import ray_pixi_operator.handlers  # noqa: F401 -- registers the handlers
+    from kopf._cogs.structs import references
+    from kopf._core.engines.admission import serve_admission_request
+    from kopf._core.intents.registries import get_default_registry
+    from kopf._core.reactor.inventory import ResourceMemories
+    from ray_pixi_operator.handlers import MEMO_KEY
+
+    insights = references.Insights()
+    insights.webhook_resources.add(references.Resource(
+        group="ray.io", version="v1", plural="rayclusters", kind="RayCluster",
+        singular="raycluster", namespaced=True, preferred=True,
+        verbs=("create", "update", "get", "list", "watch", "patch"),
+    ))
+    return functools.partial(
+        serve_admission_request,
+        settings=kopf.OperatorSettings(),
+        memories=ResourceMemories(),
+        memobase=kopf.Memo({MEMO_KEY: settings}),
+        registry=get_default_registry(),
+        insights=insights,
+        indices={},
+    )

@@ -14,7 +14,6 @@ import asyncio
 import base64
 import contextlib
 import datetime
-import functools
 import json
 import os
 import re
@@ -179,42 +178,18 @@ def _free_port() -> int:
 def running_webhook(cert_file: Path, key_file: Path, port: int):  # type: ignore[no-untyped-def]
     """kopf's WebhookServer with the add-on's handlers, over TLS with the chart's certificate."""
     import kopf
-    import ray_pixi_operator.handlers  # noqa: F401 -- registers the handlers
-    from kopf._cogs.structs import references
-    from kopf._core.engines.admission import serve_admission_request
-    from kopf._core.intents.registries import get_default_registry
-    from kopf._core.reactor.inventory import ResourceMemories
-    from ray_pixi_operator.handlers import MEMO_KEY
     from ray_pixi_operator.settings import Settings
 
+    from support import kopf_admission_handler
+
     settings = Settings.from_env({"RAY_PIXI_PAYLOAD_IMAGE": "ghcr.io/example/ray-pixi:0.1.0"})
-    resource = references.Resource(
-        group="ray.io",
-        version="v1",
-        plural="rayclusters",
-        kind="RayCluster",
-        singular="raycluster",
-        namespaced=True,
-        preferred=True,
-        verbs=("create", "update", "get", "list", "watch", "patch"),
-    )
     ready, stop = threading.Event(), None
     loop = asyncio.new_event_loop()
 
     async def serve() -> None:
         nonlocal stop
         stop = asyncio.Event()
-        insights = references.Insights()
-        insights.webhook_resources.add(resource)
-        webhookfn = functools.partial(
-            serve_admission_request,
-            settings=kopf.OperatorSettings(),
-            memories=ResourceMemories(),
-            memobase=kopf.Memo({MEMO_KEY: settings}),
-            registry=get_default_registry(),
-            insights=insights,
-            indices={},
-        )
+        webhookfn = kopf_admission_handler(settings)
         server = kopf.WebhookServer(
             addr="127.0.0.1", port=port, host="localhost", certfile=cert_file, pkeyfile=key_file
         )

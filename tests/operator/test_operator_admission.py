@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
-import functools
 import json
 import uuid
 from typing import Any
@@ -21,24 +20,11 @@ import jsonpatch
 import kopf
 import pytest
 from crd_schema import validate
-from kopf._cogs.structs import references
-from kopf._core.engines.admission import serve_admission_request
-from kopf._core.intents.registries import get_default_registry
-from kopf._core.reactor.inventory import ResourceMemories
 from operator_support import PAYLOAD_IMAGE
 from ray_pixi_operator import Settings, names, prepare
 from ray_pixi_operator.handlers import MEMO_KEY
 
-RAYCLUSTERS = references.Resource(
-    group="ray.io",
-    version="v1",
-    plural="rayclusters",
-    kind="RayCluster",
-    singular="raycluster",
-    namespaced=True,
-    preferred=True,
-    verbs=("create", "update", "get", "list", "watch", "patch"),
-)
+from support import kopf_admission_handler
 
 
 def admission_review(
@@ -70,20 +56,9 @@ def send(
     settings: Settings, *reviews: dict[str, Any], path: str = names.WEBHOOK_PATH
 ) -> list[dict[str, Any]]:
     """POST each review to a live kopf WebhookServer that serves the add-on's handlers."""
-    import ray_pixi_operator.handlers  # noqa: F401 -- registers the handlers
 
     async def run() -> list[dict[str, Any]]:
-        insights = references.Insights()
-        insights.webhook_resources.add(RAYCLUSTERS)
-        webhookfn = functools.partial(
-            serve_admission_request,
-            settings=kopf.OperatorSettings(),
-            memories=ResourceMemories(),
-            memobase=kopf.Memo({MEMO_KEY: settings}),
-            registry=get_default_registry(),
-            insights=insights,
-            indices={},
-        )
+        webhookfn = kopf_admission_handler(settings)
         server = kopf.WebhookServer(addr="127.0.0.1", insecure=True)
         configs = server(webhookfn)
         client_config = await configs.__anext__()
