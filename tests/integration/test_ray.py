@@ -78,15 +78,25 @@ def test_concurrent_tasks_needing_a_new_env_install_it_once(shared_cluster) -> N
     assert shared_cluster.installs == before + 1
 
 
+RAY_LINE = f'ray = {{ version = "=={ray.__version__}", extras = ["default"] }}\n'
+
+
+def manifest_text(name: str, pypi: str, extra: str = "") -> str:
+    """A pixi.toml pinning the cluster's Python, with `pypi` under [pypi-dependencies]."""
+    return (f'[workspace]\nname = "{name}"\nchannels = ["conda-forge"]\n'
+            f'platforms = ["linux-64"]\n[dependencies]\npython = "=={CLUSTER_PYTHON}"\n'
+            f'[pypi-dependencies]\n{pypi}{extra}')
+
+
+def write_locked(manifest: Path, text: str) -> None:
+    manifest.write_text(text)
+    subprocess.run([str(FAKE_PIXI), "lock", "--manifest-path", str(manifest)], check=True)
+
+
 def test_a_self_contained_manifest_needs_no_working_dir(shared_cluster, tmp_path: Path) -> None:
-    (tmp_path / "pixi.toml").write_text(
-        f'[workspace]\nname = "demo"\nchannels = ["conda-forge"]\nplatforms = ["linux-64"]\n'
-        f'[dependencies]\npython = "=={CLUSTER_PYTHON}"\n'
-        f'[pypi-dependencies]\npyjokes = "==0.8.3"\n'
-        f'ray = {{ version = "=={ray.__version__}", extras = ["default"] }}\n'
-        f'[activation.env]\nDEMO_SETTING = "from-manifest"\n')
-    subprocess.run([str(FAKE_PIXI), "lock", "--manifest-path", str(tmp_path / "pixi.toml")],
-                   check=True)
+    write_locked(tmp_path / "pixi.toml", manifest_text(
+        "demo", 'pyjokes = "==0.8.3"\n' + RAY_LINE,
+        '[activation.env]\nDEMO_SETTING = "from-manifest"\n'))
 
     @ray.remote(max_calls=1)
     def setting() -> tuple[str, str]:
@@ -106,13 +116,8 @@ def write_project(root: Path, value: int) -> None:
         '[project]\nname = "mypkg"\nversion = "0.1"\n'
         '[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n')
     (root / "mypkg" / "src" / "mypkg" / "__init__.py").write_text(f"VALUE = {value}\n")
-    (root / "pixi.toml").write_text(
-        f'[workspace]\nname = "proj"\nchannels = ["conda-forge"]\nplatforms = ["linux-64"]\n'
-        f'[dependencies]\npython = "=={CLUSTER_PYTHON}"\n'
-        f'[pypi-dependencies]\nmypkg = {{ path = "./mypkg", editable = true }}\n'
-        f'ray = {{ version = "=={ray.__version__}", extras = ["default"] }}\n')
-    subprocess.run([str(FAKE_PIXI), "lock", "--manifest-path", str(root / "pixi.toml")],
-                   check=True)
+    write_locked(root / "pixi.toml", manifest_text(
+        "proj", 'mypkg = { path = "./mypkg", editable = true }\n' + RAY_LINE))
 
 
 @ray.remote(max_calls=1)
@@ -158,12 +163,7 @@ def test_a_raw_project_spec_works_without_the_helper(shared_cluster, tmp_path: P
 def test_a_plain_string_names_the_manifest_in_the_working_dir(
     shared_cluster, tmp_path: Path
 ) -> None:
-    (tmp_path / "pixi.toml").write_text(
-        f'[workspace]\nname = "plain"\nchannels = ["conda-forge"]\nplatforms = ["linux-64"]\n'
-        f'[dependencies]\npython = "=={CLUSTER_PYTHON}"\n[pypi-dependencies]\n'
-        f'pyjokes = "==0.6.0"\nray = {{ version = "=={ray.__version__}", extras = ["default"] }}\n')
-    subprocess.run([str(FAKE_PIXI), "lock", "--manifest-path", str(tmp_path / "pixi.toml")],
-                   check=True)
+    write_locked(tmp_path / "pixi.toml", manifest_text("plain", 'pyjokes = "==0.6.0"\n' + RAY_LINE))
     with shared_cluster.job(runtime_env={"working_dir": str(tmp_path), "pixi": "pixi.toml"}):
         assert ray.get(probe.remote())["module"] == "0.6.0"
 
@@ -171,14 +171,13 @@ def test_a_plain_string_names_the_manifest_in_the_working_dir(
 def test_an_env_without_the_clusters_ray_fails_setup_with_the_remedy(
     shared_cluster, tmp_path: Path
 ) -> None:
-    spec = {"manifest": "pixi.toml", "locked": False, "manifest_content": (
-            f'[workspace]\nname = "noray"\nchannels = ["conda-forge"]\nplatforms = ["linux-64"]\n'
-            f'[dependencies]\npython = "=={CLUSTER_PYTHON}"\n[pypi-dependencies]\npyjokes = "*"\n')}
+    spec = {"manifest": "pixi.toml", "locked": False,
+            "manifest_content": manifest_text("noray", 'pyjokes = "*"\n')}
     with shared_cluster.job(), pytest.raises(RuntimeEnvSetupError) as e:
         ray.get(probe.options(runtime_env={"pixi": spec}).remote())
     text = str(e.value)
     assert f"it has Ray (not installed) but the cluster runs {ray.__version__}" in text
-    assert f'ray = {{ version = "=={ray.__version__}", extras = ["default"] }}' in text
+    assert RAY_LINE.strip() in text
 
 
 def test_a_failed_install_surfaces_the_log_tail(own_cluster, tmp_path: Path) -> None:
