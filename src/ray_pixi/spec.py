@@ -7,9 +7,12 @@ wherever a spec is rejected.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import difflib
 import json
 import re
+import zlib
 from collections.abc import Mapping
 from enum import Enum
 from pathlib import PurePosixPath
@@ -33,7 +36,7 @@ __all__ = [
 FIELD = "pixi"
 MANIFEST_NAMES = ("pixi.toml", "pyproject.toml")
 INLINE_KEYS = ("channels", "dependencies", "pypi_dependencies", "platforms")
-MANIFEST_KEYS = ("manifest", "manifest_content", "lock_content", "include", "exclude", "digest")
+MANIFEST_KEYS = ("manifest", "manifest_content", "lock_content", "lock_zlib", "include", "exclude")
 PLATFORMS = (
     "linux-64",
     "linux-aarch64",
@@ -45,23 +48,58 @@ PLATFORMS = (
 # runtime_env fields that set the worker's interpreter themselves. Ray runs them after
 # third-party plugins, so they would silently replace the pixi environment's python.
 CONFLICTING_FIELDS = ("pip", "uv", "conda", "py_executable", "image_uri", "container")
-# Flags the plugin sets itself from the spec; taking them from pixi_install_options too
-# would make the installed environment differ from the one the key describes.
-RESERVED_INSTALL_FLAGS = {
+# `pixi install` flags a spec may pass through (flag -> takes a value). They change how
+# pixi fetches and links, never what ends up installed, so they cannot make the installed
+# environment differ from the one the store key describes. Everything else is refused.
+ALLOWED_INSTALL_FLAGS = {
+    "--concurrent-downloads": True,
+    "--concurrent-solves": True,
+    "--pypi-keyring-provider": True,
+    "--tls-root-certs": True,
+    "--color": True,
+    "--offline": False,
+    "--no-hard-links": False,
+    "--no-ref-links": False,
+    "--no-symbolic-links": False,
+    "--no-progress": False,
+    "--verbose": False,
+    "--quiet": False,
+    "-v": False,
+    "-vv": False,
+    "-vvv": False,
+    "-q": False,
+}
+# Why the flags users reach for are refused, and what to do instead.
+REFUSED_INSTALL_FLAGS = {
     "--manifest-path": "it is set by the plugin",
     "-m": "it is set by the plugin",
+    "--workspace": "it names a registered workspace, not this manifest",
+    "-w": "it names a registered workspace, not this manifest",
     "--environment": "use the `environment` key",
     "-e": "use the `environment` key",
     "--all": "use the `environment` key",
     "-a": "use the `environment` key",
     "--locked": "use `locked=True`",
     "--frozen": "use `locked=True`",
-    "--workspace": "it names a registered workspace, not this manifest",
-    "-w": "it names a registered workspace, not this manifest",
+    "--platform": "the plugin installs for the node's platform; a spec cannot install another",
+    "-p": "the plugin installs for the node's platform; a spec cannot install another",
+    "--skip": "it installs only part of the environment the manifest and lock describe",
+    "--skip-with-deps": "it installs only part of the environment the manifest and lock "
+    "describe",
+    "--only": "it installs only part of the environment the manifest and lock describe",
+    "--config-file": "pixi's configuration is the node's: set PIXI_CONFIG_FILE on the nodes",
+    "--no-config": "pixi's configuration is the node's: set PIXI_CONFIG_FILE on the nodes",
+    "--auth-file": "credentials are node configuration: set RATTLER_AUTH_FILE on the nodes",
+    "--tls-no-verify": "turning off TLS verification from a job is refused; a node operator "
+    "can set tls-no-verify in the nodes' pixi configuration",
+    "--run-post-link-scripts": "post-link scripts run arbitrary code on the node and are off "
+    "by default; a node operator can enable run-post-link-scripts in the nodes' pixi "
+    "configuration",
+    "--use-environment-activation-cache": "activation is captured by the plugin",
 }
 _ENV_NAME = re.compile(r"^[a-z0-9-]+$")
 _VERSION = re.compile(r"^\d+\.\d+\.\d+$")
-_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+_BASE64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
 
 PypiRequirement = StrictStr | dict[StrictStr, Any]
 CondaRequirement = StrictStr | dict[StrictStr, Any]
@@ -83,9 +121,9 @@ class PixiSpec(BaseModel):
     manifest: StrictStr | None = None
     manifest_content: StrictStr | None = None
     lock_content: StrictStr | None = None
+    lock_zlib: StrictStr | None = None
     include: tuple[StrictStr, ...] = ()
     exclude: tuple[StrictStr, ...] = ()
-    digest: StrictStr | None = None
     channels: tuple[StrictStr, ...] | None = None
     dependencies: dict[StrictStr, CondaRequirement] | None = None
     pypi_dependencies: dict[StrictStr, PypiRequirement] | None = None
@@ -100,6 +138,16 @@ class PixiSpec(BaseModel):
         if self.manifest is None:
             return Mode.INLINE
         return Mode.MANIFEST if self.manifest_content is not None else Mode.PROJECT
+
+    @property
+    def has_lock(self) -> bool:
+        return self.lock_content is not None or self.lock_zlib is not None
+
+    def lock_text(self) -> str | None:
+        """The inlined pixi.lock, decompressed if `pixi()` sent it compressed."""
+        if self.lock_zlib is not None:
+            return zlib.decompress(base64.b64decode(self.lock_zlib)).decode()
+        return self.lock_content
 
     @property
     def install_locked(self) -> bool:
@@ -137,6 +185,11 @@ def _check_relative(path: tuple[Any, ...], value: str, what: str) -> None:
 
 def _check_spec(spec: PixiSpec) -> None:  # noqa: C901 - one flat list of rules reads best
     inline = [k for k in INLINE_KEYS if getattr(spec, k) is not None]
+    if spec.manifest is None and (spec.include or spec.exclude):
+        key = "include" if spec.include else "exclude"
+        raise _fail((key,), "selects files of a manifest in the working_dir, but this spec "
+                    "declares its dependencies inline", list(getattr(spec, key)),
+                    "Drop include/exclude, or point at a pixi.toml in the working_dir.")
     manifest = [k for k in MANIFEST_KEYS if getattr(spec, k) not in (None, ())]
     if inline and manifest:
         raise _fail(
@@ -156,23 +209,26 @@ def _check_spec(spec: PixiSpec) -> None:  # noqa: C901 - one flat list of rules 
         if PurePosixPath(spec.manifest).name not in MANIFEST_NAMES:
             raise _fail(("manifest",), "must name a pixi.toml or pyproject.toml", spec.manifest,
                         "Point at the manifest file itself, not a directory.")
-    if spec.manifest_content is not None and (spec.include or spec.exclude or spec.digest):
+    if spec.manifest_content is not None and (spec.include or spec.exclude):
         raise _fail((), "inlines a manifest and also selects working_dir files with "
                     "include/exclude", "include/exclude",
                     "Use include/exclude only for a manifest inside runtime_env['working_dir'].")
-    if spec.lock_content is not None and spec.manifest_content is None:
-        raise _fail(("lock_content",), "needs manifest_content", "lock_content",
-                    "Build the spec with pixi('pixi.toml'), which inlines both.")
+    for key in ("lock_content", "lock_zlib"):
+        if getattr(spec, key) is not None and spec.manifest_content is None:
+            raise _fail((key,), "needs manifest_content", key,
+                        "Build the spec with pixi('pixi.toml'), which inlines both.")
+    if spec.lock_content is not None and spec.lock_zlib is not None:
+        raise _fail((), "inlines pixi.lock twice (lock_content and lock_zlib)",
+                    ["lock_content", "lock_zlib"], "Keep one of them.")
+    if spec.lock_zlib is not None:
+        _check_zlib(spec.lock_zlib)
     for key in ("include", "exclude"):
         for i, pattern in enumerate(getattr(spec, key)):
             _check_relative((key, i), pattern, "glob")
-    if spec.digest is not None and not _DIGEST.match(spec.digest):
-        raise _fail(("digest",), "must be the 64-hex-digit sha256 written by pixi()",
-                    spec.digest, "Let pixi() compute it, or drop the key.")
     if spec.locked is not None and spec.mode is Mode.INLINE:
         raise _fail(("locked",), "applies only to a manifest with a pixi.lock", spec.locked,
                     "Drop `locked` from an inline spec, or use a manifest and `pixi lock`.")
-    if spec.locked is not False and spec.mode is Mode.MANIFEST and spec.lock_content is None:
+    if spec.locked is not False and spec.mode is Mode.MANIFEST and not spec.has_lock:
         raise _fail(("lock_content",), "is missing, and manifests install locked by default",
                     None, f"Run `pixi lock --manifest-path {spec.manifest}` next to the "
                     "manifest, or pass locked=False to let every node solve on its own.")
@@ -183,12 +239,7 @@ def _check_spec(spec: PixiSpec) -> None:  # noqa: C901 - one flat list of rules 
     if spec.pixi_version is not None and not _VERSION.match(spec.pixi_version):
         raise _fail(("pixi_version",), "must be a release version X.Y.Z", spec.pixi_version,
                     "Write it without a leading 'v', e.g. '0.77.0'.")
-    for i, option in enumerate(spec.pixi_install_options):
-        flag = option.split("=", 1)[0]
-        if flag in RESERVED_INSTALL_FLAGS:
-            raise _fail(("pixi_install_options", i), f"cannot be set here: "
-                        f"{RESERVED_INSTALL_FLAGS[flag]}", option, "Remove it from "
-                        "pixi_install_options.")
+    _check_install_options(spec.pixi_install_options)
     for i, platform in enumerate(spec.platforms or ()):
         if platform not in PLATFORMS:
             close = difflib.get_close_matches(platform, PLATFORMS, n=1)
@@ -205,6 +256,40 @@ def _check_spec(spec: PixiSpec) -> None:  # noqa: C901 - one flat list of rules 
                 raise _fail((key, name), "is not a package name", name,
                             "Use the bare package name as the key and put the version "
                             "in the value, e.g. {'numpy': '>=1.26'}.")
+
+
+def _check_zlib(value: str) -> None:
+    try:
+        if not _BASE64.match(value):
+            raise binascii.Error("not base64")
+        zlib.decompress(base64.b64decode(value))
+    except (binascii.Error, zlib.error, ValueError) as e:
+        raise _fail(("lock_zlib",), f"must be pixi.lock compressed by pixi() ({e})",
+                    value[:40] + ("..." if len(value) > 40 else ""),
+                    "Let pixi('pixi.toml') write it, or pass the text as lock_content.") from None
+
+
+def _check_install_options(options: tuple[str, ...]) -> None:
+    """Pass through only flags that change how pixi fetches, never what it installs."""
+    i = 0
+    while i < len(options):
+        option = options[i]
+        flag, has_value = option.split("=", 1)[0], "=" in option
+        if flag in REFUSED_INSTALL_FLAGS or (flag.startswith("--skip") and flag not in
+                                             ALLOWED_INSTALL_FLAGS):
+            why = REFUSED_INSTALL_FLAGS.get(flag, REFUSED_INSTALL_FLAGS["--skip"])
+            raise _fail(("pixi_install_options", i), f"cannot be set here: {why}", option,
+                        "Remove it from pixi_install_options.")
+        if flag not in ALLOWED_INSTALL_FLAGS:
+            raise _fail(("pixi_install_options", i), "is not a `pixi install` flag ray-pixi "
+                        "passes through", option, "Allowed: "
+                        + ", ".join(sorted(ALLOWED_INSTALL_FLAGS)) + ".")
+        if ALLOWED_INSTALL_FLAGS[flag] and not has_value:
+            if i + 1 >= len(options) or options[i + 1].startswith("-"):
+                raise _fail(("pixi_install_options", i), "needs a value", option,
+                            f"Write [{flag!r}, '<value>'] or ['{flag}=<value>'].")
+            i += 1
+        i += 1
 
 
 _TYPE_HINTS = {

@@ -86,3 +86,47 @@ def test_a_project_spec_needs_a_working_dir() -> None:
 def test_an_unlocked_manifest_needs_no_lock() -> None:
     spec = parse_spec({"manifest": "pixi.toml", "manifest_content": "x", "locked": False})
     assert not spec.install_locked
+
+
+@pytest.mark.parametrize("options", [
+    ["--concurrent-downloads", "8"], ["--concurrent-downloads=8"], ["--offline"],
+    ["--offline=false"], ["--tls-root-certs", "system", "-v"], ["--no-hard-links"],
+])
+def test_install_options_that_change_only_how_pixi_fetches_are_passed(options: list) -> None:
+    spec = parse_spec({"pypi_dependencies": {"six": "*"}, "pixi_install_options": options})
+    assert spec.pixi_install_options == tuple(options)
+
+
+@pytest.mark.parametrize(("options", "expected"), [
+    (["-p", "osx-arm64"], "the plugin installs for the node's platform"),
+    (["--platform=win-64"], "the plugin installs for the node's platform"),
+    (["--skip", "numpy"], "installs only part of the environment"),
+    (["--skip-with-deps=numpy"], "installs only part of the environment"),
+    (["--only", "numpy"], "installs only part of the environment"),
+    (["--config-file", "/etc/x.toml"], "set PIXI_CONFIG_FILE on the nodes"),
+    (["--no-config"], "set PIXI_CONFIG_FILE on the nodes"),
+    (["--tls-no-verify"], "turning off TLS verification from a job is refused"),
+    (["--run-post-link-scripts"], "post-link scripts run arbitrary code"),
+    (["--frozen"], "use `locked=True`"),
+    (["--reinstall"], "is not a `pixi install` flag ray-pixi passes through"),
+    (["--concurrent-downloads"], "needs a value"),
+])
+def test_install_options_that_change_what_is_installed_are_refused(
+    options: list, expected: str
+) -> None:
+    with pytest.raises(PixiSpecError) as e:
+        parse_spec({"pypi_dependencies": {"six": "*"}, "pixi_install_options": options})
+    assert "runtime_env['pixi']['pixi_install_options'][0]" in str(e.value)
+    assert expected in str(e.value)
+
+
+def test_a_digest_key_is_no_longer_accepted() -> None:
+    """Nodes key a project by the files Ray uploaded; a driver-side digest could differ."""
+    with pytest.raises(PixiSpecError, match="unknown key 'digest'"):
+        parse_spec({"manifest": "pixi.toml", "digest": "a" * 64})
+
+
+def test_a_corrupt_compressed_lock_is_refused() -> None:
+    with pytest.raises(PixiSpecError, match=r"\['lock_zlib'\] must be pixi.lock compressed"):
+        parse_spec({"manifest": "pixi.toml", "manifest_content": "[workspace]\n",
+                    "lock_zlib": "bm90IHpsaWI="})
