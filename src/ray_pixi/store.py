@@ -11,6 +11,11 @@ Layout under the store root (outside any Ray session, so environments survive
     pixi/<version>/pixi   pixi releases bootstrapped on this node
     trash/                entries being deleted
 
+A store is as shared as its root: when the root is group- or world-writable (a volume that
+Ray pods of several uids share, prepared so by the KubeRay add-on or an admin), the store's
+directories and lock files get the same write bits, so any of those uids can take the
+locks; otherwise they are private to the user running Ray.
+
 Environments are not relocatable (pixi records their prefix), so they are installed in
 place and never renamed while in use; a crash leaves a workspace without a marker, which
 is swept before anything trusts it.
@@ -24,6 +29,7 @@ import errno
 import json
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import uuid
@@ -37,7 +43,11 @@ try:
 except ImportError:  # pragma: no cover - Windows has no flock; ray-pixi targets POSIX nodes
     fcntl = None  # type: ignore[assignment]
 
+from ray_pixi.errors import PixiStoreError
+
 __all__ = ["FileLock", "Store", "StoreEntry", "directory_size"]
+
+_SHARED_BITS = stat.S_IWGRP | stat.S_IWOTH
 
 
 def directory_size(path: Path) -> int:
@@ -70,14 +80,23 @@ def directory_size(path: Path) -> int:
 
 class FileLock:
     """An flock on a file: released by the kernel when the holder dies, so a crashed
-    install never leaves the store locked."""
+    install never leaves the store locked. Opened read-only (flock needs no write access),
+    so a lock file another uid created can still be taken."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, mode: int = 0o644) -> None:
         self.path = path
+        self.mode = mode
 
     def _open(self) -> int:
+        try:
+            return os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            pass
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = os.open(self.path, os.O_RDONLY | os.O_CREAT, self.mode)
+        with contextlib.suppress(OSError):  # only the creator may; the umask may have cut bits
+            os.fchmod(fd, self.mode)
+        return fd
 
     def try_acquire(self, shared: bool = False) -> int | None:
         fd = self._open()
@@ -152,13 +171,35 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 class Store:
+    """Paths, locks, markers and deletion of one store root. Constructing it touches no
+    disk; `ensure` creates the layout and says, as a PixiStoreError, why it cannot."""
+
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.envs = self.root / "envs"
         self.locks = self.root / "locks"
         self.trash = self.root / "trash"
-        for d in (self.envs, self.locks, self.trash):
-            d.mkdir(parents=True, exist_ok=True)
+        self._dir_mode = 0o755
+        self._file_mode = 0o644
+
+    def ensure(self) -> None:
+        """Create the store's directories (as shared as the root) and check that this
+        process can write there. Blocking."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            shared = stat.S_IMODE(self.root.stat().st_mode) & _SHARED_BITS
+            self._dir_mode = 0o755 | shared | (stat.S_ISVTX if shared & stat.S_IWOTH else 0)
+            self._file_mode = 0o644 | shared
+            for d in (self.envs, self.locks, self.trash):
+                if not d.is_dir():
+                    d.mkdir(exist_ok=True)
+                    with contextlib.suppress(OSError):
+                        os.chmod(d, self._dir_mode)
+                fd, probe = tempfile.mkstemp(dir=d, prefix=".ray-pixi-probe-")
+                os.close(fd)
+                os.unlink(probe)
+        except OSError as e:
+            raise PixiStoreError(_unusable(self.root, e)) from None
 
     # -- paths ---------------------------------------------------------------------------
     def workspace(self, key: str) -> Path:
@@ -171,13 +212,13 @@ class Store:
         return self.envs / f"{key}.failed"
 
     def install_lock(self, key: str) -> FileLock:
-        return FileLock(self.locks / f"{key}.lock")
+        return FileLock(self.locks / f"{key}.lock", self._file_mode)
 
     def use_lock(self, key: str) -> FileLock:
-        return FileLock(self.locks / f"{key}.use")
+        return FileLock(self.locks / f"{key}.use", self._file_mode)
 
     def bootstrap_lock(self, version: str) -> FileLock:
-        return FileLock(self.locks / f"pixi-{version}.lock")
+        return FileLock(self.locks / f"pixi-{version}.lock", self._file_mode)
 
     @property
     def pixi_dir(self) -> Path:
@@ -263,10 +304,30 @@ class Store:
         finally:
             FileLock.release(install_fd)
 
+    def evict_over_cap(self, cap_bytes: int, keep: frozenset[str] = frozenset()) -> list[str]:
+        """Delete least-recently-used environments until the store's ready environments
+        total at most `cap_bytes`, skipping `keep` and any environment a process uses or
+        installs (its locks say so). Counts every environment in the store, whatever Ray
+        session or node made it. Returns the keys deleted. Blocking."""
+        entries = sorted(self.entries(), key=lambda e: e.last_used)
+        total = sum(e.size_bytes for e in entries)
+        evicted = []
+        for entry in entries:
+            if total <= cap_bytes:
+                break
+            if entry.key in keep or entry.in_use:
+                continue
+            if self.delete_if_unused(entry.key):
+                total -= entry.size_bytes
+                evicted.append(entry.key)
+        return evicted
+
     def sweep(self) -> list[str]:
         """Remove what crashed or cancelled installs and deletions left behind: workspaces
         with no ready marker that nobody is installing, and the trash."""
-        removed = []
+        removed: list[str] = []
+        if not self.envs.is_dir():
+            return removed
         for path in self.envs.iterdir():
             if not path.is_dir() or self.read_ready(path.name) is not None:
                 continue
@@ -279,7 +340,7 @@ class Store:
                     removed.append(path.name)
             finally:
                 FileLock.release(fd)
-        for path in self.trash.iterdir():
+        for path in self.trash.iterdir() if self.trash.is_dir() else ():
             shutil.rmtree(path, ignore_errors=True)
         return removed
 
@@ -311,3 +372,24 @@ class Store:
             FileLock.release(fd)
 
 
+def _unusable(root: Path, error: OSError) -> str:
+    """Why the store at `root` cannot be used, and the fix, for every pixi request."""
+    reason = error.strerror or str(error)
+    if error.errno == errno.EROFS:
+        reason = "it is on a read-only filesystem"
+    elif error.errno in (errno.EACCES, errno.EPERM):
+        try:
+            owner = (root if root.exists() else root.parent).stat().st_uid
+            reason = f"uid {os.getuid()} may not write there (owned by uid {owner})"
+        except OSError:
+            reason = f"uid {os.getuid()} may not write there"
+    elif error.errno in (errno.ENOTDIR, errno.EEXIST):
+        reason = f"{error.filename or root} is not a directory"
+    elif error.errno == errno.ENOSPC:
+        reason = "its filesystem is full"
+    return (
+        f"ray-pixi's environment store {root} cannot be used on this node: {reason}. Set "
+        "RAY_PIXI_STORE_DIR to a directory the Ray processes can write (on KubeRay: check the "
+        "ray-pixi volume of this Ray pod), or free the disk; jobs without runtime_env['pixi'] "
+        "are not affected."
+    )

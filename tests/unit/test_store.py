@@ -4,9 +4,12 @@ tolerates state that is already gone."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ import pytest
 from ray_pixi.store import FileLock, Store, directory_size
 
 KEY = "k" * 32
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 def make_ready(store: Store, key: str = KEY) -> None:
@@ -39,6 +43,7 @@ def hold_lock_in_child(path: Path, shared: bool) -> subprocess.Popen[str]:
 
 def test_only_a_marked_workspace_is_ready(tmp_path: Path) -> None:
     store = Store(tmp_path)
+    store.ensure()
     store.workspace(KEY).mkdir(parents=True)
     assert store.read_ready(KEY) is None
     store.write_ready(KEY, {"size_bytes": 1})
@@ -47,6 +52,7 @@ def test_only_a_marked_workspace_is_ready(tmp_path: Path) -> None:
 
 def test_a_marker_without_its_workspace_is_not_trusted(tmp_path: Path) -> None:
     store = Store(tmp_path)
+    store.ensure()
     make_ready(store)
     os.rename(store.workspace(KEY), tmp_path / "elsewhere")
     assert store.read_ready(KEY) is None
@@ -54,6 +60,7 @@ def test_a_marker_without_its_workspace_is_not_trusted(tmp_path: Path) -> None:
 
 def test_sweep_removes_unmarked_workspaces_nobody_is_installing(tmp_path: Path) -> None:
     store = Store(tmp_path)
+    store.ensure()
     make_ready(store, "a" * 32)
     store.workspace("b" * 32).mkdir()  # crashed install: no marker, lock free
     store.workspace("c" * 32).mkdir()  # install under way in another process
@@ -71,6 +78,7 @@ def test_sweep_removes_unmarked_workspaces_nobody_is_installing(tmp_path: Path) 
 
 def test_an_entry_another_agent_uses_is_not_deleted(tmp_path: Path) -> None:
     store = Store(tmp_path)
+    store.ensure()
     make_ready(store)
     child = hold_lock_in_child(store.use_lock(KEY).path, shared=True)
     try:
@@ -85,6 +93,7 @@ def test_an_entry_another_agent_uses_is_not_deleted(tmp_path: Path) -> None:
 
 def test_deleting_what_is_already_gone_does_not_raise(tmp_path: Path) -> None:
     store = Store(tmp_path)
+    store.ensure()
     assert store.delete_if_unused(KEY, background=False) is True
     make_ready(store)
     store.discard(KEY)
@@ -138,3 +147,114 @@ def test_async_lock_waits_without_blocking_the_loop(tmp_path: Path, shared: bool
         FileLock.release(await asyncio.wait_for(waiter, 10))
 
     asyncio.run(scenario())
+
+
+def test_a_store_path_that_is_a_file_is_reported_with_the_fix(tmp_path: Path) -> None:
+    from ray_pixi.errors import PixiStoreError
+
+    (tmp_path / "store").write_text("not a directory")
+    with pytest.raises(PixiStoreError) as e:
+        Store(tmp_path / "store").ensure()
+    assert f"store {tmp_path / 'store'} cannot be used on this node" in str(e.value)
+    assert "not a directory" in str(e.value) and "RAY_PIXI_STORE_DIR" in str(e.value)
+
+
+def test_a_read_only_store_is_reported_as_such(tmp_path: Path) -> None:
+    from ray_pixi.errors import PixiStoreError
+
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a read-only tmpfs here (needs root)")
+    try:
+        with pytest.raises(PixiStoreError, match="it is on a read-only filesystem"):
+            Store(mount / "store").ensure()
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def make_sized(store: Store, key: str, size: int, age: float) -> None:
+    make_ready(store, key)
+    store.write_ready(key, {"size_bytes": size})
+    then = os.path.getmtime(store.envs / f"{key}.json") - age
+    os.utime(store.envs / f"{key}.json", (then, then))
+
+
+def test_the_cap_evicts_least_recently_used_environments_nobody_holds(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.ensure()
+    oldest, old, held, new = ("a" * 32, "b" * 32, "c" * 32, "d" * 32)
+    make_sized(store, oldest, 400, age=400)
+    make_sized(store, held, 400, age=300)  # oldest but one, yet another agent holds it
+    make_sized(store, old, 400, age=200)
+    make_sized(store, new, 400, age=0)
+    child = hold_lock_in_child(store.use_lock(held).path, shared=True)
+    try:
+        evicted = store.evict_over_cap(1000, keep=frozenset({new}))
+    finally:
+        child.communicate("")
+    assert evicted == [oldest, old]
+    assert {e.key for e in store.entries()} == {held, new}
+
+
+def test_the_cap_counts_every_environment_in_the_store(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.ensure()
+    make_sized(store, "a" * 32, 600, age=10)
+    assert store.evict_over_cap(1000) == []
+    make_sized(store, "b" * 32, 600, age=0)  # as if another Ray session installed it
+    assert store.evict_over_cap(1000) == ["a" * 32]
+
+
+NOBODY = 65534
+
+
+def as_uid(uid: int, code: str) -> subprocess.CompletedProcess[str]:
+    """Run `code` as another uid with the system's Python (the test's own lives under a
+    home directory other uids cannot enter); the store needs only the standard library."""
+    python = "/usr/bin/python3"
+    if not os.access(python, os.X_OK):
+        pytest.skip(f"no {python} to run as uid {uid}")
+    return subprocess.run([python, "-I", "-c", code], capture_output=True, text=True,
+                          user=uid, group=uid)
+
+
+@pytest.fixture
+def world_dir() -> Iterator[Path]:
+    """A directory another uid can reach (pytest's tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="ray-pixi-shared-", dir="/tmp"))
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_a_shared_store_lets_another_uid_take_its_locks(world_dir: Path) -> None:
+    if os.getuid() != 0:
+        pytest.skip("needs root to run a child as another uid")
+    root = world_dir / "store"
+    root.mkdir()
+    os.chmod(root, 0o1777)  # as the payload init container leaves a shared volume
+    store = Store(root)
+    store.ensure()
+    fd = store.use_lock(KEY).acquire(shared=True)  # created by this uid
+    FileLock.release(fd)
+    code = textwrap.dedent(f"""
+        import sys; sys.path.insert(0, {str(SRC)!r})
+        from ray_pixi.store import Store, FileLock
+        s = Store({str(root)!r}); s.ensure()
+        FileLock.release(s.use_lock({KEY!r}).acquire(shared=True))
+        FileLock.release(s.install_lock("other" * 4).acquire())
+        print("ok")
+    """)
+    done = as_uid(NOBODY, code)
+    assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_a_private_store_stays_private(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    store.ensure()
+    fd = store.use_lock(KEY).acquire()
+    FileLock.release(fd)
+    assert os.stat(store.locks).st_mode & 0o022 == 0
+    assert os.stat(store.use_lock(KEY).path).st_mode & 0o022 == 0
