@@ -113,7 +113,7 @@ def test_pixi_is_found_and_its_version_checked(tmp_path: Path) -> None:
     assert ok.status == doctor.OK and "is pixi 0.77.0" in ok.detail
     too_old = doctor.check_pixi({"RAY_PIXI_EXE": str(FAKE_PIXI)}, MIN_PIXI_VERSION,
                                 lambda path: (0, 30, 1))
-    assert too_old.status == doctor.FAIL and "needs 0.40.0 or newer" in too_old.detail
+    assert too_old.status == doctor.FAIL and "needs 0.53.0 or newer" in too_old.detail
     missing = doctor.check_pixi({"PATH": str(tmp_path)}, MIN_PIXI_VERSION, read_pixi_version)
     assert missing.status == doctor.FAIL and "RAY_PIXI_EXE" in missing.fix
     pinned = doctor.check_pixi({"PATH": str(tmp_path), "RAY_PIXI_PIXI_VERSION": "0.77.0"},

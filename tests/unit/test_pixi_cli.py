@@ -49,7 +49,7 @@ def test_an_old_pixi_is_refused_naming_its_version(
     old.write_text(f"#!/bin/sh\nFAKE_PIXI_VERSION=0.30.2 exec {FAKE_PIXI} \"$@\"\n")
     old.chmod(0o755)
     monkeypatch.setenv("RAY_PIXI_EXE", str(old))
-    with pytest.raises(PixiNotFoundError, match=r"version 0\.30\.2; ray-pixi needs 0\.40\.0"):
+    with pytest.raises(PixiNotFoundError, match=r"version 0\.30\.2; ray-pixi needs 0\.53\.0"):
         find_pixi_on_node()
 
 

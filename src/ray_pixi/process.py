@@ -1,0 +1,111 @@
+"""Run a child process for an install step: its output appended to the install log, its
+whole process group stopped when the step is cancelled (Ray's setup timeout, a cancelled
+job) or runs past its own timeout, so nothing it started outlives the step.
+
+Only `pixi_cli` (pixi itself) and `install` (the environment's own python, for the version
+probe and byte-compilation) start processes, both through here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Completed", "StepTimeout", "run_logged", "tail"]
+
+_KILL_GRACE_SECONDS = 5.0
+LOG_TAIL_LINES = 25
+
+
+class StepTimeout(Exception):
+    """The step ran longer than its own timeout and was stopped."""
+
+
+@dataclass(frozen=True)
+class Completed:
+    command: tuple[str, ...]
+    returncode: int
+    stdout: str
+    seconds: float
+
+
+def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last lines of a log, for an error message."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 64 * 1024))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _kill_group(proc: asyncio.subprocess.Process, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    _kill_group(proc, signal.SIGTERM)
+    with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+        await asyncio.wait_for(asyncio.shield(proc.wait()), _KILL_GRACE_SECONDS)
+    _kill_group(proc, signal.SIGKILL)
+
+
+async def run_logged(
+    argv: Sequence[str],
+    *,
+    log_path: Path,
+    cwd: Path,
+    env: Mapping[str, str],
+    capture_stdout: bool = False,
+    timeout: float | None = None,
+    shown: str | None = None,
+) -> Completed:
+    """Run `argv`, appending `$ <command>`, its output and its exit code to `log_path`.
+
+    Raises StepTimeout after `timeout` seconds; re-raises cancellation. In both cases the
+    process group is stopped first (SIGTERM, then SIGKILL after a grace period).
+    """
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    command = tuple(argv)
+    await asyncio.to_thread(log_path.parent.mkdir, parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        log.write(f"$ {shown or shlex.join(command)}\n".encode())
+        log.flush()
+        proc = await asyncio.create_subprocess_exec(
+            *command,
+            cwd=cwd,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if capture_stdout else log,
+            stderr=log,
+            start_new_session=sys.platform != "win32",
+        )
+        try:
+            stdout, _ = await asyncio.wait_for(proc.communicate(), timeout)
+        except asyncio.TimeoutError:
+            await _stop(proc)
+            log.write(f"[stopped after {timeout:.0f} s]\n".encode())
+            raise StepTimeout(f"`{shown or shlex.join(command)}` ran longer than "
+                              f"{timeout:.0f} s and was stopped") from None
+        except BaseException:
+            await _stop(proc)
+            raise
+        if capture_stdout and stdout:
+            log.write(stdout)
+        seconds = loop.time() - started
+        log.write(f"[exit code {proc.returncode} after {seconds:.1f} s]\n".encode())
+    text = stdout.decode(errors="replace") if capture_stdout and stdout else ""
+    code = proc.returncode if proc.returncode is not None else -1
+    return Completed(command, code, text, seconds)
