@@ -1,7 +1,11 @@
 """Install one environment into the store: write its workspace, run `pixi install`,
-capture its activation, check its Python and Ray against the cluster's, then mark it
-ready. Under the store's lock, so each environment is installed once per store however
-many agents ask for it."""
+capture its activation, byte-compile it, check its Python and Ray against the cluster's,
+then mark it ready. Under the store's lock, so each environment is installed once per store
+however many agents ask for it.
+
+Everything here runs on the runtime_env agent's event loop: file work goes to a thread and
+child processes run through `process.run_logged`, so the loop keeps serving other setups.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -22,36 +27,49 @@ from ray_pixi.errors import PixiInstallError, PixiSpecError, PixiVersionMismatch
 from ray_pixi.key import STORE_LAYOUT
 from ray_pixi.manifest import build_inline_manifest, ray_requirement
 from ray_pixi.pixi_cli import PixiExe, pixi_env, run_pixi
+from ray_pixi.process import StepTimeout, run_logged
 from ray_pixi.spec import Mode, PixiSpec
 from ray_pixi.store import Store, directory_size
 
-__all__ = ["InstalledEnv", "ProjectFiles", "install_environment", "load_installed"]
+__all__ = [
+    "InstalledEnv",
+    "ProjectFiles",
+    "WORKSPACE_CONFIG",
+    "install_environment",
+    "is_stale_lock",
+    "load_installed",
+]
 
 INLINE_MANIFEST_NAME = "pixi.toml"
-# Besides reading the versions, the probe imports Ray's worker entry point once, so its
-# bytecode is written into the environment now: PyPI packages arrive without .pyc files,
-# and a worker that may not write them (PYTHONDONTWRITEBYTECODE, a read-only store) would
-# otherwise compile Ray on every start (0.5-1.2 s more per worker on 2 cores, measured by
-# bench/run).
+# pixi merges a workspace's own .pixi/config.toml over the node's configuration, so this
+# keeps the environment inside the store (where its key, lock and marker live) even if the
+# node's pixi configuration detaches environments elsewhere.
+WORKSPACE_CONFIG = (
+    "# Written by ray-pixi: the environment stays in this workspace, inside ray-pixi's store,\n"
+    "# whatever the node's pixi configuration says.\n"
+    "detached-environments = false\n"
+)
 _PROBE = (
-    "import contextlib, importlib, json, sys\n"
+    "import json, sys\n"
     "try:\n"
     "    from importlib.metadata import version\n"
     "    ray = version('ray')\n"
     "except Exception:\n"
     "    ray = None\n"
-    "if ray is not None:\n"
-    "    with contextlib.redirect_stdout(sys.stderr):\n"
-    "        try:\n"
-    "            importlib.import_module('ray._private.workers.default_worker')\n"
-    "        except Exception:\n"
-    "            pass\n"
     "print(json.dumps({'python': '%d.%d.%d' % sys.version_info[:3], 'ray': ray}))\n"
 )
+_PROBE_TIMEOUT_SECONDS = 120.0
+_COMPILE_TIMEOUT_SECONDS = 900.0
 _LOCK_HINT = (
     "pixi.lock does not match the manifest. Run `pixi lock --manifest-path {manifest}` where "
     "the manifest lives, and resubmit with the new pixi.lock."
 )
+# pixi's own error line for a lock that does not match the manifest (0.13 "lock-file not
+# up-to-date with the project" ... 0.70 "lock file not up-to-date with the workspace"), and
+# for --frozen without one ("the lock file is not up-to-date with requested environment").
+# Its warning for a satisfied lock in an older format ("the lock file is up-to-date but uses
+# an older format") is not an error and must not match.
+_STALE_LOCK = re.compile(r"lock ?file (is )?not up to date with")
 
 
 @dataclass(frozen=True)
@@ -72,8 +90,9 @@ class ProjectFiles:
 
 
 def load_installed(store: Store, key: str) -> InstalledEnv | None:
+    """The ready environment `key`, or None. Blocking (reads the marker)."""
     ready = store.read_ready(key)
-    if ready is None:
+    if ready is None or ready.get("layout") != STORE_LAYOUT:
         return None
     try:
         return InstalledEnv(
@@ -106,17 +125,29 @@ def _write_workspace(
     elif spec.mode is Mode.MANIFEST:
         assert spec.manifest_content is not None
         manifest.write_text(spec.manifest_content)
-        if spec.lock_content is not None:
-            (workspace / project.LOCK_NAME).write_text(spec.lock_content)
+        lock = spec.lock_text()
+        if lock is not None:
+            (workspace / project.LOCK_NAME).write_text(lock)
     else:
         assert files is not None
         project.copy_project_files(files.root, files.files, workspace)
+    config = manifest.parent / ".pixi" / "config.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(WORKSPACE_CONFIG)
     return manifest
 
 
-def _is_stale_lock(log_tail: str) -> bool:
-    text = log_tail.lower().replace("-", " ").replace("_", " ")
-    return "lock" in text and "up to date" in text
+def is_stale_lock(log_tail: str) -> bool:
+    """Whether pixi failed because pixi.lock does not match the manifest: its error line
+    (`Error: × ...`), never its warnings."""
+    for line in log_tail.splitlines():
+        stripped = line.strip()
+        if not (stripped.startswith(("Error:", "×")) or " × " in stripped):
+            continue
+        text = stripped.lower().replace("-", " ").replace("_", " ")
+        if _STALE_LOCK.search(text):
+            return True
+    return False
 
 
 def _fix_lines(cluster: ClusterInfo) -> tuple[str, str]:
@@ -155,6 +186,47 @@ def _check_versions(
     return "Ray would refuse this pixi environment's workers: " + "; and ".join(problems) + "."
 
 
+def env_prefix(shell_hook_json: str, workspace: Path) -> Path:
+    """The environment's prefix as pixi reports it (shell-hook's CONDA_PREFIX), which must
+    lie inside the workspace: pixi puts environments next to the manifest, so a manifest in
+    a subdirectory has its own `.pixi/envs`."""
+    try:
+        variables = json.loads(shell_hook_json).get("environment_variables") or {}
+        prefix = Path(str(variables["CONDA_PREFIX"]))
+    except (ValueError, KeyError, AttributeError, TypeError):
+        raise PixiInstallError(
+            "`pixi shell-hook --json` printed no CONDA_PREFIX, so the environment cannot be "
+            f"located: {shell_hook_json[:300]!r}"
+        ) from None
+    try:
+        prefix.resolve().relative_to(workspace.resolve())
+    except ValueError:
+        raise PixiInstallError(
+            f"pixi installed the environment at {prefix}, outside ray-pixi's store "
+            f"({workspace}). Something in the node's pixi configuration moves environments "
+            "(detached-environments, or a [cache] override): remove it, or point ray-pixi's "
+            "store (RAY_PIXI_STORE_DIR) there."
+        ) from None
+    return prefix
+
+
+async def _compile_bytecode(python: str, prefix: Path, log_path: Path) -> None:
+    """Byte-compile everything the environment's Python can import, once, in parallel.
+
+    PyPI packages arrive without .pyc files; a worker that may not write them
+    (PYTHONDONTWRITEBYTECODE, a read-only store) would otherwise compile Ray on every start.
+    A file that does not compile (a test fixture in some package) is logged, not fatal.
+    """
+    libs = sorted(str(p) for p in prefix.glob("lib/python3*") if p.is_dir())
+    if not libs:
+        return
+    await run_logged(
+        [python, "-I", "-m", "compileall", "-q", "-j", "0", *libs],
+        log_path=log_path, cwd=prefix, env=pixi_env(), timeout=_COMPILE_TIMEOUT_SECONDS,
+        shown="<env python> -m compileall -q -j 0 <env>/lib/python3*",
+    )
+
+
 def _expand(value: str, base: dict[str, str]) -> str:
     for name, current in base.items():
         value = value.replace("${" + name + "}", current)
@@ -164,26 +236,37 @@ def _expand(value: str, base: dict[str, str]) -> str:
 async def _probe_versions(activation: Activation, log_path: Path) -> dict[str, Any]:
     env = pixi_env()
     env.update({k: _expand(v, env) for k, v in activation.env_vars.items()})
-    proc = await asyncio.create_subprocess_exec(
-        activation.python, "-I", "-c", _PROBE, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    with open(log_path, "ab") as log:
-        log.write(b"$ <env python> -c <version probe>\n" + out + err)
-    if proc.returncode != 0:
+    try:
+        done = await run_logged(
+            [activation.python, "-I", "-c", _PROBE], log_path=log_path, cwd=Path("/"),
+            env=env, capture_stdout=True, timeout=_PROBE_TIMEOUT_SECONDS,
+            shown="<env python> -I -c <version probe>",
+        )
+    except (OSError, StepTimeout) as e:
+        raise PixiInstallError(f"The environment's python {activation.python} did not run: "
+                               f"{e}.\nFull log: {log_path}", log_path=str(log_path)) from None
+    if done.returncode != 0:
         raise PixiInstallError(
             f"The environment's python {activation.python} failed to start (exit code "
-            f"{proc.returncode}): {err.decode(errors='replace').strip()[-2000:]}\n"
-            f"Full log: {log_path}", log_path=str(log_path),
+            f"{done.returncode}); see the end of the log.\nFull log: {log_path}",
+            log_path=str(log_path),
         )
-    result: dict[str, Any] = json.loads(out)
+    try:
+        result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise PixiInstallError(f"The version probe printed {done.stdout[-300:]!r}.\n"
+                               f"Full log: {log_path}", log_path=str(log_path)) from None
     return result
 
 
 def _log_path(log_dir: Path, key: str) -> Path:
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     return log_dir / "pixi" / f"install-{key}-{stamp}-{os.getpid()}.log"
+
+
+def _note(log_path: Path, line: str) -> None:
+    with contextlib.suppress(OSError), open(log_path, "a") as log:
+        log.write(line + "\n")
 
 
 async def install_environment(
@@ -203,10 +286,10 @@ async def install_environment(
     verified install leaves no marker and no workspace.
     """
     async with store.installing(key):
-        installed = load_installed(store, key)
+        installed = await asyncio.to_thread(load_installed, store, key)
         if installed is not None:
             return installed, False
-        failed = store.read_failed(key)
+        failed = await asyncio.to_thread(store.read_failed, key)
         if failed is not None:
             raise PixiVersionMismatchError(failed)
         if spec.mode is Mode.INLINE and spec.platforms and cluster.platform not in spec.platforms:
@@ -215,35 +298,45 @@ async def install_environment(
                 f"include this node's platform {cluster.platform!r}. Add it, or drop "
                 "`platforms` to use the node's own."
             )
-        store.discard(key)  # whatever an interrupted install left behind
+        await asyncio.to_thread(store.discard, key)  # what an interrupted install left
         workspace = store.workspace(key)
         log_path = _log_path(log_dir, key)
         logger.info("Installing pixi environment %s for this job; pixi's output: %s",
                     key, log_path)
         started = time.monotonic()
         try:
-            manifest = _write_workspace(spec, cluster, workspace, files)
+            manifest = await asyncio.to_thread(_write_workspace, spec, cluster, workspace, files)
             common = ["--manifest-path", str(manifest), "--environment", spec.environment]
             lock_args = ["--locked"] if spec.install_locked else []
             await run_pixi(
                 pixi, ["install", *common, *lock_args, *spec.pixi_install_options],
                 log_path=log_path, cwd=workspace,
             )
+            installed_at = time.monotonic()
+            # --as-is: activate what was just installed; never re-check, re-solve or
+            # re-install (pixi would re-run uv for a path dependency without it).
             hook = await run_pixi(
-                pixi, ["shell-hook", "--json", *common, "--frozen"],
+                pixi, ["shell-hook", "--json", "--as-is", *common],
                 log_path=log_path, cwd=workspace, capture_stdout=True,
             )
-            prefix = workspace / ".pixi" / "envs" / spec.environment
+            prefix = env_prefix(hook, workspace)
             activation = build_activation(hook, prefix, pixi_env())
+            compile_started = time.monotonic()
+            await _compile_bytecode(activation.python, prefix, log_path)
+            compiled = time.monotonic() - compile_started
             versions = await _probe_versions(activation, log_path)
             problem = _check_versions(spec, cluster, versions["python"], versions["ray"])
             if problem is not None:
-                store.write_failed(key, problem)
+                await asyncio.to_thread(store.write_failed, key, problem)
                 raise PixiVersionMismatchError(problem)
-            size = directory_size(workspace)
-            store.write_ready(key, {
+            size = await asyncio.to_thread(directory_size, workspace)
+            seconds = time.monotonic() - started
+            timings = {"pixi_install": round(installed_at - started, 3),
+                       "bytecode": round(compiled, 3), "total": round(seconds, 3)}
+            await asyncio.to_thread(store.write_ready, key, {
                 "layout": STORE_LAYOUT,
                 "activation": activation.to_json(),
+                "prefix": str(prefix),
                 "size_bytes": size,
                 "python": versions["python"],
                 "ray": versions["ray"],
@@ -252,20 +345,21 @@ async def install_environment(
                 "environment": spec.environment,
                 "manifest": spec.manifest,
                 "installed_at": time.time(),
-                "install_seconds": round(time.monotonic() - started, 3),
+                "seconds": timings,
                 "log": str(log_path),
             })
         except PixiInstallError as e:
-            with contextlib.suppress(OSError):
-                store.discard(key)
-            if spec.install_locked and _is_stale_lock(str(e)):
+            store.discard_in_background(key)
+            if spec.install_locked and is_stale_lock(str(e)):
                 hint = _LOCK_HINT.format(manifest=spec.manifest)
                 raise PixiInstallError(f"{e}\n{hint}", log_path=e.log_path) from None
             raise
         except BaseException:
-            with contextlib.suppress(OSError):
-                store.discard(key)
+            store.discard_in_background(key)
             raise
-        logger.info("Installed pixi environment %s in %.1fs (%d MB)", key,
-                    time.monotonic() - started, size // 2**20)
+        _note(log_path, f"[ray-pixi: installed {key} in {seconds:.1f} s: pixi install "
+                        f"{timings['pixi_install']:.1f} s, bytecode {compiled:.1f} s; "
+                        f"{size / 2**20:.0f} MiB]")
+        logger.info("Installed pixi environment %s in %.1fs (%d MiB)", key, seconds,
+                    size // 2**20)
         return InstalledEnv(key, activation, size, versions["python"], versions["ray"]), True
