@@ -5,23 +5,29 @@
 
 with the plugin registered on every node before `ray start`:
 `RAY_RUNTIME_ENV_PLUGINS='[{"class": "ray_pixi.PixiPlugin"}]'`.
+
+Importing the package loads nothing but the standard library: Ray's runtime_env agent
+imports it to find `PixiPlugin` on every node, including nodes where the rest of ray-pixi
+cannot run (see `ray_pixi.plugin`).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ray_pixi.driver import pixi
 from ray_pixi.errors import (
     PixiInstallError,
     PixiNotFoundError,
     PixiSpecError,
+    PixiStoreError,
+    PixiUnavailableError,
     PixiVersionMismatchError,
 )
-from ray_pixi.spec import PixiSpec
 
 if TYPE_CHECKING:
+    from ray_pixi.driver import pixi
     from ray_pixi.plugin import PixiPlugin
+    from ray_pixi.spec import PixiSpec
 
 __all__ = [
     "PixiInstallError",
@@ -29,16 +35,19 @@ __all__ = [
     "PixiPlugin",
     "PixiSpec",
     "PixiSpecError",
+    "PixiStoreError",
+    "PixiUnavailableError",
     "PixiVersionMismatchError",
     "pixi",
 ]
 __version__ = "0.1.0"
 
+_LAZY = {"pixi": "ray_pixi.driver", "PixiPlugin": "ray_pixi.plugin", "PixiSpec": "ray_pixi.spec"}
+
 
 def __getattr__(name: str) -> Any:
-    # The plugin imports Ray's agent-side machinery; drivers that only call pixi() skip it.
-    if name == "PixiPlugin":
-        from ray_pixi.plugin import PixiPlugin
+    if name in _LAZY:
+        import importlib
 
-        return PixiPlugin
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'ray_pixi' has no attribute {name!r}")

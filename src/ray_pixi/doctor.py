@@ -212,6 +212,7 @@ _IMPORT_PROBE = (
     "import json, sys\n"
     "import ray, ray_pixi\n"
     "from ray_pixi.plugin import PixiPlugin\n"
+    "from ray_pixi.node import PixiNode\n"
     "print(json.dumps({'python': '%d.%d.%d' % sys.version_info[:3], 'ray': ray.__version__,"
     " 'ray_pixi': ray_pixi.__version__, 'where': ray_pixi.__file__}))\n"
 )

@@ -3,7 +3,14 @@ and what to do next."""
 
 from __future__ import annotations
 
-__all__ = ["PixiSpecError", "PixiInstallError", "PixiVersionMismatchError", "PixiNotFoundError"]
+__all__ = [
+    "PixiInstallError",
+    "PixiNotFoundError",
+    "PixiSpecError",
+    "PixiStoreError",
+    "PixiUnavailableError",
+    "PixiVersionMismatchError",
+]
 
 
 class PixiSpecError(ValueError):
@@ -30,3 +37,13 @@ class PixiInstallError(RuntimeError):
 class PixiVersionMismatchError(RuntimeError):
     """The installed environment's Python or Ray differs from the cluster's, so Ray would
     refuse its workers; the message carries the manifest line that fixes it."""
+
+
+class PixiStoreError(RuntimeError):
+    """The node's environment store cannot be used (missing, not a directory, read-only,
+    another user's); the message names the path and what to change."""
+
+
+class PixiUnavailableError(RuntimeError):
+    """ray-pixi cannot load on this node (Python, Ray or pydantic outside the supported
+    range); raised on every pixi request, while other jobs on the node run."""

@@ -1,9 +1,11 @@
-"""The content address of an installed environment. Pure.
+"""The store key of an installed environment. Pure.
 
 Every input that changes what `pixi install` puts on disk feeds the key, so one key is one
 environment: the env-defining bytes, the environment name, the node's platform, the
 cluster's Python and Ray (a cluster upgrade must not reuse an env built for the old one),
-the pixi version and the install options.
+the pixi version and the install options. The runtime_env's URI (`ray_pixi.uris`) names a
+request; several URIs can map to one key (a project uploaded twice with an edited driver
+script), and the key is computed on the node, where the node's facts are known.
 """
 
 from __future__ import annotations
@@ -16,17 +18,18 @@ from ray_pixi.cluster import ClusterInfo
 from ray_pixi.manifest import build_inline_manifest
 from ray_pixi.spec import Mode, PixiSpec
 
-__all__ = ["STORE_LAYOUT", "URI_SCHEME", "build_env_key", "key_from_uri", "uri_for_key"]
+__all__ = ["STORE_LAYOUT", "build_env_key"]
 
 #: Bumped whenever the store's on-disk layout or activation format changes.
-STORE_LAYOUT = 1
-URI_SCHEME = "pixi://"
+STORE_LAYOUT = 2
 KEY_LENGTH = 32
 
 
 def build_env_key(
     spec: PixiSpec, cluster: ClusterInfo, pixi_version: str, project_digest: str | None = None
 ) -> str:
+    """`project_digest` is the digest of a project's env-defining files as the node
+    received them (required in project mode)."""
     inputs: dict[str, Any] = {
         "layout": STORE_LAYOUT,
         "mode": spec.mode.value,
@@ -41,21 +44,10 @@ def build_env_key(
     if spec.mode is Mode.INLINE:
         inputs["manifest"] = build_inline_manifest(spec, cluster)
     elif spec.mode is Mode.MANIFEST:
-        inputs["manifest"] = [spec.manifest, spec.manifest_content, spec.lock_content]
+        inputs["manifest"] = [spec.manifest, spec.manifest_content, spec.lock_text()]
     else:
-        digest = project_digest or spec.digest
-        if digest is None:
+        if project_digest is None:
             raise ValueError("a project spec needs the digest of its files to be keyed")
-        inputs["manifest"] = [spec.manifest, digest]
+        inputs["manifest"] = [spec.manifest, project_digest]
     text = json.dumps(inputs, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:KEY_LENGTH]
-
-
-def uri_for_key(key: str) -> str:
-    return URI_SCHEME + key
-
-
-def key_from_uri(uri: str) -> str:
-    if not uri.startswith(URI_SCHEME):
-        raise ValueError(f"not a pixi URI: {uri!r}")
-    return uri[len(URI_SCHEME):]

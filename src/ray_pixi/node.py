@@ -1,8 +1,23 @@
-"""`PixiPlugin`: the Ray runtime_env plugin, a thin adapter from Ray's plugin protocol to
-the spec, key, store and install modules.
+"""`PixiNode`: the plugin's work on one Ray node, behind the entry point Ray imports
+(`ray_pixi.plugin.PixiPlugin`). A thin adapter from Ray's plugin protocol to the spec, key,
+store and install modules.
 
-Ray builds it with no arguments inside the runtime_env agent, so it reads its directories
-from the agent's command line and documented environment variables.
+Ray builds the plugin with no arguments inside the runtime_env agent, so this reads its
+directories from the agent's command line and documented environment variables. Nothing
+here may stall the agent's event loop: disk work runs in threads, processes run through
+`process.run_logged`, and nothing touches the disk while Ray builds the plugin.
+
+How Ray's calls map onto environments:
+
+- `get_uris` (in `ray_pixi.uris`) hashes the runtime_env alone. `create` maps each URI to a
+  store key, computed here from the spec, the node's pixi and platform and the cluster's
+  Python and Ray; several URIs may share one key (the same project uploaded twice).
+- An environment is held (a shared lock on its use file) from `create` until Ray evicts the
+  last URI mapping to it, so neither another agent sharing the store nor `ray-pixi envs`
+  deletes it under a running worker.
+- Ray's URI cache caps what one agent books. The store is capped too, across agents and Ray
+  sessions: after each install, least-recently-used environments that no process holds are
+  deleted until the store fits `RAY_RUNTIME_ENV_PIXI_CACHE_SIZE_GB`.
 """
 
 from __future__ import annotations
@@ -10,26 +25,35 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import sys
 import tempfile
-from collections import OrderedDict
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from ray._private.runtime_env.context import RuntimeEnvContext
-from ray._private.runtime_env.plugin import RuntimeEnvPlugin
 
 from ray_pixi import project
 from ray_pixi.bootstrap import install_pixi_release
 from ray_pixi.cluster import ClusterInfo
 from ray_pixi.errors import PixiNotFoundError, PixiSpecError
 from ray_pixi.install import InstalledEnv, ProjectFiles, install_environment, load_installed
-from ray_pixi.key import build_env_key, key_from_uri, uri_for_key
+from ray_pixi.key import build_env_key
 from ray_pixi.pixi_cli import PixiExe, check_min_version, find_pixi_on_node, read_pixi_version
-from ray_pixi.spec import FIELD, Mode, PixiSpec, parse_runtime_env
+from ray_pixi.spec import Mode, PixiSpec, parse_runtime_env
 from ray_pixi.store import FileLock, Store
+from ray_pixi.workers import worker_env_vars
 
-__all__ = ["PIXI_VERSION_VAR", "STORE_DIR_VAR", "PixiPlugin", "default_store_dir"]
+__all__ = [
+    "CACHE_SIZE_VAR",
+    "PIXI_VERSION_VAR",
+    "STORE_DIR_VAR",
+    "PixiNode",
+    "default_store_dir",
+    "wanted_pixi_version",
+]
 
 default_logger = logging.getLogger(__name__)
 
@@ -37,7 +61,13 @@ default_logger = logging.getLogger(__name__)
 STORE_DIR_VAR = "RAY_PIXI_STORE_DIR"
 #: The pixi release every node uses unless a spec pins `pixi_version`.
 PIXI_VERSION_VAR = "RAY_PIXI_PIXI_VERSION"
+#: Ray's own cap for a plugin named `pixi` (GiB); ray-pixi applies it to the store as well.
+CACHE_SIZE_VAR = "RAY_RUNTIME_ENV_PIXI_CACHE_SIZE_GB"
+_DEFAULT_CACHE_GB = 10.0
 _SPEC_CACHE_SIZE = 256
+# Last use is recorded on every setup, but written at most this often per environment.
+_TOUCH_EVERY_SECONDS = 60.0
+_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 
 
 def default_store_dir() -> Path:
@@ -59,37 +89,51 @@ def agent_flag(name: str, argv: list[str] | None = None) -> str | None:
     return None
 
 
-class PixiPlugin(RuntimeEnvPlugin):
-    """Installs `runtime_env["pixi"]` once per node and starts workers inside it."""
+def wanted_pixi_version(spec: PixiSpec) -> str | None:
+    """The pixi release this spec must run with: its own pin, else the node's."""
+    if spec.pixi_version:
+        return spec.pixi_version
+    pinned = os.environ.get(PIXI_VERSION_VAR, "").strip()
+    if pinned and not _VERSION.match(pinned):
+        raise PixiNotFoundError(
+            f"{PIXI_VERSION_VAR}={pinned!r} on this node is not a pixi release version X.Y.Z. "
+            "Fix the node's setting (e.g. 0.77.0, no leading 'v') or unset it."
+        )
+    return pinned or None
 
-    name = FIELD
+
+def cache_cap_bytes() -> int:
+    """The store's cap, in Ray's unit for its URI caches (GiB)."""
+    try:
+        gib = float(os.environ.get(CACHE_SIZE_VAR) or _DEFAULT_CACHE_GB)
+    except ValueError:
+        gib = _DEFAULT_CACHE_GB
+    return int(gib * 2**30)
+
+
+class PixiNode:
+    """Installs `runtime_env["pixi"]` once per node and starts workers inside it."""
 
     def __init__(self) -> None:
         self._store = Store(default_store_dir())
-        self._store.sweep()
+        self._store_ready = False
         self._cluster = ClusterInfo.current()
         log_dir = agent_flag("log-dir")
         self._log_dir = Path(log_dir) if log_dir else Path(tempfile.gettempdir()) / "ray-pixi"
         self._resources_dir = agent_flag("runtime-env-dir")
-        self._specs: OrderedDict[str, PixiSpec] = OrderedDict()
-        self._installed: dict[str, InstalledEnv] = {}
+        self._specs: dict[str, PixiSpec] = {}
+        self._keys: dict[str, str] = {}  # URI -> store key
+        self._installed: dict[str, InstalledEnv] = {}  # store key -> environment
         self._booked: dict[str, int] = {}  # URI -> bytes reported to Ray's URI cache
-        self._use_fds: dict[str, int] = {}  # key -> our shared lock marking it in use
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._project_keys: dict[tuple[str, str], tuple[str, ProjectFiles]] = {}
+        self._held: dict[str, int] = {}  # store key -> fd of our shared use lock
+        self._setups: dict[str, asyncio.Lock] = {}  # URI -> one create at a time
+        self._touched: dict[str, float] = {}
+        # Leftovers of crashed installs are swept off the agent's startup path.
+        threading.Thread(target=self._sweep, name="ray-pixi-sweep", daemon=True).start()
 
     # -- Ray's protocol ------------------------------------------------------------------
-    @staticmethod
-    def validate(runtime_env_dict: dict[str, Any]) -> None:
-        parse_runtime_env(runtime_env_dict)
-
-    def get_uris(self, runtime_env: Any) -> list[str]:
-        if runtime_env.get(FIELD) is None:
-            return []  # the agent asks every plugin about every runtime_env
-        spec = self._spec(runtime_env)
-        if spec.mode is Mode.PROJECT and spec.digest is None:
-            return []  # keyed by working_dir content, known only once Ray downloads it
-        return [uri_for_key(build_env_key(spec, self._cluster, self._pixi_version_for(spec)))]
+    def validate(self, runtime_env: Any) -> None:
+        self._spec(runtime_env)
 
     async def create(
         self,
@@ -97,31 +141,39 @@ class PixiPlugin(RuntimeEnvPlugin):
         runtime_env: Any,
         context: RuntimeEnvContext,
         logger: logging.Logger = default_logger,
-    ) -> float:
+    ) -> int:
         spec = self._spec(runtime_env)
-        if uri is None:
-            key, files = self._project_key(spec, runtime_env)
-        else:
-            key, files = key_from_uri(uri), None
-        async with self._locks.setdefault(key, asyncio.Lock()):
-            if key not in self._installed:
-                self._hold(key)
-                env = load_installed(self._store, key)
-                if env is None:
-                    if spec.mode is Mode.PROJECT and files is None:
-                        files = self._verified_project_files(spec, runtime_env)
-                    env, _ = await install_environment(
-                        key=key, spec=spec, cluster=self._cluster, store=self._store,
-                        pixi=await self._resolve_pixi(spec), log_dir=self._log_dir,
-                        logger=logger, files=files,
-                    )
-                else:
-                    logger.info("Reusing pixi environment %s from %s", key, self._store.root)
-                self._installed[key] = env
-        self._store.touch(key)
-        if uri is None or uri in self._booked:
-            return 0  # Ray books a URI once per add; never count the same bytes twice
-        self._booked[uri] = self._installed[key].size_bytes
+        uri = uri or ""
+        async with self._setups.setdefault(uri, asyncio.Lock()):
+            if uri in self._keys and self._keys[uri] in self._installed:
+                return 0  # another setup of this URI finished while we waited
+            await self._open_store()
+            pixi = await self._resolve_pixi(spec)
+            files: ProjectFiles | None = None
+            digest = None
+            if spec.mode is Mode.PROJECT:
+                files, digest = await asyncio.to_thread(
+                    self._project_files, spec, self._working_dir(runtime_env))
+            key = build_env_key(spec, self._cluster, pixi.version_str, digest)
+            await self._hold(key)
+            env = self._installed.get(key) or await asyncio.to_thread(
+                load_installed, self._store, key)
+            installed = False
+            if env is None:
+                env, installed = await install_environment(
+                    key=key, spec=spec, cluster=self._cluster, store=self._store, pixi=pixi,
+                    log_dir=self._log_dir, logger=logger, files=files,
+                )
+            else:
+                logger.info("Reusing pixi environment %s from %s", key, self._store.root)
+            self._installed[key] = env
+            self._keys[uri] = key
+        self._touch(key, force=True)
+        if installed:
+            self._evict_in_background(key, logger)
+        shared = any(k == key for u, k in self._keys.items() if u != uri and u in self._booked)
+        # Ray adds each URI's bytes to its cache total: book one environment once.
+        self._booked[uri] = 0 if shared else env.size_bytes
         return self._booked[uri]
 
     def modify_context(
@@ -131,29 +183,27 @@ class PixiPlugin(RuntimeEnvPlugin):
         context: RuntimeEnvContext,
         logger: logging.Logger = default_logger,
     ) -> None:
-        if uris:
-            key = key_from_uri(uris[0])
-        else:
-            key, _ = self._project_key(self._spec(runtime_env), runtime_env)
-        env = self._installed.get(key) or load_installed(self._store, key)
-        if env is None:
-            raise RuntimeError(f"pixi environment {key} is not installed on this node; "
-                               "its setup did not finish. Resubmit the job.")
+        key = self._keys.get(uris[0] if uris else "")
+        env = self._installed.get(key) if key else None
+        if key is None or env is None:
+            raise RuntimeError("This node's ray-pixi has no record of the environment for "
+                               f"{uris}; its setup did not finish. Resubmit the job.")
         context.py_executable = env.activation.py_executable()
-        context.env_vars = env.activation.worker_env_vars(context.env_vars)
+        context.env_vars = worker_env_vars(env.activation, context.env_vars)
+        self._touch(key)
 
-    def delete_uri(self, uri: str, logger: logging.Logger = default_logger) -> float:
-        """Forget `uri`; free its environment's disk unless another URI of this agent or
-        another agent sharing the store still uses it. Never raises."""
+    def delete_uri(self, uri: str, logger: logging.Logger = default_logger) -> int:
+        """Forget `uri`; free its environment's disk unless another URI of this agent, or
+        another process sharing the store, still uses it. Never raises, never blocks: Ray
+        calls it on the agent's event loop."""
         booked = self._booked.pop(uri, 0)
-        try:
-            key = key_from_uri(uri)
-        except ValueError:
-            return booked
-        if any(key_from_uri(other) == key for other in self._booked):
+        key = self._keys.pop(uri, None)
+        self._setups.pop(uri, None)
+        if key is None or key in self._keys.values():
             return booked
         self._installed.pop(key, None)
-        fd = self._use_fds.pop(key, None)
+        self._touched.pop(key, None)
+        fd = self._held.pop(key, None)
         if fd is not None:
             FileLock.release(fd)
         try:
@@ -161,60 +211,105 @@ class PixiPlugin(RuntimeEnvPlugin):
         except OSError as e:
             logger.warning("Could not delete pixi environment %s: %s", key, e)
             return booked
-        logger.info("%s pixi environment %s (%d bytes)",
+        logger.info("%s pixi environment %s (%d bytes booked)",
                     "Deleted" if freed else "Kept (in use elsewhere)", key, booked)
         return booked
 
     # -- helpers -------------------------------------------------------------------------
     def _spec(self, runtime_env: Any) -> PixiSpec:
-        """Parsed spec, cached: the plugin pipeline re-runs on most worker starts."""
-        raw = runtime_env.get(FIELD)
-        cache_key = raw if isinstance(raw, str) else repr(sorted(raw.items())) \
-            if isinstance(raw, dict) else repr(raw)
+        """Parsed spec, cached by the runtime_env's text: Ray validates on every setup,
+        and most worker starts re-run the plugin pipeline."""
+        try:
+            cache_key = repr(sorted((k, runtime_env.get(k)) for k in runtime_env))
+        except TypeError:
+            return parse_runtime_env(runtime_env)
         spec = self._specs.get(cache_key)
         if spec is None:
             spec = parse_runtime_env(runtime_env)
+            if len(self._specs) >= _SPEC_CACHE_SIZE:
+                self._specs.pop(next(iter(self._specs)))
             self._specs[cache_key] = spec
-            if len(self._specs) > _SPEC_CACHE_SIZE:
-                self._specs.popitem(last=False)
         return spec
 
-    def _hold(self, key: str) -> None:
-        """Mark `key` used by this agent so no other agent deletes it under our workers."""
-        if key not in self._use_fds:
-            self._use_fds[key] = self._store.use_lock(key).acquire(shared=True)
+    def _sweep(self) -> None:
+        try:
+            self._store.ensure()
+            removed = self._store.sweep()
+        except Exception as e:  # noqa: BLE001 - reported by the next pixi request instead
+            default_logger.warning("ray-pixi could not sweep its store %s: %s",
+                                   self._store.root, e)
+            return
+        if removed:
+            default_logger.info("ray-pixi swept %d unfinished install(s) from %s",
+                                len(removed), self._store.root)
 
-    def _pixi_version_for(self, spec: PixiSpec) -> str:
-        wanted = spec.pixi_version or os.environ.get(PIXI_VERSION_VAR)
-        if wanted:
-            return wanted
-        found = find_pixi_on_node()
-        if found is None:
+    async def _open_store(self) -> None:
+        if not self._store_ready:
+            await asyncio.to_thread(self._store.ensure)  # raises PixiStoreError with the fix
+            self._store_ready = True
+
+    async def _hold(self, key: str) -> None:
+        """Mark `key` used by this agent, so no other process deletes it under our workers.
+        Waits in a thread while a deletion holds the lock."""
+        if key not in self._held:
+            self._held[key] = await self._store.use_lock(key).acquire_async(shared=True)
+
+    def _touch(self, key: str, force: bool = False) -> None:
+        """Record a use for LRU eviction and `ray-pixi envs`, off the event loop."""
+        now = time.monotonic()
+        if not force and now - self._touched.get(key, -_TOUCH_EVERY_SECONDS) \
+                < _TOUCH_EVERY_SECONDS:
+            return
+        self._touched[key] = now
+        try:
+            asyncio.get_running_loop().run_in_executor(None, self._store.touch, key)
+        except RuntimeError:  # no loop (a direct call in a test): touch inline
+            self._store.touch(key)
+
+    def _evict_in_background(self, keep: str, logger: logging.Logger) -> None:
+        def evict() -> None:
+            try:
+                evicted = self._store.evict_over_cap(
+                    cache_cap_bytes(), frozenset(self._held) | {keep})
+            except Exception as e:  # noqa: BLE001 - an eviction failing must not fail a job
+                logger.warning("ray-pixi could not enforce the store's cap: %s", e)
+                return
+            if evicted:
+                logger.info("ray-pixi evicted %d least-recently-used environment(s) to keep "
+                            "%s under %s GiB: %s", len(evicted), self._store.root,
+                            os.environ.get(CACHE_SIZE_VAR) or _DEFAULT_CACHE_GB, evicted)
+
+        threading.Thread(target=evict, name="ray-pixi-evict", daemon=True).start()
+
+    async def _resolve_pixi(self, spec: PixiSpec) -> PixiExe:
+        """The node's pixi, unless a version is pinned that it does not have: then the
+        pinned release, fetched and verified. A pin rescues a node whose own pixi is
+        missing, too old or broken."""
+        wanted = wanted_pixi_version(spec)
+        try:
+            found = await asyncio.to_thread(find_pixi_on_node)
+        except PixiNotFoundError:
+            if wanted is None:
+                raise
+            found = None
+        if found is not None and (wanted is None or found.version_str == wanted):
+            return found
+        if wanted is None:
             raise PixiNotFoundError(
                 "No pixi found on this node: RAY_PIXI_EXE is unset and `pixi` is not on the "
                 "PATH of the Ray processes. Install pixi on the node (or set RAY_PIXI_EXE), "
                 f"or set pixi_version in the spec (or {PIXI_VERSION_VAR} on the node) to have "
                 "ray-pixi fetch a verified release."
             )
-        return found.version_str
-
-    async def _resolve_pixi(self, spec: PixiSpec) -> PixiExe:
-        wanted = spec.pixi_version or os.environ.get(PIXI_VERSION_VAR)
-        found = find_pixi_on_node()
-        if found is not None and (wanted is None or found.version_str == wanted):
-            return found
-        if wanted is None:
-            self._pixi_version_for(spec)  # raises the not-found message
-        assert wanted is not None
-        lock = self._store.bootstrap_lock(wanted)
-        fd = await lock.acquire_async()
+        fd = await self._store.bootstrap_lock(wanted).acquire_async()
         try:
             path = await asyncio.to_thread(
                 install_pixi_release, wanted, self._cluster.platform, self._store.pixi_dir
             )
+            version = await asyncio.to_thread(read_pixi_version, str(path))
         finally:
             FileLock.release(fd)
-        return check_min_version(PixiExe(str(path), read_pixi_version(str(path))))
+        return check_min_version(PixiExe(str(path), version))
 
     def _working_dir(self, runtime_env: Any) -> Path:
         from ray._private.runtime_env.packaging import (
@@ -223,9 +318,6 @@ class PixiPlugin(RuntimeEnvPlugin):
         )
 
         uri = runtime_env.get("working_dir")
-        if not uri:
-            raise PixiSpecError("runtime_env['pixi'] names a manifest in the working_dir, but "
-                                "the runtime_env has no working_dir.")
         local = get_local_dir_uri_path(uri)
         if local is not None:
             return Path(local)
@@ -234,29 +326,11 @@ class PixiPlugin(RuntimeEnvPlugin):
                 uri, os.path.join(self._resources_dir, "working_dir_files")))
         return Path(os.environ["RAY_RUNTIME_ENV_CREATE_WORKING_DIR"])
 
-    def _project_files(self, spec: PixiSpec, runtime_env: Any) -> tuple[str, ProjectFiles]:
-        root = self._working_dir(runtime_env)
+    @staticmethod
+    def _project_files(spec: PixiSpec, root: Path) -> tuple[ProjectFiles, str]:
+        """The env-defining files exactly as Ray uploaded them, and their digest."""
+        if not root.is_dir():
+            raise PixiSpecError(f"runtime_env['working_dir'] was not downloaded to {root}; "
+                                "resubmit the job.")
         files = tuple(project.collect_project_files(root, spec))
-        return project.digest_project_files(root, files), ProjectFiles(root, files)
-
-    def _verified_project_files(self, spec: PixiSpec, runtime_env: Any) -> ProjectFiles:
-        digest, files = self._project_files(spec, runtime_env)
-        if digest != spec.digest:
-            raise PixiSpecError(
-                "The env-defining files in the working_dir Ray uploaded differ from those "
-                f"pixi() hashed on the driver (digest {digest} != {spec.digest}); files: "
-                f"{list(files.files)}. Ray skips files matched by .gitignore or "
-                "runtime_env['excludes']: make sure every manifest, lock and include file is "
-                "uploaded, then resubmit."
-            )
-        return files
-
-    def _project_key(self, spec: PixiSpec, runtime_env: Any) -> tuple[str, ProjectFiles]:
-        """Key of a project spec without a driver digest, from the downloaded files;
-        cached per working_dir URI, which is itself content-addressed."""
-        cache_key = (str(runtime_env.get("working_dir")), spec.canonical_json())
-        if cache_key not in self._project_keys:
-            digest, files = self._project_files(spec, runtime_env)
-            key = build_env_key(spec, self._cluster, self._pixi_version_for(spec), digest)
-            self._project_keys[cache_key] = (key, files)
-        return self._project_keys[cache_key]
+        return ProjectFiles(root, files), project.digest_project_files(root, files)

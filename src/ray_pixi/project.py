@@ -1,9 +1,11 @@
 """The env-defining files of a project-mode spec: the manifest, its pixi.lock and the
 files its include/exclude globs select inside the working_dir.
 
-The driver hashes them into the spec's digest; the agent recomputes the digest from the
-working_dir Ray downloaded before it installs, and copies exactly these files into the
+The node collects and hashes them in the working_dir exactly as Ray uploaded and
+downloaded it (Ray's excludes and .gitignore/.rayignore already applied, symlinks already
+followed), keys the environment by that digest, and copies exactly these files into the
 store. Editing any other file (the driver script) changes the working_dir but not the key.
+On the driver, `pixi()` only checks that the manifest and its lock are there.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ __all__ = ["LOCK_NAME", "collect_project_files", "copy_project_files", "digest_p
 LOCK_NAME = "pixi.lock"
 # Never env-defining: pixi's own install dir, VCS data, bytecode.
 _ALWAYS_EXCLUDED = {".pixi", ".git", "__pycache__", ".ray-pixi"}
+_UPLOAD_RULES = ".gitignore, .rayignore and runtime_env['excludes'] (Ray does not upload " \
+    "what they match)"
 
 
 def _inside(root: Path, path: Path) -> bool:
@@ -54,7 +58,7 @@ def collect_project_files(root: Path, spec: PixiSpec) -> list[str]:
         raise PixiSpecError(
             f"runtime_env['pixi']['manifest'] names {spec.manifest!r}, but the working_dir "
             f"{str(root)!r} has no such file. Give the manifest's path relative to the "
-            "working_dir."
+            f"working_dir, and check that {_UPLOAD_RULES} do not skip it."
         )
     files = {manifest.as_posix()}
     lock = manifest.parent / LOCK_NAME
@@ -63,8 +67,9 @@ def collect_project_files(root: Path, spec: PixiSpec) -> list[str]:
     elif spec.install_locked:
         raise PixiSpecError(
             f"runtime_env['pixi'] installs {spec.manifest!r} locked, but {lock.as_posix()!r} "
-            f"is missing from the working_dir. Run `pixi lock --manifest-path {spec.manifest}` "
-            "and resubmit, or pass locked=False to let every node solve on its own."
+            f"is missing from the working_dir {str(root)!r}. Run `pixi lock --manifest-path "
+            f"{spec.manifest}` and resubmit (check that {_UPLOAD_RULES} do not skip it), or "
+            "pass locked=False to let every node solve on its own."
         )
     files |= _expand(root, spec.include) - _expand(root, spec.exclude)
     for rel in files:

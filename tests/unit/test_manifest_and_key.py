@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 
 from ray_pixi.cluster import ClusterInfo, node_platform, python_mismatch
-from ray_pixi.key import build_env_key, key_from_uri, uri_for_key
+from ray_pixi.key import build_env_key
 from ray_pixi.manifest import build_inline_manifest
 from ray_pixi.spec import parse_spec
 
@@ -65,16 +65,31 @@ def test_every_env_changing_input_changes_the_key(change) -> None:
     assert change() != BASE_KEY
 
 
-def test_the_same_request_has_the_same_key_and_uri_round_trips() -> None:
+def test_the_same_request_has_the_same_key() -> None:
     again = build_env_key(parse_spec({"pypi_dependencies": {"six": "*"}}), CLUSTER, "0.77.0")
     assert again == BASE_KEY
-    assert key_from_uri(uri_for_key(BASE_KEY)) == BASE_KEY
 
 
-def test_a_project_key_follows_its_digest_only() -> None:
-    spec = parse_spec({"manifest": "pixi.toml", "digest": "a" * 64})
-    other = parse_spec({"manifest": "pixi.toml", "digest": "b" * 64})
-    assert build_env_key(spec, CLUSTER, "0.77.0") != build_env_key(other, CLUSTER, "0.77.0")
+def test_a_project_key_follows_the_digest_of_its_files() -> None:
+    spec = parse_spec({"manifest": "pixi.toml"})
+    assert build_env_key(spec, CLUSTER, "0.77.0", "a" * 64) == \
+        build_env_key(spec, CLUSTER, "0.77.0", "a" * 64)
+    assert build_env_key(spec, CLUSTER, "0.77.0", "a" * 64) != \
+        build_env_key(spec, CLUSTER, "0.77.0", "b" * 64)
+    with pytest.raises(ValueError, match="digest"):
+        build_env_key(spec, CLUSTER, "0.77.0")
+
+
+def test_a_lock_keys_the_same_whether_sent_compressed_or_not() -> None:
+    import base64
+    import zlib
+
+    lock = "version: 6\nenvironments: {}\n"
+    raw = parse_spec({"manifest": "pixi.toml", "manifest_content": "[workspace]\n",
+                      "lock_content": lock})
+    packed = parse_spec({"manifest": "pixi.toml", "manifest_content": "[workspace]\n",
+                         "lock_zlib": base64.b64encode(zlib.compress(lock.encode())).decode()})
+    assert build_env_key(raw, CLUSTER, "0.77.0") == build_env_key(packed, CLUSTER, "0.77.0")
 
 
 @pytest.mark.parametrize(("system", "machine", "expected"), [
