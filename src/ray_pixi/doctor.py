@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -153,13 +154,18 @@ def store_dir(env: Mapping[str, str]) -> Path:
 
 
 def pixi_cache_dir(env: Mapping[str, str]) -> tuple[Path, str]:
-    """pixi's package cache under these variables, and the variable that chose it."""
+    """pixi's package cache under these variables, and what chose it, resolved as pixi
+    0.77 does: PIXI_CACHE_DIR, RATTLER_CACHE_DIR, then `$XDG_CACHE_HOME/pixi` only if that
+    directory exists, else `$XDG_CACHE_HOME/rattler/cache` (`~/.cache/rattler/cache`). A
+    `[cache] root` in pixi's config files comes before the XDG defaults; `pixi info --json`
+    (check_pixi_cache) reads it."""
     for var in ("PIXI_CACHE_DIR", "RATTLER_CACHE_DIR"):
         if env.get(var):
             return Path(env[var]), var
-    if env.get("XDG_CACHE_HOME"):
-        return Path(env["XDG_CACHE_HOME"]) / "pixi", "XDG_CACHE_HOME"
-    return _home(env) / ".cache" / "rattler", "the default"
+    xdg = Path(env["XDG_CACHE_HOME"]) if env.get("XDG_CACHE_HOME") else _home(env) / ".cache"
+    if (xdg / "pixi").is_dir():
+        return xdg / "pixi", f"{xdg / 'pixi'} existing"
+    return xdg / "rattler" / "cache", "the default"
 
 
 def _existing(path: Path) -> Path:
@@ -344,6 +350,106 @@ def check_versions(seen: Mapping[str, str] | None, own_python: str, own_ray: str
     return Check("versions", OK, f"cluster {cluster}; pixi environments get both pinned")
 
 
+def check_bash(env: Mapping[str, str]) -> Check:
+    """`pixi shell-hook` runs bash to capture activation, and Ray starts every worker with
+    `bash -c`: a node without bash can run neither."""
+    found = shutil.which("bash", path=env.get("PATH", os.defpath))
+    if found is None:
+        return Check("bash", FAIL, "no bash on the PATH the agent has: pixi cannot capture an "
+                     "environment's activation and Ray cannot start workers in it",
+                     "install bash in the node's image")
+    return Check("bash", OK, f"{found} (pixi shell-hook and Ray's worker start use it)")
+
+
+# Filesystems on which flock is not shared between machines, or not reliable: two Ray
+# nodes on different hosts sharing such a store could install one environment at once.
+_LOCAL_FLOCK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "lustre", "gpfs", "ceph",
+                   "glusterfs", "virtiofs")
+
+
+def mount_of(path: Path, mountinfo: str | None = None) -> tuple[str, str, str]:
+    """(mount point, filesystem type, super options) of the mount holding `path`."""
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            return ("/", "unknown", "")
+    target = str(_existing(path).resolve())
+    best = ("/", "unknown", "")
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if " - " not in line or len(fields) < 5:
+            continue
+        point = fields[4].replace("\\040", " ")
+        after = line.split(" - ", 1)[1].split()
+        fstype, options = after[0], after[2] if len(after) > 2 else ""
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best[0]):
+            best = (point, fstype, options)
+    return best
+
+
+def check_locks(env: Mapping[str, str], mountinfo: str | None = None) -> Check:
+    store = store_dir(env)
+    point, fstype, options = mount_of(store, mountinfo)
+    base = fstype.split(".", 1)[0]
+    if base in ("nfs", "nfs4") and ("local_lock=flock" in options or "local_lock=all" in options):
+        return Check("store locks", FAIL, f"{store} is on {fstype} ({point}) mounted with "
+                     "local_lock, so its flock locks are not seen by other machines: nodes "
+                     "on two hosts may install one environment at the same time",
+                     "mount it without local_lock, or give each node its own store "
+                     "(RAY_PIXI_STORE_DIR on local disk)")
+    if base in _LOCAL_FLOCK_FS or base == "fuse":
+        return Check("store locks", WARN, f"{store} is on {fstype} ({point}): ray-pixi's "
+                     "install and use locks (flock) are only as reliable across machines as "
+                     "this filesystem's locking", "share a store between hosts only on a "
+                     "filesystem whose flock is cluster-wide (NFSv4 with lock support); "
+                     "otherwise give each node its own store")
+    return Check("store locks", OK, f"{store} is on {fstype}: flock is reliable")
+
+
+def check_pixi_config(env: Mapping[str, str]) -> Check:
+    """The node's pixi configuration: which file pixi reads, and that it parses."""
+    explicit = env.get("PIXI_CONFIG_FILE")
+    if env.get("PIXI_NO_CONFIG") not in (None, "", "0", "false"):
+        return Check("pixi config", OK, "PIXI_NO_CONFIG is set: pixi reads no node "
+                     "configuration (mirrors, TLS roots)")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            return Check("pixi config", FAIL, f"PIXI_CONFIG_FILE={explicit!r} is not a file: "
+                         "every pixi command fails", "point PIXI_CONFIG_FILE at the node's "
+                         "pixi config.toml, or unset it")
+        candidates = [path]
+    else:
+        home = Path(env.get("PIXI_HOME") or _home(env) / ".pixi")
+        xdg = Path(env.get("XDG_CONFIG_HOME") or _home(env) / ".config")
+        candidates = [p for p in (Path("/etc/pixi/config.toml"), xdg / "pixi" / "config.toml",
+                                  home / "config.toml") if p.is_file()]
+    if not candidates:
+        return Check("pixi config", OK, "no node pixi configuration (pixi's defaults: "
+                     "conda-forge and pypi.org over the internet)")
+    from ray_pixi.tomlread import tomllib
+
+    for path in candidates:
+        try:
+            tomllib.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            return Check("pixi config", FAIL, f"{path} cannot be read as TOML: {e}",
+                         "fix the file (pixi refuses to run with it)")
+    return Check("pixi config", OK, "pixi reads " + ", ".join(map(str, candidates)))
+
+
+def check_pinned_version(env: Mapping[str, str]) -> Check | None:
+    pinned = env.get("RAY_PIXI_PIXI_VERSION", "").strip()
+    if not pinned:
+        return None
+    if not re.match(r"^\d+\.\d+\.\d+$", pinned):
+        return Check("pinned pixi", FAIL, f"RAY_PIXI_PIXI_VERSION={pinned!r} is not a release "
+                     "version X.Y.Z: every pixi request fails", "write it like 0.77.0 (no 'v')")
+    return Check("pinned pixi", OK, f"RAY_PIXI_PIXI_VERSION={pinned}")
+
+
 def check_node(env: Mapping[str, str], python: str, whose: str, own_version: str,
                min_pixi: tuple[int, int, int],
                read_version: Callable[[str], tuple[int, int, int]]) -> list[Check]:
@@ -359,7 +465,13 @@ def check_node(env: Mapping[str, str], python: str, whose: str, own_version: str
     imported, seen = check_import(python, env, own_version)
     checks.append(imported)
     checks.append(check_pixi(env, min_pixi, read_version))
+    pinned = check_pinned_version(env)
+    if pinned is not None:
+        checks.append(pinned)
+    checks.append(check_bash(env))
+    checks.append(check_pixi_config(env))
     checks += check_dirs(env)
+    checks.append(check_locks(env))
     checks.append(check_versions(seen, own_python, own_ray))
     return checks
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import sys
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -15,11 +14,7 @@ from typing import Any
 from ray_pixi import project
 from ray_pixi.errors import PixiSpecError
 from ray_pixi.spec import parse_spec
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
+from ray_pixi.tomlread import tomllib
 
 __all__ = ["MAX_INLINE_BYTES", "pixi"]
 

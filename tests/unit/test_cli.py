@@ -258,3 +258,49 @@ def test_gc_rejects_an_age_it_cannot_read(capsys) -> None:
     with pytest.raises(SystemExit) as e:
         cli.main(["envs", "gc", "--older-than", "soon"])
     assert e.value.code == 2 and "'soon' is not an age" in capsys.readouterr().err
+
+
+def test_a_node_without_bash_is_reported(tmp_path: Path) -> None:
+    assert doctor.check_bash({"PATH": str(tmp_path)}).status == doctor.FAIL
+    assert doctor.check_bash({"PATH": "/usr/bin:/bin"}).status == doctor.OK
+
+
+MOUNTINFO = (
+    "22 27 0:21 / / rw,relatime - ext4 /dev/vda rw\n"
+    "30 22 0:40 / /mnt/nfs rw,relatime - nfs4 server:/export rw,vers=4.1,local_lock=none\n"
+    "31 22 0:41 / /mnt/nfs-local rw,relatime - nfs4 server:/x rw,vers=4.1,local_lock=flock\n"
+)
+
+
+@pytest.mark.parametrize(("store", "status", "words"), [
+    ("/var/cache/store", doctor.OK, "on ext4"),
+    ("/mnt/nfs/store", doctor.WARN, "only as reliable across machines"),
+    ("/mnt/nfs-local/store", doctor.FAIL, "not seen by other machines"),
+])
+def test_the_stores_filesystem_must_share_its_locks(store: str, status: str, words: str) -> None:
+    check = doctor.check_locks({"RAY_PIXI_STORE_DIR": store}, MOUNTINFO)
+    assert check.status == status and words in check.detail
+
+
+def test_the_nodes_pixi_config_must_exist_and_parse(tmp_path: Path) -> None:
+    missing = doctor.check_pixi_config({"PIXI_CONFIG_FILE": str(tmp_path / "nope.toml")})
+    assert missing.status == doctor.FAIL and "is not a file" in missing.detail
+    (tmp_path / "bad.toml").write_text("[mirrors\n")
+    bad = doctor.check_pixi_config({"PIXI_CONFIG_FILE": str(tmp_path / "bad.toml")})
+    assert bad.status == doctor.FAIL and "cannot be read as TOML" in bad.detail
+    (tmp_path / "ok.toml").write_text('tls-root-certs = "system"\n')
+    ok = doctor.check_pixi_config({"PIXI_CONFIG_FILE": str(tmp_path / "ok.toml")})
+    assert ok.status == doctor.OK and str(tmp_path / "ok.toml") in ok.detail
+
+
+def test_pixis_cache_dir_is_resolved_as_pixi_does(tmp_path: Path) -> None:
+    env = {"HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    assert doctor.pixi_cache_dir(env)[0] == tmp_path / "xdg" / "rattler" / "cache"
+    (tmp_path / "xdg" / "pixi").mkdir(parents=True)  # pixi uses it only once it exists
+    assert doctor.pixi_cache_dir(env)[0] == tmp_path / "xdg" / "pixi"
+    assert doctor.pixi_cache_dir({**env, "RATTLER_CACHE_DIR": "/r"})[0] == Path("/r")
+
+
+def test_a_bad_pinned_pixi_version_is_a_failure() -> None:
+    check = doctor.check_pinned_version({"RAY_PIXI_PIXI_VERSION": "v0.77"})
+    assert check is not None and check.status == doctor.FAIL
