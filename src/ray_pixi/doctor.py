@@ -374,7 +374,8 @@ def mount_of(path: Path, mountinfo: str | None = None) -> tuple[str, str, str]:
             mountinfo = Path("/proc/self/mountinfo").read_text()
         except OSError:
             return ("/", "unknown", "")
-    target = str(_existing(path).resolve())
+    existing = _existing(path)
+    target = str(existing.resolve() / path.relative_to(existing))
     best = ("/", "unknown", "")
     for line in mountinfo.splitlines():
         fields = line.split()
