@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from ray_pixi.disk import pixi_cache_dir
+
 __all__ = [
     "AgentProcess",
     "Check",
@@ -151,21 +153,6 @@ def store_dir(env: Mapping[str, str]) -> Path:
         return Path(env["RAY_PIXI_STORE_DIR"])
     cache = env.get("XDG_CACHE_HOME") or str(_home(env) / ".cache")
     return Path(cache) / "ray-pixi" / "store"
-
-
-def pixi_cache_dir(env: Mapping[str, str]) -> tuple[Path, str]:
-    """pixi's package cache under these variables, and what chose it, resolved as pixi
-    0.77 does: PIXI_CACHE_DIR, RATTLER_CACHE_DIR, then `$XDG_CACHE_HOME/pixi` only if that
-    directory exists, else `$XDG_CACHE_HOME/rattler/cache` (`~/.cache/rattler/cache`). A
-    `[cache] root` in pixi's config files comes before the XDG defaults; `pixi info --json`
-    (check_pixi_cache) reads it."""
-    for var in ("PIXI_CACHE_DIR", "RATTLER_CACHE_DIR"):
-        if env.get(var):
-            return Path(env[var]), var
-    xdg = Path(env["XDG_CACHE_HOME"]) if env.get("XDG_CACHE_HOME") else _home(env) / ".cache"
-    if (xdg / "pixi").is_dir():
-        return xdg / "pixi", f"{xdg / 'pixi'} existing"
-    return xdg / "rattler" / "cache", "the default"
 
 
 def _existing(path: Path) -> Path:

@@ -29,7 +29,7 @@ from ray_pixi.manifest import build_inline_manifest, ray_requirement
 from ray_pixi.pixi_cli import PixiExe, pixi_env, run_pixi
 from ray_pixi.process import StepTimeout, run_logged
 from ray_pixi.spec import Mode, PixiSpec
-from ray_pixi.store import Store, directory_size
+from ray_pixi.store import FileLock, Store, directory_size
 
 __all__ = [
     "InstalledEnv",
@@ -308,10 +308,16 @@ async def install_environment(
             manifest = await asyncio.to_thread(_write_workspace, spec, cluster, workspace, files)
             common = ["--manifest-path", str(manifest), "--environment", spec.environment]
             lock_args = ["--locked"] if spec.install_locked else []
-            await run_pixi(
-                pixi, ["install", *common, *lock_args, *spec.pixi_install_options],
-                log_path=log_path, cwd=workspace,
-            )
+            # Shared: pruning the package cache (ray_pixi.disk) waits until no install
+            # can be linking from it.
+            cache_fd = await store.cache_lock().acquire_async(shared=True)
+            try:
+                await run_pixi(
+                    pixi, ["install", *common, *lock_args, *spec.pixi_install_options],
+                    log_path=log_path, cwd=workspace,
+                )
+            finally:
+                FileLock.release(cache_fd)
             installed_at = time.monotonic()
             # --as-is: activate what was just installed; never re-check, re-solve or
             # re-install (pixi would re-run uv for a path dependency without it).

@@ -38,6 +38,7 @@ from ray._private.runtime_env.context import RuntimeEnvContext
 from ray_pixi import project
 from ray_pixi.bootstrap import install_pixi_release
 from ray_pixi.cluster import ClusterInfo
+from ray_pixi.disk import DISK_BUDGET_VAR, disk_budget_bytes, enforce_disk_budget, pixi_cache_dir
 from ray_pixi.errors import PixiNotFoundError, PixiSpecError
 from ray_pixi.install import InstalledEnv, ProjectFiles, install_environment, load_installed
 from ray_pixi.key import build_env_key
@@ -267,10 +268,17 @@ class PixiNode:
             self._store.touch(key)
 
     def _evict_in_background(self, keep: str, logger: logging.Logger) -> None:
+        """After an install: the store's cap, then the disk budget of store plus cache."""
+        held = frozenset(self._held) | {keep}
+
         def evict() -> None:
             try:
-                evicted = self._store.evict_over_cap(
-                    cache_cap_bytes(), frozenset(self._held) | {keep})
+                evicted = self._store.evict_over_cap(cache_cap_bytes(), held)
+                budget = disk_budget_bytes(os.environ)
+                pruned = None
+                if budget is not None:
+                    cache, _ = pixi_cache_dir(os.environ)
+                    pruned = enforce_disk_budget(self._store, cache, budget, held)
             except Exception as e:  # noqa: BLE001 - an eviction failing must not fail a job
                 logger.warning("ray-pixi could not enforce the store's cap: %s", e)
                 return
@@ -278,6 +286,12 @@ class PixiNode:
                 logger.info("ray-pixi evicted %d least-recently-used environment(s) to keep "
                             "%s under %s GiB: %s", len(evicted), self._store.root,
                             os.environ.get(CACHE_SIZE_VAR) or _DEFAULT_CACHE_GB, evicted)
+            if pruned is not None and pruned.before != pruned.after:
+                logger.info("ray-pixi pruned %d unused package(s) from pixi's cache and %d "
+                            "environment(s): %d -> %d MiB (%s=%s)", pruned.cache_entries,
+                            len(pruned.environments), pruned.before // 2**20,
+                            pruned.after // 2**20, DISK_BUDGET_VAR,
+                            os.environ.get(DISK_BUDGET_VAR))
 
         threading.Thread(target=evict, name="ray-pixi-evict", daemon=True).start()
 

@@ -45,7 +45,7 @@ except ImportError:  # pragma: no cover - Windows has no flock; ray-pixi targets
 
 from ray_pixi.errors import PixiStoreError
 
-__all__ = ["FileLock", "Store", "StoreEntry", "directory_size"]
+__all__ = ["FileLock", "Store", "StoreEntry", "directory_size", "disk_usage"]
 
 _SHARED_BITS = stat.S_IWGRP | stat.S_IWOTH
 
@@ -76,6 +76,32 @@ def directory_size(path: Path) -> int:
         except OSError:
             continue
     return total + sum(size for here, nlink, size in files.values() if here >= nlink)
+
+
+def disk_usage(*roots: Path) -> int:
+    """Bytes the trees under `roots` occupy together: each inode once, however many links
+    it has inside them (a package linked from pixi's cache into an environment counts once)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    stack = [str(r) for r in roots]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as it:
+                for entry in it:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                    elif (st.st_dev, st.st_ino) in seen:
+                        continue
+                    else:
+                        seen.add((st.st_dev, st.st_ino))
+                    total += getattr(st, "st_blocks", 0) * 512 or st.st_size
+        except OSError:
+            continue
+    return total
 
 
 class FileLock:
@@ -217,6 +243,11 @@ class Store:
     def use_lock(self, key: str) -> FileLock:
         return FileLock(self.locks / f"{key}.use", self._file_mode)
 
+    def cache_lock(self) -> FileLock:
+        """Held shared by every `pixi install` the plugin runs, exclusively while pixi's
+        package cache is pruned (ray_pixi.disk)."""
+        return FileLock(self.locks / "pixi-cache.lock", self._file_mode)
+
     def bootstrap_lock(self, version: str) -> FileLock:
         return FileLock(self.locks / f"pixi-{version}.lock", self._file_mode)
 
@@ -304,20 +335,27 @@ class Store:
         finally:
             FileLock.release(install_fd)
 
-    def evict_over_cap(self, cap_bytes: int, keep: frozenset[str] = frozenset()) -> list[str]:
+    def evict_over_cap(
+        self,
+        cap_bytes: int,
+        keep: frozenset[str] = frozenset(),
+        limit: int | None = None,
+        background: bool = True,
+    ) -> list[str]:
         """Delete least-recently-used environments until the store's ready environments
-        total at most `cap_bytes`, skipping `keep` and any environment a process uses or
-        installs (its locks say so). Counts every environment in the store, whatever Ray
-        session or node made it. Returns the keys deleted. Blocking."""
+        total at most `cap_bytes` (or `limit` are deleted), skipping `keep` and any
+        environment a process uses or installs (its locks say so). Counts every
+        environment in the store, whatever Ray session or node made it. Returns the keys
+        deleted. Blocking."""
         entries = sorted(self.entries(), key=lambda e: e.last_used)
         total = sum(e.size_bytes for e in entries)
-        evicted = []
+        evicted: list[str] = []
         for entry in entries:
-            if total <= cap_bytes:
+            if total <= cap_bytes or (limit is not None and len(evicted) >= limit):
                 break
             if entry.key in keep or entry.in_use:
                 continue
-            if self.delete_if_unused(entry.key):
+            if self.delete_if_unused(entry.key, background=background):
                 total -= entry.size_bytes
                 evicted.append(entry.key)
         return evicted
