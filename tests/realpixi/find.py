@@ -19,7 +19,8 @@ from pathlib import Path
 
 from support import REPO, persistent_cache
 
-__all__ = ["PIXI_VERSION", "PIXI_VAR", "PixiNotAvailable", "TestPixi", "find_pixi"]
+__all__ = ["PIXI_VERSION", "PIXI_VAR", "PixiNotAvailable", "TestPixi", "check_sha256", "find_pixi",
+           "release_pixi"]
 
 PIXI_VERSION = "0.77.0"
 PIXI_VAR = "RAY_PIXI_TEST_PIXI"
@@ -71,12 +72,16 @@ def check_sha256(binary: Path, sums: Path) -> None:
         )
 
 
-def _release_pixi(download: bool) -> Path:
+def release_pixi(download: bool = True, cache: Path | None = None) -> Path:
+    """pixi's v0.77.0 release for this platform, fetched once into `cache` (default: the
+    user cache) by `ray_pixi.bootstrap`, which checks the asset against its published
+    `.sha256` (`RAY_PIXI_DOWNLOAD_URL` names a mirror of the releases)."""
     from ray_pixi.bootstrap import install_pixi_release
     from ray_pixi.cluster import node_platform
     from ray_pixi.errors import PixiNotFoundError
 
-    dest = persistent_cache("pixi-release")
+    dest = cache or persistent_cache("pixi-release")
+    dest.mkdir(parents=True, exist_ok=True)
     cached = dest / PIXI_VERSION / "pixi"
     if not download and not cached.is_file():
         raise PixiNotAvailable(f"pixi {PIXI_VERSION} is not downloaded yet; the first test "
@@ -87,7 +92,9 @@ def _release_pixi(download: bool) -> Path:
         try:
             return install_pixi_release(PIXI_VERSION, node_platform(), dest)
         except PixiNotFoundError as e:
-            raise PixiNotAvailable(f"pixi {PIXI_VERSION} release download failed: {e}") from e
+            if isinstance(e.__cause__, OSError):  # unreachable: a prerequisite missing
+                raise PixiNotAvailable(f"pixi {PIXI_VERSION} release: {e}") from e
+            raise RuntimeError(str(e)) from e  # a corrupt or tampered download: loud
 
 
 @functools.cache
@@ -104,11 +111,16 @@ def find_pixi(download: bool = True) -> TestPixi:
     """
     given = os.environ.get(PIXI_VAR)
     if given:
+        # Asked for explicitly: a wrong value is an error to fix, never a reason to skip.
         path = Path(given)
         if not path.is_file():
-            raise PixiNotAvailable(f"{PIXI_VAR}={given!r} names no file")
-        return TestPixi(path, pixi_version(path), f"${PIXI_VAR}")
+            raise RuntimeError(f"{PIXI_VAR}={given!r} names no file; point it at a pixi "
+                               "binary or unset it")
+        try:
+            return TestPixi(path, pixi_version(path), f"${PIXI_VAR}")
+        except PixiNotAvailable as e:
+            raise RuntimeError(f"{PIXI_VAR}={given!r}: {e}") from e
     if SHARED_PIXI.is_file():
         return _shared_pixi()
-    path = _release_pixi(download)
+    path = release_pixi(download)
     return TestPixi(path, pixi_version(path), "release")

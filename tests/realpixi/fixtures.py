@@ -122,7 +122,7 @@ def report_header() -> list[str]:
     downloads nothing)."""
     try:
         pixi = find_pixi(download=False).describe()
-    except PixiNotAvailable as e:
+    except (PixiNotAvailable, RuntimeError) as e:  # the fixture reports it; not the header
         pixi = f"unavailable ({e})"
     try:
         where, ready = channel_location(default_recipes(persistent_cache(WHEEL_CACHE)),
