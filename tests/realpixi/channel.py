@@ -138,17 +138,16 @@ def _index(channel_dir: Path) -> None:
 
 @dataclass(frozen=True)
 class _Plan:
-    keys: dict[str, str]  # recipe name -> package key
+    keys: list[str]  # one package key per recipe, in order
     channel_dir: Path
 
 
 def _plan(recipes: Sequence[Recipe], cache: Path) -> _Plan:
     builder = _builder_digest()
-    keys = {r.name: hashlib.sha256(f"{builder}:{r.key()}".encode()).hexdigest()
-            for r in recipes}
-    if len(keys) != len(recipes):
+    keys = [hashlib.sha256(f"{builder}:{r.key()}".encode()).hexdigest() for r in recipes]
+    if len(set(keys)) != len(keys):
         raise ValueError(f"two recipes build the same package: {[r.name for r in recipes]}")
-    channel_key = hashlib.sha256(json.dumps([builder, sorted(keys.values())]).encode())
+    channel_key = hashlib.sha256(json.dumps([builder, sorted(keys)]).encode())
     return _Plan(keys, cache / "channels" / channel_key.hexdigest()[:32])
 
 
@@ -170,8 +169,8 @@ def build_channel(recipes: Sequence[Recipe], cache: Path) -> Channel:
         pkgs.mkdir(exist_ok=True)
         channels.mkdir(exist_ok=True)
         infos, built = [], []
-        for recipe in recipes:
-            info, fresh = _package(recipe, keys[recipe.name], pkgs)
+        for recipe, key in zip(recipes, keys, strict=True):
+            info, fresh = _package(recipe, key, pkgs)
             infos.append(info)
             if fresh:
                 built.append(info.filename)
@@ -181,8 +180,8 @@ def build_channel(recipes: Sequence[Recipe], cache: Path) -> Channel:
             try:
                 for subdir in {linux_subdir(), "noarch"}:
                     (tmp / subdir).mkdir()
-                for recipe, info in zip(recipes, infos, strict=True):
-                    source = pkgs / keys[recipe.name][:32] / info.filename
+                for key, info in zip(keys, infos, strict=True):
+                    source = pkgs / key[:32] / info.filename
                     os.link(source, tmp / info.subdir / info.filename)
                 _index(tmp)
                 (tmp / "channel.json").write_text(

@@ -181,10 +181,10 @@ def test_a_stalled_mirror_path_makes_real_pixi_hang(
         tmp_path: Path, conda_channel: Channel, pixi_mirror: Mirror,
         pixi_node_env: Mapping[str, str]) -> None:
     """Stalling the repodata path holds pixi on that request until it is killed (the way
-    setup-timeout tests make real pixi hang)."""
+    setup-timeout tests make real pixi hang). The session's warm pixi cache does not
+    avoid the request: the mirror marks repodata `no-cache`, so every solve revalidates."""
     manifest = write_manifest(tmp_path / "ws", conda_channel, pypi=False)
-    # A cold cache, so pixi must fetch the repodata instead of revalidating a cached copy.
-    env = clean_environ({**pixi_node_env, "PIXI_CACHE_DIR": str(tmp_path / "cache")})
+    env = clean_environ(pixi_node_env)
     with pixi_mirror.stall("/conda-forge/*/repodata*") as stall:
         proc = subprocess.Popen([env["RAY_PIXI_EXE"], "install", "--manifest-path",
                                  str(manifest)], env=env, start_new_session=True,
