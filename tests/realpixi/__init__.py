@@ -1,0 +1,1 @@
+"""The offline world real pixi runs in for tests (see README.md)."""
