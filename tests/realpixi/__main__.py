@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .channel import Channel
 from .find import find_pixi
 from .manifest import write_manifest
 from .run import run_pixi
@@ -34,8 +35,8 @@ def build() -> int:
     return 0
 
 
-def _timed_install(world_env: dict[str, str], workspace: Path, channel: object) -> float:
-    manifest = write_manifest(workspace, channel)  # type: ignore[arg-type]
+def _timed_install(world_env: dict[str, str], workspace: Path, channel: Channel) -> float:
+    manifest = write_manifest(workspace, channel)
     args = ["install", "--manifest-path", str(manifest)]
     started = time.monotonic()
     result = run_pixi(args, world_env)

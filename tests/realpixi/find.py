@@ -90,7 +90,7 @@ def release_pixi(download: bool = True, cache: Path | None = None) -> Path:
     with open(dest / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            return install_pixi_release(PIXI_VERSION, node_platform(), dest)
+            return Path(install_pixi_release(PIXI_VERSION, node_platform(), dest))
         except PixiNotFoundError as e:
             if isinstance(e.__cause__, OSError):  # unreachable: a prerequisite missing
                 raise PixiNotAvailable(f"pixi {PIXI_VERSION} release: {e}") from e

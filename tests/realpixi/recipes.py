@@ -55,9 +55,13 @@ class PrerequisiteMissing(RuntimeError):
 
 
 class Recipe(Protocol):
-    name: str
-    #: PyPI names this package provides, for the conda->PyPI mapping (empty: none).
-    pypi_names: tuple[str, ...]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def pypi_names(self) -> tuple[str, ...]:
+        """PyPI names this package provides, for the conda->PyPI mapping (empty: none)."""
+        ...
 
     def key(self) -> str: ...
 
