@@ -23,6 +23,20 @@ def install_count(record: Path) -> int:
     return len(record.read_text().splitlines()) if record.exists() else 0
 
 
+INSTALLED_LINE = "[ray-pixi: installed "
+
+
+def install_logs(store: Path, key: str = "") -> list[Path]:
+    """The store's install logs (one per attempt), oldest first."""
+    logs = (store / "logs").glob(f"install-{key}*.log")
+    return sorted(logs, key=lambda p: p.name.rsplit("-", 2)[-2:])
+
+
+def installs(store: Path, key: str = "") -> int:
+    """Completed installs into `store`: attempts whose log ends with the plugin's line."""
+    return sum(INSTALLED_LINE in p.read_text(errors="replace") for p in install_logs(store, key))
+
+
 def kopf_admission_handler(settings: object) -> object:
     """kopf's admission entry point bound to the add-on's registered handlers and `settings`
     (a ray_pixi_operator Settings), as `kopf run` binds it; give it to a kopf.WebhookServer.

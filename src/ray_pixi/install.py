@@ -259,9 +259,20 @@ async def _probe_versions(activation: Activation, log_path: Path) -> dict[str, A
     return result
 
 
-def _log_path(log_dir: Path, key: str) -> Path:
+def _log_path(store: Store, key: str, session_log_dir: Path | None) -> Path:
+    """The attempt's log, in the store (it outlives Ray sessions and pod restarts, and every
+    node sharing the store sees it), linked from the Ray session's logs for the dashboard."""
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    return log_dir / "pixi" / f"install-{key}-{stamp}-{os.getpid()}.log"
+    path = store.install_log(key, f"{stamp}-{os.getpid()}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
+    store.prune_install_logs(key)
+    if session_log_dir is not None:
+        with contextlib.suppress(OSError):
+            link = session_log_dir / "pixi" / path.name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(path)
+    return path
 
 
 def _note(log_path: Path, line: str) -> None:
@@ -276,8 +287,8 @@ async def install_environment(
     cluster: ClusterInfo,
     store: Store,
     pixi: PixiExe,
-    log_dir: Path,
     logger: logging.Logger,
+    session_log_dir: Path | None = None,
     files: ProjectFiles | None = None,
 ) -> tuple[InstalledEnv, bool]:
     """Return the ready environment for `key`, installing it if no process has.
@@ -300,7 +311,7 @@ async def install_environment(
             )
         await asyncio.to_thread(store.discard, key)  # what an interrupted install left
         workspace = store.workspace(key)
-        log_path = _log_path(log_dir, key)
+        log_path = await asyncio.to_thread(_log_path, store, key, session_log_dir)
         logger.info("Installing pixi environment %s for this job; pixi's output: %s",
                     key, log_path)
         started = time.monotonic()

@@ -21,11 +21,19 @@ def _normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+# Ray as conda-forge packages it: the core and one package per extra.
+CONDA_RAY_PACKAGES = frozenset({
+    "ray", "ray-core", "ray-default", "ray-client", "ray-data", "ray-train", "ray-tune",
+    "ray-rllib", "ray-serve", "ray-air", "ray-all", "ray-dashboard", "ray-observability",
+})
+
+
 def declares_ray(spec: PixiSpec) -> bool:
-    """A user who names Ray (PyPI `ray`, conda `ray` or `ray-*`) chooses its version."""
+    """A user who names Ray (PyPI `ray`, or one of conda-forge's Ray packages) chooses its
+    version; any other package whose name starts with `ray-` is not Ray."""
     conda = {_normalize(n) for n in spec.dependencies or {}}
     pypi = {_normalize(n) for n in spec.pypi_dependencies or {}}
-    return "ray" in pypi or any(n == "ray" or n.startswith("ray-") for n in conda)
+    return "ray" in pypi or bool(conda & CONDA_RAY_PACKAGES)
 
 
 def ray_requirement(ray_version: str) -> dict[str, Any]:

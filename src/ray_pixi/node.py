@@ -27,7 +27,6 @@ import logging
 import os
 import re
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -120,7 +119,7 @@ class PixiNode:
         self._store_ready = False
         self._cluster = ClusterInfo.current()
         log_dir = agent_flag("log-dir")
-        self._log_dir = Path(log_dir) if log_dir else Path(tempfile.gettempdir()) / "ray-pixi"
+        self._session_log_dir = Path(log_dir) if log_dir else None
         self._resources_dir = agent_flag("runtime-env-dir")
         self._specs: dict[str, PixiSpec] = {}
         self._keys: dict[str, str] = {}  # URI -> store key
@@ -163,7 +162,7 @@ class PixiNode:
             if env is None:
                 env, installed = await install_environment(
                     key=key, spec=spec, cluster=self._cluster, store=self._store, pixi=pixi,
-                    log_dir=self._log_dir, logger=logger, files=files,
+                    session_log_dir=self._session_log_dir, logger=logger, files=files,
                 )
             else:
                 logger.info("Reusing pixi environment %s from %s", key, self._store.root)

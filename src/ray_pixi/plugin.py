@@ -62,6 +62,9 @@ class PixiPlugin(RuntimeEnvPlugin):
             with self._loading:
                 if self._node is None and self._failure is None:
                     try:
+                        outside = compat.problems()
+                        if outside:
+                            raise RuntimeError("unsupported " + ", ".join(outside))
                         from ray_pixi.node import PixiNode
 
                         self._node = PixiNode()

@@ -6,6 +6,7 @@ Layout under the store root (outside any Ray session, so environments survive
     envs/<key>/           the pixi workspace; pixi installs into envs/<key>/.pixi/envs/<env>
     envs/<key>.json       ready marker: written last, atomically; only a marked env is used
     envs/<key>.failed     a deterministic failure (version mismatch) to re-raise at once
+    logs/install-<key>-<time>-<pid>.log   each install attempt's output (the last few kept)
     locks/<key>.lock      held exclusively while one process installs or deletes <key>
     locks/<key>.use       held shared by every agent that uses <key>
     pixi/<version>/pixi   pixi releases bootstrapped on this node
@@ -205,6 +206,7 @@ class Store:
         self.envs = self.root / "envs"
         self.locks = self.root / "locks"
         self.trash = self.root / "trash"
+        self.logs = self.root / "logs"
         self._dir_mode = 0o755
         self._file_mode = 0o644
 
@@ -216,7 +218,7 @@ class Store:
             shared = stat.S_IMODE(self.root.stat().st_mode) & _SHARED_BITS
             self._dir_mode = 0o755 | shared | (stat.S_ISVTX if shared & stat.S_IWOTH else 0)
             self._file_mode = 0o644 | shared
-            for d in (self.envs, self.locks, self.trash):
+            for d in (self.envs, self.locks, self.trash, self.logs):
                 if not d.is_dir():
                     d.mkdir(exist_ok=True)
                     with contextlib.suppress(OSError):
@@ -236,6 +238,18 @@ class Store:
 
     def _failed_path(self, key: str) -> Path:
         return self.envs / f"{key}.failed"
+
+    def install_log(self, key: str, attempt: str) -> Path:
+        return self.logs / f"install-{key}-{attempt}.log"
+
+    def install_logs(self, key: str | None = None) -> list[Path]:
+        """Install logs, oldest first (all keys, or one)."""
+        pattern = f"install-{key or '*'}-*.log"
+        return sorted(self.logs.glob(pattern), key=lambda p: p.name.rsplit("-", 2)[-2:])
+
+    def prune_install_logs(self, key: str, keep: int = 5) -> None:
+        for old in self.install_logs(key)[:-keep]:
+            old.unlink(missing_ok=True)
 
     def install_lock(self, key: str) -> FileLock:
         return FileLock(self.locks / f"{key}.lock", self._file_mode)
@@ -329,6 +343,8 @@ class Store:
             try:
                 (self.discard_in_background if background else self.discard)(key)
                 self._failed_path(key).unlink(missing_ok=True)
+                for log in self.install_logs(key):
+                    log.unlink(missing_ok=True)
                 return True
             finally:
                 FileLock.release(use_fd)

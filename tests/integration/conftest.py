@@ -1,11 +1,14 @@
-"""Live local Ray clusters with the plugin registered and the FAKE pixi on PATH."""
+"""Live local Ray clusters with the plugin registered and REAL pixi, offline: the local
+conda channel as conda-forge through the loopback mirror, PyPI through the CONNECT recorder
+(see tests/realpixi). Each cluster has its own Ray temp dir, so tests running side by side
+on one machine never share a session, and its own store unless a test passes one."""
 
 from __future__ import annotations
 
 import json
-import os
-import sys
-from collections.abc import Iterator
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +17,7 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from support import FAKE_PIXI_DIR, install_count, persistent_cache
+from support import installs
 
 PLUGINS = json.dumps([{"class": "ray_pixi.PixiPlugin"}])
 
@@ -23,12 +26,16 @@ PLUGINS = json.dumps([{"class": "ray_pixi.PixiPlugin"}])
 class PixiCluster:
     cluster: Cluster
     store: Path
-    record: Path
-    logs: Path
+    temp_dir: Path
 
     @property
     def installs(self) -> int:
-        return install_count(self.record)
+        """Completed installs into this cluster's store (its install logs say so)."""
+        return installs(self.store)
+
+    @property
+    def logs(self) -> Path:
+        return Path(self.cluster.head_node.get_logs_dir_path())
 
     @contextmanager
     def job(self, **init: object) -> Iterator[None]:
@@ -43,15 +50,13 @@ class PixiCluster:
         return sorted(p.name for p in (self.store / "envs").iterdir() if p.is_dir())
 
 
-def node_environment(tmp: Path, **extra: str) -> dict[str, str]:
+def node_environment(store: Path, pixi_node_env: Mapping[str, str],
+                     **extra: str) -> dict[str, str]:
     """What every Ray process of the cluster inherits."""
     return {
+        **pixi_node_env,
         "RAY_RUNTIME_ENV_PLUGINS": PLUGINS,
-        "RAY_PIXI_STORE_DIR": str(tmp / "store"),
-        "PIXI_CACHE_DIR": str(persistent_cache("pixi-cache")),
-        "FAKE_PIXI_RECORD": str(tmp / "installs.jsonl"),
-        "PATH": os.pathsep.join([str(FAKE_PIXI_DIR), str(Path(sys.executable).parent),
-                                 os.environ["PATH"]]),
+        "RAY_PIXI_STORE_DIR": str(store),
         # Tests read setup errors from the driver.
         "RAY_RUNTIME_ENV_LOG_TO_DRIVER_ENABLED": "1",
         **extra,
@@ -59,32 +64,55 @@ def node_environment(tmp: Path, **extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def pixi_cluster(tmp: Path, nodes: int = 1, cpus: int = 2, **extra: str) -> Iterator[PixiCluster]:
+def pixi_cluster(tmp: Path, pixi_node_env: Mapping[str, str], nodes: int = 1, cpus: int = 2,
+                 store: Path | None = None, **extra: str) -> Iterator[PixiCluster]:
+    store = store or tmp / "store"
+    # Ray's socket paths must stay short: a temp dir of its own under /tmp.
+    temp_dir = Path(tempfile.mkdtemp(prefix="rp-", dir="/tmp"))
     with pytest.MonkeyPatch.context() as mp:
-        for name, value in node_environment(tmp, **extra).items():
+        for name, value in node_environment(store, pixi_node_env, **extra).items():
             mp.setenv(name, value)
-        for name in ("RAY_PIXI_EXE", "RAY_PIXI_PIXI_VERSION", "RAY_ADDRESS"):
-            mp.delenv(name, raising=False)
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": cpus})
+        for name in ("RAY_PIXI_PIXI_VERSION", "RAY_ADDRESS"):
+            if name not in extra:
+                mp.delenv(name, raising=False)
+        cluster = Cluster(initialize_head=True,
+                          head_node_args={"num_cpus": cpus, "temp_dir": str(temp_dir)})
         for _ in range(nodes - 1):
-            cluster.add_node(num_cpus=cpus)
+            cluster.add_node(num_cpus=cpus, temp_dir=str(temp_dir))
         cluster.wait_for_nodes()
         try:
-            yield PixiCluster(cluster, tmp / "store", tmp / "installs.jsonl",
-                              Path(cluster.head_node.get_logs_dir_path()))
+            yield PixiCluster(cluster, store, temp_dir)
         finally:
             ray.shutdown()
             cluster.shutdown()
+            shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PixiCluster]:
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory,
+                   pixi_node_env: Mapping[str, str]) -> Iterator[PixiCluster]:
     """One cluster for the tests that only need the plugin to work."""
-    with pixi_cluster(tmp_path_factory.mktemp("cluster")) as c:
+    with pixi_cluster(tmp_path_factory.mktemp("cluster"), pixi_node_env) as c:
         yield c
 
 
 @pytest.fixture
-def own_cluster(tmp_path: Path):
+def own_cluster(tmp_path: Path, pixi_node_env: Mapping[str, str]):  # type: ignore[no-untyped-def]
     """A factory for a cluster with its own store and settings."""
-    return lambda **kw: pixi_cluster(tmp_path, **kw)
+    return lambda **kw: pixi_cluster(tmp_path, pixi_node_env, **kw)
+
+
+@pytest.fixture
+def node_env(pixi_node_env: Mapping[str, str], tmp_path: Path,
+             monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This process set up as a Ray node (for driving the plugin in-process): real pixi
+    offline, a store of its own. Returns the store."""
+    store = tmp_path / "store"
+    for name, value in node_environment(store, pixi_node_env).items():
+        monkeypatch.setenv(name, value)
+    for name in ("RAY_PIXI_PIXI_VERSION", "RAY_RUNTIME_ENV_PIXI_CACHE_SIZE_GB",
+                 "RAY_PIXI_DISK_BUDGET_GB"):
+        monkeypatch.delenv(name, raising=False)
+    return store
+
+

@@ -92,7 +92,7 @@ def build_node_env(pixi: Path, config: PixiConfig, https_proxy: str) -> dict[str
     """Every env var a Ray node, or a direct pixi call, needs to run `pixi` offline:
     `RAY_PIXI_EXE`, pixi's config/home/cache (see `PixiConfig.env`), the proxy that
     reaches PyPI (`HTTPS_PROXY`/`https_proxy`, loopback in `NO_PROXY`/`no_proxy`), and
-    `RAY_USAGE_STATS_ENABLED=0`."""
+    `RAY_USAGE_STATS_ENABLED=0` with the report URL on a closed loopback port."""
     return {
         "RAY_PIXI_EXE": str(pixi),
         **config.env(),
@@ -101,4 +101,7 @@ def build_node_env(pixi: Path, config: PixiConfig, https_proxy: str) -> dict[str
         "NO_PROXY": LOOPBACK_NO_PROXY,
         "no_proxy": LOOPBACK_NO_PROXY,
         "RAY_USAGE_STATS_ENABLED": "0",
+        # With usage stats off, Ray's dashboard still tells usage-stats.ray.io so once
+        # per cluster it did not start from ray.init(); send that to a closed loopback port.
+        "RAY_USAGE_STATS_REPORT_URL": "http://127.0.0.1:9/",
     }

@@ -99,3 +99,15 @@ def test_the_load_failure_names_the_cause_and_the_versions() -> None:
     text = describe_load_failure(ImportError("cannot import name 'model_validator'"))
     assert "ImportError: cannot import name 'model_validator'" in text
     assert f"Python {'.'.join(map(str, sys.version_info[:3]))}" in text
+
+
+def test_a_node_outside_the_range_is_refused_even_if_the_import_would_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An older Ray may import the implementation and then misbehave: refuse it by version."""
+    monkeypatch.setattr(compat, "installed_version",
+                        lambda name: "2.40.0" if name == "ray" else "2.11.0")
+    plugin = PixiPlugin()
+    with pytest.raises(PixiUnavailableError) as e:
+        plugin.validate({"pixi": "pixi.toml"})
+    assert "Ray 2.40.0 (needs >= 2.60.0)" in str(e.value)

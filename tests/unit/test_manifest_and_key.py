@@ -37,6 +37,12 @@ def test_a_declared_ray_is_left_to_the_user(declared: dict) -> None:
     assert "ray" not in pypi or declared.get("pypi_dependencies")
 
 
+def test_a_conda_package_named_ray_something_is_not_ray() -> None:
+    doc = tomllib.loads(build_inline_manifest(
+        parse_spec({"dependencies": {"ray-pixi-test-activation": "*"}}), CLUSTER))
+    assert doc["pypi-dependencies"]["ray"] == {"version": "==2.60.0", "extras": ["default"]}
+
+
 def test_user_python_and_platforms_are_kept() -> None:
     doc = tomllib.loads(build_inline_manifest(parse_spec(
         {"dependencies": {"python": "3.11.*"}, "platforms": ["linux-64", "osx-arm64"],
