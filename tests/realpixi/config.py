@@ -31,9 +31,15 @@ def _toml_str(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid TOML basic string
 
 
-def build_config_toml(channel_mirror: str, mapping_mirror: str,
+def build_config_toml(channel_mirror: str, mapping_mirror: str | None,
                       tls_root_certs: str = TLS_ROOT_CERTS) -> str:
-    """The text of the session's pixi config (pure)."""
+    """The text of the session's pixi config (pure). `mapping_mirror=None` leaves the
+    mapping service unmirrored (to show what that breaks)."""
+    mapping = [] if mapping_mirror is None else [
+        "# pixi maps solved conda packages to PyPI names whenever an environment has PyPI",
+        "# dependencies; the site's mirror answers for the mapping service too.",
+        f"{_toml_str(MAPPING_SERVICE)} = [{_toml_str(mapping_mirror)}]",
+    ]
     return "\n".join([
         "# pixi config for an air-gapped node (written by tests/realpixi).",
         "# Trust the system store: PyPI is reached through an intercepting TLS proxy.",
@@ -42,9 +48,7 @@ def build_config_toml(channel_mirror: str, mapping_mirror: str,
         "[mirrors]",
         "# conda-forge comes from the site's mirror.",
         f"{_toml_str(CONDA_FORGE)} = [{_toml_str(channel_mirror)}]",
-        "# pixi maps solved conda packages to PyPI names whenever an environment has PyPI",
-        "# dependencies; the site's mirror answers for the mapping service too.",
-        f"{_toml_str(MAPPING_SERVICE)} = [{_toml_str(mapping_mirror)}]",
+        *mapping,
         "",
     ])
 
@@ -72,7 +76,7 @@ class PixiConfig:
         }
 
 
-def write_pixi_config(root: Path, channel_mirror: str, mapping_mirror: str,
+def write_pixi_config(root: Path, channel_mirror: str, mapping_mirror: str | None,
                       cache_dir: Path, tls_root_certs: str = TLS_ROOT_CERTS) -> PixiConfig:
     """Lay out the session's config under `root` (created) and return where it is."""
     config = PixiConfig(

@@ -23,6 +23,7 @@ import json
 import selectors
 import socket
 import socketserver
+import sys
 import threading
 import urllib.parse
 from dataclasses import dataclass
@@ -80,8 +81,6 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     allow_reuse_address = True
 
     def handle_error(self, request: object, client_address: object) -> None:
-        import sys
-
         if isinstance(sys.exc_info()[1], ConnectionError):
             return  # the client went away (e.g. a test killed the pixi it stalled)
         super().handle_error(request, client_address)  # type: ignore[arg-type]

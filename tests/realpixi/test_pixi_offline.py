@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from realpixi.channel import Channel
+from realpixi.config import build_node_env, write_pixi_config
+from realpixi.find import TestPixi
 from realpixi.manifest import PYPI_PACKAGE, PYPI_VERSION, write_manifest
 from realpixi.recipes import ACTIVATED_VAR, PATH_VAR, ActivationRecipe
 from realpixi.run import clean_environ, run_pixi
@@ -23,6 +25,7 @@ from realpixi.servers import PYPI_HOSTS, ConnectRecorder, Mirror, Request
 pytestmark = pytest.mark.integration
 
 STALE_LOCK_LINE = "Error:   × lock file not up-to-date with the workspace"
+MAPPING_ERROR = "failed to map conda packages to their PyPI equivalents"
 
 
 @dataclass
@@ -199,6 +202,24 @@ def test_a_stalled_mirror_path_makes_real_pixi_hang(
     pixi_mirror.unstall(stall)
     assert not (manifest.parent / ".pixi" / "envs" / "default" / "conda-meta" /
                 "pixi").exists()
+
+
+def test_without_the_mapping_mirror_a_pypi_install_fails(
+        tmp_path: Path, conda_channel: Channel, pixi_mirror: Mirror, test_pixi: TestPixi) -> None:
+    """What the mapping mirror is for: with conda-forge mirrored but the mapping service
+    not (and no mapping in a cold pixi cache), pixi tries conda-mapping.prefix.dev and the
+    install fails. A warm pixi cache hides this: pixi then falls back to the mapping
+    answers it cached earlier."""
+    with ConnectRecorder() as proxy:  # its own: these refusals are the point here
+        config = write_pixi_config(tmp_path / "world", pixi_mirror.channel_url, None,
+                                   tmp_path / "cold-cache")
+        env = build_node_env(test_pixi.path, config, proxy.url)
+        manifest = write_manifest(tmp_path / "ws", conda_channel)
+        result = run_pixi(["install", "--manifest-path", str(manifest)], env)
+        refused = {a.target for a in proxy.refused}
+    assert result.returncode == 1
+    assert MAPPING_ERROR in result.stderr, result.stderr
+    assert refused == {"conda-mapping.prefix.dev:443"}
 
 
 def test_connect_recorder_tunnels_pypi_and_refuses_other_hosts() -> None:
