@@ -22,7 +22,9 @@ from typing import Any
 
 from ray_pixi import project
 from ray_pixi.activation import Activation, build_activation
+from ray_pixi.bytecode import compile_environment, share_bytecode
 from ray_pixi.cluster import ClusterInfo, python_mismatch
+from ray_pixi.disk import pixi_cache_dir
 from ray_pixi.errors import PixiInstallError, PixiSpecError, PixiVersionMismatchError
 from ray_pixi.key import STORE_LAYOUT
 from ray_pixi.manifest import build_inline_manifest, ray_requirement
@@ -59,7 +61,6 @@ _PROBE = (
     "print(json.dumps({'python': '%d.%d.%d' % sys.version_info[:3], 'ray': ray}))\n"
 )
 _PROBE_TIMEOUT_SECONDS = 120.0
-_COMPILE_TIMEOUT_SECONDS = 900.0
 _LOCK_HINT = (
     "pixi.lock does not match the manifest. Run `pixi lock --manifest-path {manifest}` where "
     "the manifest lives, and resubmit with the new pixi.lock."
@@ -210,23 +211,6 @@ def env_prefix(shell_hook_json: str, workspace: Path) -> Path:
     return prefix
 
 
-async def _compile_bytecode(python: str, prefix: Path, log_path: Path) -> None:
-    """Byte-compile everything the environment's Python can import, once, in parallel.
-
-    PyPI packages arrive without .pyc files; a worker that may not write them
-    (PYTHONDONTWRITEBYTECODE, a read-only store) would otherwise compile Ray on every start.
-    A file that does not compile (a test fixture in some package) is logged, not fatal.
-    """
-    libs = sorted(str(p) for p in prefix.glob("lib/python3*") if p.is_dir())
-    if not libs:
-        return
-    await run_logged(
-        [python, "-I", "-m", "compileall", "-q", "-j", "0", *libs],
-        log_path=log_path, cwd=prefix, env=pixi_env(), timeout=_COMPILE_TIMEOUT_SECONDS,
-        shown="<env python> -m compileall -q -j 0 <env>/lib/python3*",
-    )
-
-
 def _expand(value: str, base: dict[str, str]) -> str:
     for name, current in base.items():
         value = value.replace("${" + name + "}", current)
@@ -296,7 +280,7 @@ async def install_environment(
     Returns (environment, whether this call installed it). Anything short of a complete,
     verified install leaves no marker and no workspace.
     """
-    async with store.installing(key):
+    async with store.installing(key) as lock_fd:
         installed = await asyncio.to_thread(load_installed, store, key)
         if installed is not None:
             return installed, False
@@ -325,7 +309,7 @@ async def install_environment(
             try:
                 await run_pixi(
                     pixi, ["install", *common, *lock_args, *spec.pixi_install_options],
-                    log_path=log_path, cwd=workspace,
+                    log_path=log_path, cwd=workspace, hold_fds=(lock_fd, cache_fd),
                 )
             finally:
                 FileLock.release(cache_fd)
@@ -334,13 +318,18 @@ async def install_environment(
             # re-install (pixi would re-run uv for a path dependency without it).
             hook = await run_pixi(
                 pixi, ["shell-hook", "--json", "--as-is", *common],
-                log_path=log_path, cwd=workspace, capture_stdout=True,
+                log_path=log_path, cwd=workspace, capture_stdout=True, hold_fds=(lock_fd,),
             )
             prefix = env_prefix(hook, workspace)
             activation = build_activation(hook, prefix, pixi_env())
             compile_started = time.monotonic()
-            await _compile_bytecode(activation.python, prefix, log_path)
+            await compile_environment(activation.python, prefix, log_path, lock_fd)
+            shared = await asyncio.to_thread(
+                share_bytecode, prefix, pixi_cache_dir(pixi_env())[0])
             compiled = time.monotonic() - compile_started
+            await asyncio.to_thread(
+                _note, log_path, f"[ray-pixi: linked {shared} compiled file(s) into pixi's "
+                "cache for later environments]")
             versions = await _probe_versions(activation, log_path)
             problem = _check_versions(spec, cluster, versions["python"], versions["ray"])
             if problem is not None:

@@ -144,11 +144,12 @@ async def run_pixi(
     log_path: Path,
     cwd: Path,
     capture_stdout: bool = False,
+    hold_fds: Sequence[int] = (),
 ) -> str:
     """Run `pixi <args>`, appending its output to `log_path`; on failure raise
     PixiInstallError with the command, exit code, the log's tail and the log's path."""
     done = await run_logged([exe.path, *args], log_path=log_path, cwd=cwd, env=pixi_env(),
-                            capture_stdout=capture_stdout)
+                            capture_stdout=capture_stdout, hold_fds=hold_fds)
     if done.returncode != 0:
         message = (
             f"`{shlex.join(done.command)}` exited with code {done.returncode}.\n"

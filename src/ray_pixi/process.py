@@ -2,6 +2,11 @@
 whole process group stopped when the step is cancelled (Ray's setup timeout, a cancelled
 job) or runs past its own timeout, so nothing it started outlives the step.
 
+If the agent itself dies (SIGKILL, OOM), the kernel kills the child too (Linux's parent-death
+signal, as Ray does for its own processes), and the child holds the environment's install
+lock for as long as it lives (the lock's descriptor is inherited): an orphaned pixi can
+never write into a workspace that a later install has swept and started again.
+
 Only `pixi_cli` (pixi itself) and `install` (the environment's own python, for the version
 probe and byte-compilation) start processes, both through here.
 """
@@ -49,6 +54,16 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+_PREEXEC = _die_with_parent if sys.platform.startswith("linux") else None
+
+
 def _kill_group(proc: asyncio.subprocess.Process, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
@@ -70,11 +85,13 @@ async def run_logged(
     capture_stdout: bool = False,
     timeout: float | None = None,
     shown: str | None = None,
+    hold_fds: Sequence[int] = (),
 ) -> Completed:
     """Run `argv`, appending `$ <command>`, its output and its exit code to `log_path`.
 
     Raises StepTimeout after `timeout` seconds; re-raises cancellation. In both cases the
     process group is stopped first (SIGTERM, then SIGKILL after a grace period).
+    `hold_fds` (lock descriptors) are inherited, so their locks live as long as the child.
     """
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -91,6 +108,8 @@ async def run_logged(
             stdout=subprocess.PIPE if capture_stdout else log,
             stderr=log,
             start_new_session=sys.platform != "win32",
+            pass_fds=tuple(hold_fds),
+            preexec_fn=_PREEXEC,
         )
         try:
             stdout, _ = await asyncio.wait_for(proc.communicate(), timeout)

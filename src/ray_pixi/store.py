@@ -49,6 +49,10 @@ from ray_pixi.errors import PixiStoreError
 __all__ = ["FileLock", "Store", "StoreEntry", "directory_size", "disk_usage"]
 
 _SHARED_BITS = stat.S_IWGRP | stat.S_IWOTH
+# Characters an environment's prefix must not hold: bash expands them inside the double
+# quotes where pixi's activation puts the prefix, and conda packages embed the prefix in
+# quoted strings (python's _sysconfigdata, scripts) when they are installed.
+_SHELL_EXPANDED = "$`\\\"'\n"
 
 
 def directory_size(path: Path) -> int:
@@ -213,6 +217,14 @@ class Store:
     def ensure(self) -> None:
         """Create the store's directories (as shared as the root) and check that this
         process can write there. Blocking."""
+        special = sorted(set(str(self.root)) & set(_SHELL_EXPANDED))
+        if special:
+            raise PixiStoreError(
+                f"ray-pixi's environment store {self.root} cannot be used: its path contains "
+                f"{''.join(special)!r}, which pixi's activation script (bash) would expand or "
+                "run, and which breaks the quoted prefix conda packages write into their "
+                "files. Set RAY_PIXI_STORE_DIR to a path without $ ` \\ \" ' or line breaks."
+            )
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             shared = stat.S_IMODE(self.root.stat().st_mode) & _SHARED_BITS
@@ -418,10 +430,12 @@ class Store:
         return result
 
     @contextlib.asynccontextmanager
-    async def installing(self, key: str) -> AsyncIterator[None]:
+    async def installing(self, key: str) -> AsyncIterator[int]:
+        """Hold `key`'s install lock; yields its descriptor, for the install's child
+        processes to inherit (so an orphaned one keeps the lock until it ends)."""
         fd = await self.install_lock(key).acquire_async()
         try:
-            yield
+            yield fd
         finally:
             FileLock.release(fd)
 

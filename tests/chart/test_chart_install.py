@@ -25,10 +25,11 @@ from typing import Any
 import helm_python
 import pytest
 from chart_render import CHART_DIR
+from ray_pixi_operator import names
+
 from kube.cluster import KubeCluster
 from kube.manifests import raycluster, wait_for_pods
 from kube.rest import ApiError, poll
-from ray_pixi_operator import names
 
 pytestmark = pytest.mark.apiserver
 

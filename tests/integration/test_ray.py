@@ -219,7 +219,7 @@ def test_a_timed_out_install_is_killed_and_never_reused(own_cluster, pixi_mirror
         spec = pixi(pypi_dependencies={"pyjokes": "==0.8.3"}, dependencies={"six": "*"})
         with pixi_mirror.stall("/conda-forge/*/repodata*") as stall, c.job():
             ref = probe.options(runtime_env={
-                "pixi": spec, "config": {"setup_timeout_seconds": 15}}).remote()
+                "pixi": spec, "config": {"setup_timeout_seconds": 60}}).remote()
             assert stall.wait_hit(timeout=120), "pixi never asked the mirror for repodata"
             deadline = time.monotonic() + 120
             while not (hung := pixi_processes(c.store)):
@@ -280,11 +280,45 @@ def test_a_small_cache_cap_evicts_an_unused_env(own_cluster) -> None:
 
 def test_a_store_path_with_shell_syntax_cannot_inject(own_cluster, tmp_path: Path) -> None:
     """Ray splices py_executable into `bash -c` unquoted; the plugin must quote it."""
-    store = tmp_path / "my store $(touch INJECTED) ; echo"
+    store = tmp_path / "my store ; echo & (x) >y"
     with own_cluster(store=store) as c, c.job(runtime_env={"pixi": pixi(
             pypi_dependencies=JOKES)}):
         seen = ray.get(probe.remote())
     assert seen["prefix"].startswith(str(store / "envs"))
-    # An injected `touch` would run in the shell that starts the worker, in its cwd.
-    assert not (Path(seen["cwd"]) / "INJECTED").exists()
+    assert seen["module"] == "0.8.3"
+
+
+def test_a_store_path_pixis_activation_would_expand_is_refused(own_cluster,
+                                                               tmp_path: Path) -> None:
+    """pixi's activation script (bash) holds the prefix in double quotes: a `$(...)` in the
+    store path would run there. The plugin refuses such a store before running pixi."""
+    store = tmp_path / "store $(touch INJECTED)"
+    with own_cluster(store=store) as c, c.job():
+        with pytest.raises(RuntimeEnvSetupError) as e:
+            ray.get(probe.options(runtime_env={"pixi": pixi(pypi_dependencies=JOKES)}).remote())
+        assert ray.get(plain.remote()) == "ran"  # the node is fine for other jobs
+    assert f"ray-pixi's environment store {store} cannot be used" in str(e.value)
+    assert "its path contains '$'" in str(e.value)
     assert not list(tmp_path.rglob("INJECTED"))
+
+
+@ray.remote(max_calls=1)
+def plain() -> str:
+    return "ran"
+
+
+def test_a_node_whose_store_cannot_be_used_stays_up_for_other_jobs(own_cluster,
+                                                                   tmp_path: Path) -> None:
+    """A store path that is a file (a volume mounted wrong): pixi jobs fail naming it and
+    the fix; the node, and jobs without pixi, carry on."""
+    store = tmp_path / "store"
+    store.write_text("not a directory")
+    with own_cluster(store=store) as c, c.job():
+        with pytest.raises(RuntimeEnvSetupError) as e:
+            ray.get(probe.options(runtime_env={"pixi": pixi(pypi_dependencies=JOKES)}).remote())
+        assert ray.get(plain.remote()) == "ran"
+        assert ray.get(plain.options(runtime_env={"env_vars": {"A": "1"}}).remote()) == "ran"
+        assert all(n["Alive"] for n in ray.nodes())
+    text = str(e.value)
+    assert f"ray-pixi's environment store {store} cannot be used on this node" in text
+    assert "is not a directory" in text and "RAY_PIXI_STORE_DIR" in text

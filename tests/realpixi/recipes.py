@@ -182,6 +182,8 @@ class PythonRecipe:
             shutil.copytree(src / "include" / f"python{short}",
                             stage / "include" / f"python{short}", symlinks=True)
         self._relocate_elves(stage)
+        timestamp = _timestamp_ms()
+        self._compile_stdlib(stage / "lib" / f"python{short}", timestamp // 1000)
         index = {
             "name": "python",
             "version": info["version"],
@@ -192,11 +194,23 @@ class PythonRecipe:
             "subdir": linux_subdir(),
             "platform": "linux",
             "arch": os.uname().machine,
-            "timestamp": _timestamp_ms(),
+            "timestamp": timestamp,
         }
         about = {"summary": f"CPython {info['version']} relocated from {src} for tests",
                  "license": "Python-2.0"}
         return write_conda(stage, index, out_dir, placeholder=str(src), about=about)
+
+    def _compile_stdlib(self, stdlib: Path, mtime: int) -> None:
+        """Ship the stdlib's bytecode, as conda-forge's python does: the package's tar gives
+        every file `mtime`, so sources get it before compiling and the .pyc files stay
+        valid once installed."""
+        for path in stdlib.rglob("*.py"):
+            if "site-packages" not in path.relative_to(stdlib).parts:
+                os.utime(path, (mtime, mtime), follow_symlinks=False)
+        python = self.base_prefix / "bin" / f"python{stdlib.name.removeprefix('python')}"
+        subprocess.run([str(python), "-I", "-m", "compileall", "-q", "-j", "0",
+                        "-x", r"/site-packages/", str(stdlib)], check=True,
+                       capture_output=True)
 
     @staticmethod
     def _copy_bin(src: Path, stage: Path, short: str) -> None:
@@ -258,9 +272,9 @@ def _copy_entry(src: Path, dst: Path) -> None:
 
 
 def _stdlib_ignore(stdlib: Path):  # type: ignore[no-untyped-def]
-    """What the package leaves out of the stdlib: bytecode (pixi compiles what it needs),
-    test suites, the static libpython, and site-packages content (the installation's own
-    pip-installed packages must not leak into the environment)."""
+    """What the package leaves out of the stdlib: the source installation's bytecode (the
+    package compiles its own), test suites, the static libpython, and site-packages content
+    (the installation's own pip-installed packages must not leak into the environment)."""
 
     def ignore(directory: str, names: list[str]) -> set[str]:
         here = Path(directory)
