@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -314,6 +315,12 @@ async def install_environment(
             finally:
                 FileLock.release(cache_fd)
             installed_at = time.monotonic()
+            env = pixi_env()
+            if shutil.which("bash", path=env.get("PATH", os.defpath)) is None:
+                raise PixiInstallError(
+                    "There is no bash on this node's PATH: pixi runs an environment's "
+                    "activation scripts with bash (`pixi shell-hook`), and Ray starts every "
+                    "worker with `bash -c`. Install bash in the node's image.")
             # --as-is: activate what was just installed; never re-check, re-solve or
             # re-install (pixi would re-run uv for a path dependency without it).
             hook = await run_pixi(

@@ -109,6 +109,15 @@ def disk_usage(*roots: Path) -> int:
     return total
 
 
+def _settle(future: asyncio.Future[None], fd: int, error: BaseException | None) -> None:
+    if future.cancelled():
+        os.close(fd)  # its waiter gave up: drop the lock it was handed
+    elif error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(None)
+
+
 class FileLock:
     """An flock on a file: released by the kernel when the holder dies, so a crashed
     install never leaves the store locked. Opened read-only (flock needs no write access),
@@ -150,16 +159,37 @@ class FileLock:
         return fd
 
     async def acquire_async(self, shared: bool = False) -> int:
-        """Wait for the lock in a thread without blocking the agent's event loop. If the
-        waiter is cancelled, the lock is released as soon as the thread gets it."""
-        fd = await asyncio.to_thread(self._open)
-        future = asyncio.get_running_loop().run_in_executor(
-            None, fcntl.flock, fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX
-        )
+        """Wait for the lock without blocking the agent's event loop.
+
+        The wait happens in a thread of its own, never in the loop's default executor: a
+        dozen setups waiting on other processes' locks would otherwise take every executor
+        thread, and the lock holder's own file work (which runs there) could never finish.
+        If the waiter is cancelled, the lock is released as soon as the thread gets it.
+        """
+        fd = self.try_acquire(shared)
+        if fd is not None:
+            return fd
+        fd = self._open()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+
+        def wait() -> None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            except BaseException as e:  # noqa: BLE001 - handed to the waiting coroutine
+                error: BaseException | None = e
+            else:
+                error = None
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+                loop.call_soon_threadsafe(_settle, future, fd, error)
+
+        threading.Thread(target=wait, name=f"ray-pixi-lock-{self.path.name}",
+                         daemon=True).start()
         try:
-            await asyncio.shield(future)
+            await future  # cancelling the waiter cancels the future: _settle drops the lock
         except asyncio.CancelledError:
-            future.add_done_callback(lambda _: os.close(fd))
+            if future.done() and not future.cancelled() and future.exception() is None:
+                os.close(fd)  # granted just before the cancellation arrived
             raise
         except BaseException:
             os.close(fd)

@@ -1,6 +1,5 @@
-"""Installing into the store with the FAKE pixi and real PyPI packages, without Ray: one
-install however many ask, nothing trusted after a crash or cancellation, and errors that
-carry their remedy."""
+"""Installing into the store with real pixi, without Ray: one install however many ask,
+nothing trusted after a crash or cancellation, and errors that carry their remedy."""
 
 from __future__ import annotations
 
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from projects import CLUSTER_PYTHON, manifest_text, pixi_lock
 from ray_pixi.cluster import ClusterInfo
 from ray_pixi.errors import PixiInstallError, PixiVersionMismatchError
 from ray_pixi.install import install_environment
@@ -24,7 +24,7 @@ from ray_pixi.key import build_env_key
 from ray_pixi.pixi_cli import find_pixi_on_node
 from ray_pixi.spec import parse_spec
 from ray_pixi.store import Store
-from support import install_count
+from support import install_logs, installs
 
 pytestmark = pytest.mark.integration
 HERE = Path(__file__).parent
@@ -33,13 +33,20 @@ CLUSTER = ClusterInfo.current()
 SIX = {"pypi_dependencies": {"six": "==1.16.0"}}
 
 
-def install(store: Store, raw: dict, log_dir: Path):
+@pytest.fixture
+def store(node_env: Path) -> Store:
+    s = Store(node_env)
+    s.ensure()
+    return s
+
+
+def install(store: Store, raw: dict):  # type: ignore[no-untyped-def]
     spec = parse_spec(raw)
     pixi = find_pixi_on_node()
     assert pixi is not None
     key = build_env_key(spec, CLUSTER, pixi.version_str)
     return key, install_environment(key=key, spec=spec, cluster=CLUSTER, store=store, pixi=pixi,
-                                    log_dir=log_dir, logger=LOG)
+                                    logger=LOG)
 
 
 def run_python(python: str, code: str) -> str:
@@ -47,156 +54,168 @@ def run_python(python: str, code: str) -> str:
                           check=True).stdout.strip()
 
 
-def test_an_inline_env_is_installed_once_and_imports_its_packages(
-    fake_pixi_env: Path, tmp_path: Path
-) -> None:
-    store = Store(tmp_path / "store")
-    key, first = install(store, SIX, tmp_path / "logs")
+def test_an_inline_env_is_installed_once_and_imports_its_packages(store: Store) -> None:
+    key, first = install(store, SIX)
     env, installed = asyncio.run(first)
     assert installed
     assert run_python(env.activation.python, "import six; print(six.__version__)") == "1.16.0"
     assert env.activation.python.startswith(str(store.workspace(key)))
     assert (env.python_version, env.ray_version) == (CLUSTER.python_version, CLUSTER.ray_version)
-    _, again = install(store, SIX, tmp_path / "logs")
+    _, again = install(store, SIX)
     assert asyncio.run(again)[1] is False
-    assert install_count(fake_pixi_env) == 1
-    logs = list((tmp_path / "logs" / "pixi").glob(f"install-{key}-*.log"))
-    assert len(logs) == 1 and "/pixi install --manifest-path" in logs[0].read_text()
+    [log] = install_logs(store.root, key)
+    assert "pixi install --manifest-path" in log.read_text() and installs(store.root) == 1
 
 
-def test_sixteen_concurrent_setups_in_one_agent_install_once(
-    fake_pixi_env: Path, tmp_path: Path
-) -> None:
-    store = Store(tmp_path / "store")
+def test_the_environment_is_fully_byte_compiled_at_install(store: Store) -> None:
+    """Workers that may not write .pyc (PYTHONDONTWRITEBYTECODE, a read-only store) find
+    every module of Ray compiled."""
+    _, coro = install(store, SIX)
+    env, _ = asyncio.run(coro)
+    site = next(Path(env.activation.python).parents[1].glob("lib/python3*/site-packages"))
+    ray_sources = [p for p in (site / "ray").rglob("*.py") if "__pycache__" not in p.parts]
+    tag = sys.implementation.cache_tag
+    missing = [p for p in ray_sources
+               if not (p.parent / "__pycache__" / f"{p.stem}.{tag}.pyc").is_file()]
+    assert len(ray_sources) > 1000 and len(missing) < len(ray_sources) // 100, missing[:5]
 
+
+def test_sixteen_concurrent_setups_in_one_agent_install_once(store: Store) -> None:
     async def many() -> list[bool]:
-        setups = [install(store, SIX, tmp_path / "l")[1] for _ in range(16)]
+        setups = [install(store, SIX)[1] for _ in range(16)]
         results = await asyncio.gather(*setups)
         return [installed for _, installed in results]
 
     assert sorted(asyncio.run(many())) == [False] * 15 + [True]
-    assert install_count(fake_pixi_env) == 1
+    assert installs(store.root) == 1
 
 
-def test_two_processes_sharing_a_store_install_once(fake_pixi_env: Path, tmp_path: Path) -> None:
-    args = [sys.executable, str(HERE / "install_child.py"), str(tmp_path / "store"),
-            str(tmp_path / "logs"), json.dumps(SIX)]
-    children = [subprocess.Popen(args, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+def child(store: Store, raw: dict, **popen: object) -> subprocess.Popen[str]:
+    """One install in another process, as a second Ray agent sharing the store would."""
+    return subprocess.Popen([sys.executable, str(HERE / "install_child.py"), str(store.root),
+                             json.dumps(raw)], stdout=subprocess.PIPE, text=True,
+                            **popen)  # type: ignore[call-overload]
+
+
+def test_two_processes_sharing_a_store_install_once(store: Store) -> None:
+    children = [child(store, SIX) for _ in range(2)]
     results = [json.loads(c.communicate()[0]) for c in children]
     assert sorted(r["installed"] for r in results) == [False, True]
     assert results[0]["python"] == results[1]["python"]
-    assert install_count(fake_pixi_env) == 1
+    assert installs(store.root) == 1
 
 
-def test_an_install_killed_mid_way_is_swept_and_never_used(
-    fake_pixi_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def pixi_children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid and len(argv) > 1 and argv[1] == b"install":
+            found.append(int(entry.name))
+    return found
+
+
+def test_an_agent_killed_mid_install_takes_pixi_with_it_and_nothing_is_trusted(
+    store: Store, pixi_mirror
 ) -> None:
-    hung = tmp_path / "hung.pid"
-    monkeypatch.setenv("FAKE_PIXI_HANG_INSTALL", str(hung))
-    monkeypatch.setenv("FAKE_PIXI_FAULT_ONCE", str(tmp_path / "faulted"))
-    child = subprocess.Popen([sys.executable, str(HERE / "install_child.py"),
-                              str(tmp_path / "store"), str(tmp_path / "logs"), json.dumps(SIX)],
-                             start_new_session=True)
-    while not hung.exists():  # the fake writes its pid once it is mid-install
-        assert child.poll() is None, "the install child ended before pixi hung"
-        time.sleep(0.05)  # poll for the file the child creates
-    store = Store(tmp_path / "store")
-    [partial] = [p for p in store.envs.iterdir() if p.is_dir()]
-    os.killpg(child.pid, signal.SIGKILL)  # the whole agent dies, pixi with it
-    child.wait()
+    """SIGKILL the installing process while pixi waits on the site's mirror: the kernel
+    kills pixi too, the unmarked workspace is swept, and a new install starts afresh."""
+    raw = {"pypi_dependencies": {"six": "==1.16.0"}, "dependencies": {
+        "ray-pixi-test-activation": "*"}}
+    with pixi_mirror.stall("/conda-forge/*/repodata*") as stall:
+        agent = child(store, raw)
+        assert stall.wait_hit(timeout=120)
+        deadline = time.monotonic() + 60
+        while not (pixis := pixi_children_of(agent.pid)):
+            assert time.monotonic() < deadline and agent.poll() is None
+            time.sleep(0.05)  # poll /proc for the pixi the stall holds
+        [partial] = [p for p in store.envs.iterdir() if p.is_dir()]
+        os.kill(agent.pid, signal.SIGKILL)  # the agent dies; nothing kills pixi's group
+        agent.wait()
+        while Path(f"/proc/{pixis[0]}").exists() and \
+                Path(f"/proc/{pixis[0]}/stat").read_text().split()[2] != "Z":
+            assert time.monotonic() < deadline, "pixi outlived the agent that started it"
+            time.sleep(0.05)  # poll until the parent-death signal has killed it
+    pixi_mirror.unstall(stall)
     assert store.read_ready(partial.name) is None
     assert store.sweep() == [partial.name]
-    key, again = install(store, SIX, tmp_path / "logs")
+    key, again = install(store, raw)
     env, installed = asyncio.run(again)
     assert installed and key == partial.name
     assert run_python(env.activation.python, "import six; print(six.__version__)") == "1.16.0"
 
 
-def test_a_cancelled_install_leaves_nothing(
-    fake_pixi_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    hung = tmp_path / "hung.pid"
-    monkeypatch.setenv("FAKE_PIXI_HANG_INSTALL", str(hung))
-    store = Store(tmp_path / "store")
+def test_a_cancelled_install_leaves_nothing(store: Store, pixi_mirror) -> None:
+    raw = {"pypi_dependencies": {"six": "==1.16.0"}, "dependencies": {
+        "ray-pixi-test-activation": "*"}}
 
-    async def scenario() -> str:
-        key, coro = install(store, SIX, tmp_path / "logs")
+    async def scenario() -> tuple[str, list[int]]:
+        key, coro = install(store, raw)
         task = asyncio.ensure_future(coro)
-        while not hung.exists():
+        deadline = time.monotonic() + 120
+        while not (pixis := pixi_children_of(os.getpid())):
+            assert time.monotonic() < deadline
             await asyncio.sleep(0.05)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        return key
+        return key, pixis
 
-    key = asyncio.run(scenario())
+    with pixi_mirror.stall("/conda-forge/*/repodata*"):
+        key, pixis = asyncio.run(scenario())
     assert store.read_ready(key) is None and not store.workspace(key).exists()
-    with pytest.raises(ProcessLookupError):
-        os.kill(int(hung.read_text()), 0)
+    assert not any(Path(f"/proc/{p}").exists() for p in pixis)
 
 
-def test_a_failed_install_reports_its_log(
-    fake_pixi_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("FAKE_PIXI_FAIL_INSTALL", "failed to fetch repodata: connection reset")
-    store = Store(tmp_path / "store")
-    key, coro = install(store, SIX, tmp_path / "logs")
+def test_a_failed_install_reports_pixis_error_and_its_log(store: Store) -> None:
+    key, coro = install(store, {"dependencies": {"no-such-package": "*"}})
     with pytest.raises(PixiInstallError) as e:
         asyncio.run(coro)
     assert "exited with code 1" in str(e.value)
-    assert "failed to fetch repodata: connection reset" in str(e.value)
+    assert "No candidates were found for no-" in str(e.value)
     assert e.value.log_path and Path(e.value.log_path).is_file()
     assert not store.workspace(key).exists()
 
 
-def manifest(tmp_path: Path, python: str, with_ray: bool) -> dict:
-    ray = (f'ray = {{ version = "=={CLUSTER.ray_version}", extras = ["default"] }}\n'
-           if with_ray else "")
-    text = (f'[workspace]\nname = "m"\nchannels = ["conda-forge"]\n'
-            f'platforms = ["{CLUSTER.platform}"]\n'
-            f'[dependencies]\npython = "{python}"\n[pypi-dependencies]\nsix = "*"\n{ray}')
+def manifest(python: str, with_ray: bool) -> dict:
+    text = manifest_text("m", 'six = "*"\n', with_ray=with_ray).replace(
+        f'python = "=={CLUSTER_PYTHON}"', f'python = "{python}"')
     return {"manifest": "pixi.toml", "manifest_content": text, "locked": False}
 
 
-def test_an_env_without_ray_is_refused_with_the_line_to_add(
-    fake_pixi_env: Path, tmp_path: Path
-) -> None:
-    store = Store(tmp_path / "store")
-    key, coro = install(store, manifest(tmp_path, f"=={CLUSTER.python_version}", False),
-                        tmp_path / "logs")
+def test_an_env_without_ray_is_refused_with_the_line_to_add(store: Store) -> None:
+    raw = manifest(f"=={CLUSTER.python_version}", False)
+    key, coro = install(store, raw)
     with pytest.raises(PixiVersionMismatchError) as e:
         asyncio.run(coro)
     line = f'ray = {{ version = "=={CLUSTER.ray_version}", extras = ["default"] }}'
     assert f"it has Ray (not installed) but the cluster runs {CLUSTER.ray_version}" in str(e.value)
     assert f"Add `{line}` under [pypi-dependencies]" in str(e.value)
     tomllib.loads(line)  # the suggested line is valid TOML
-    _, retry = install(store, manifest(tmp_path, f"=={CLUSTER.python_version}", False),
-                       tmp_path / "logs")
+    _, retry = install(store, raw)
     with pytest.raises(PixiVersionMismatchError):
         asyncio.run(retry)
-    assert install_count(fake_pixi_env) == 1  # the deterministic failure is not retried
+    assert len(install_logs(store.root, key)) == 1  # the deterministic failure is not retried
     assert store.read_ready(key) is None
 
 
-def test_an_env_with_another_python_is_refused_with_the_pin_to_add(
-    fake_pixi_env: Path, tmp_path: Path
-) -> None:
-    other = next(v for v in ("3.12", "3.10", "3.13") if not CLUSTER.python_version.startswith(v))
-    store = Store(tmp_path / "store")
-    _, coro = install(store, manifest(tmp_path, f"{other}.*", False), tmp_path / "logs")
-    with pytest.raises(PixiVersionMismatchError) as e:
-        asyncio.run(coro)
-    assert f"it runs Python {other}." in str(e.value)
-    assert f'Add `python = "=={CLUSTER.python_version}"` under [dependencies]' in str(e.value)
-
-
-def test_a_stale_lock_points_at_pixi_lock(fake_pixi_env: Path, tmp_path: Path) -> None:
-    raw = manifest(tmp_path, f"=={CLUSTER.python_version}", True)
-    raw.pop("locked")
-    raw["lock_content"] = json.dumps({"version": 6, "environments": {}})
-    store = Store(tmp_path / "store")
-    _, coro = install(store, raw, tmp_path / "logs")
+def test_a_stale_lock_points_at_pixi_lock(store: Store, tmp_path: Path,
+                                          node_env: Path) -> None:
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "pixi.toml").write_text(manifest_text("m", 'six = "==1.16.0"\n'))
+    pixi_lock(project / "pixi.toml", dict(os.environ))
+    # Edit the manifest after locking, as a user who forgot `pixi lock` does.
+    edited = manifest_text("m", 'six = "==1.16.0"\npyjokes = "*"\n')
+    raw = {"manifest": "pixi.toml", "manifest_content": edited,
+           "lock_content": (project / "pixi.lock").read_text()}
+    _, coro = install(store, raw)
     with pytest.raises(PixiInstallError) as e:
         asyncio.run(coro)
     assert "lock file not up-to-date with the workspace" in str(e.value)
     assert "Run `pixi lock --manifest-path pixi.toml`" in str(e.value)
+

@@ -258,3 +258,48 @@ def test_a_private_store_stays_private(tmp_path: Path) -> None:
     FileLock.release(fd)
     assert os.stat(store.locks).st_mode & 0o022 == 0
     assert os.stat(store.use_lock(KEY).path).st_mode & 0o022 == 0
+
+
+def test_many_waiters_do_not_starve_the_loops_executor(tmp_path: Path) -> None:
+    """Sixteen setups waiting on locks another process holds leave the loop's default
+    executor free for the holder's file work (it has 6 threads on 2 cores)."""
+    import asyncio
+
+    locks = [FileLock(tmp_path / f"{i}.lock") for i in range(16)]
+    children = [hold_lock_in_child(lock.path, shared=False) for lock in locks]
+
+    async def scenario() -> int:
+        waiters = [asyncio.ensure_future(lock.acquire_async()) for lock in locks]
+        await asyncio.sleep(0)
+        # The executor still runs work while all sixteen wait.
+        assert await asyncio.wait_for(asyncio.to_thread(lambda: 42), 10) == 42
+        for child in children:
+            child.communicate("")
+        fds = await asyncio.wait_for(asyncio.gather(*waiters), 30)
+        for fd in fds:
+            FileLock.release(fd)
+        return len(fds)
+
+    assert asyncio.run(scenario()) == 16
+
+
+def test_a_cancelled_waiter_leaves_the_lock_free(tmp_path: Path) -> None:
+    import asyncio
+
+    lock = FileLock(tmp_path / "c.lock")
+    child = hold_lock_in_child(lock.path, shared=False)
+
+    async def scenario() -> None:
+        waiter = asyncio.ensure_future(lock.acquire_async())
+        await asyncio.sleep(0)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        child.communicate("")  # the holder lets go; the cancelled waiter's thread gets it
+        deadline = asyncio.get_running_loop().time() + 10
+        while (fd := lock.try_acquire()) is None:
+            assert asyncio.get_running_loop().time() < deadline, "the lock stayed taken"
+            await asyncio.sleep(0.05)  # poll until the abandoned grant is dropped
+        FileLock.release(fd)
+
+    asyncio.run(scenario())
