@@ -147,25 +147,23 @@ class PixiNode:
         async with self._setups.setdefault(uri, asyncio.Lock()):
             if uri in self._keys and self._keys[uri] in self._installed:
                 return 0  # another setup of this URI finished while we waited
-            await self._open_store()
-            pixi = await self._resolve_pixi(spec)
-            files: ProjectFiles | None = None
-            digest = None
-            if spec.mode is Mode.PROJECT:
-                files, digest = await asyncio.to_thread(
-                    self._project_files, spec, self._working_dir(runtime_env))
-            key = build_env_key(spec, self._cluster, pixi.version_str, digest)
+            key, pixi, files = await self._resolve(spec, runtime_env)
             await self._hold(key)
-            env = self._installed.get(key) or await asyncio.to_thread(
-                load_installed, self._store, key)
-            installed = False
-            if env is None:
-                env, installed = await install_environment(
-                    key=key, spec=spec, cluster=self._cluster, store=self._store, pixi=pixi,
-                    session_log_dir=self._session_log_dir, logger=logger, files=files,
-                )
-            else:
-                logger.info("Reusing pixi environment %s from %s", key, self._store.root)
+            try:
+                env = self._installed.get(key) or await asyncio.to_thread(
+                    load_installed, self._store, key)
+                installed = False
+                if env is None:
+                    env, installed = await install_environment(
+                        key=key, spec=spec, cluster=self._cluster, store=self._store,
+                        pixi=pixi, session_log_dir=self._session_log_dir, logger=logger,
+                        files=files,
+                    )
+                else:
+                    logger.info("Reusing pixi environment %s from %s", key, self._store.root)
+            except BaseException:
+                self._release_unless_used(key)  # a failed setup holds nothing
+                raise
             self._installed[key] = env
             self._keys[uri] = key
         self._touch(key, force=True)
@@ -215,7 +213,25 @@ class PixiNode:
                     "Deleted" if freed else "Kept (in use elsewhere)", key, booked)
         return booked
 
+    async def key_for(self, runtime_env: Any) -> str:
+        """The store key this node installs `runtime_env`'s environment under."""
+        key, _, _ = await self._resolve(self._spec(runtime_env), runtime_env)
+        return key
+
     # -- helpers -------------------------------------------------------------------------
+    async def _resolve(
+        self, spec: PixiSpec, runtime_env: Any
+    ) -> tuple[str, PixiExe, ProjectFiles | None]:
+        """The store key, the pixi that installs it, and a project's files."""
+        await self._open_store()
+        pixi = await self._resolve_pixi(spec)
+        files: ProjectFiles | None = None
+        digest = None
+        if spec.mode is Mode.PROJECT:
+            files, digest = await asyncio.to_thread(
+                self._project_files, spec, self._working_dir(runtime_env))
+        return build_env_key(spec, self._cluster, pixi.version_str, digest), pixi, files
+
     def _spec(self, runtime_env: Any) -> PixiSpec:
         """Parsed spec, cached by the runtime_env's text: Ray validates on every setup,
         and most worker starts re-run the plugin pipeline."""
@@ -253,6 +269,12 @@ class PixiNode:
         Waits in a thread while a deletion holds the lock."""
         if key not in self._held:
             self._held[key] = await self._store.use_lock(key).acquire_async(shared=True)
+
+    def _release_unless_used(self, key: str) -> None:
+        if key not in self._keys.values() and key not in self._installed:
+            fd = self._held.pop(key, None)
+            if fd is not None:
+                FileLock.release(fd)
 
     def _touch(self, key: str, force: bool = False) -> None:
         """Record a use for LRU eviction and `ray-pixi envs`, off the event loop."""

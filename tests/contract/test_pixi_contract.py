@@ -136,8 +136,8 @@ def test_a_workspace_config_keeps_environments_in_place_whatever_the_node_config
 ) -> None:
     detached = tmp_path / "detached"
     node_config = tmp_path / "node-config.toml"
-    node_config.write_text(Path(pixi_node_env["PIXI_CONFIG_FILE"]).read_text()
-                           + f"\ndetached-environments = {json.dumps(str(detached))}\n")
+    node_config.write_text(f"detached-environments = {json.dumps(str(detached))}\n"
+                           + Path(pixi_node_env["PIXI_CONFIG_FILE"]).read_text())
     env = {**pixi_node_env, "PIXI_CONFIG_FILE": str(node_config)}
     # Without the workspace's own config, the node's moves the environment away...
     moved = workspace(tmp_path / "a", conda_channel, pypi=False, activation=False)
