@@ -197,7 +197,11 @@ class PixiNode:
         booked = self._booked.pop(uri, 0)
         key = self._keys.pop(uri, None)
         self._setups.pop(uri, None)
-        if key is None or key in self._keys.values():
+        if key is None:
+            return booked
+        if key in self._keys.values():
+            logger.info("Ray evicted %s; pixi environment %s stays: another runtime_env on "
+                        "this node uses it", uri, key)
             return booked
         self._installed.pop(key, None)
         self._touched.pop(key, None)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -22,6 +23,12 @@ from support import installs
 PLUGINS = json.dumps([{"class": "ray_pixi.PixiPlugin"}])
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @dataclass
 class PixiCluster:
     cluster: Cluster
@@ -32,6 +39,11 @@ class PixiCluster:
     def installs(self) -> int:
         """Completed installs into this cluster's store (its install logs say so)."""
         return installs(self.store)
+
+    @property
+    def dashboard(self) -> str:
+        """The Jobs API's address, for `ray job submit --address` and JobSubmissionClient."""
+        return f"http://{self.cluster.webui_url}"
 
     @property
     def logs(self) -> Path:
@@ -75,8 +87,11 @@ def pixi_cluster(tmp: Path, pixi_node_env: Mapping[str, str], nodes: int = 1, cp
         for name in ("RAY_PIXI_PIXI_VERSION", "RAY_ADDRESS"):
             if name not in extra:
                 mp.delenv(name, raising=False)
-        cluster = Cluster(initialize_head=True,
-                          head_node_args={"num_cpus": cpus, "temp_dir": str(temp_dir)})
+        # A dashboard (and so a Jobs API) of its own on a free port: other clusters on this
+        # machine may hold Ray's default 8265.
+        cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": cpus, "temp_dir": str(temp_dir), "include_dashboard": True,
+            "dashboard_port": free_port()})
         for _ in range(nodes - 1):
             cluster.add_node(num_cpus=cpus, temp_dir=str(temp_dir))
         cluster.wait_for_nodes()

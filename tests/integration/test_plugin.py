@@ -31,6 +31,7 @@ from ray_pixi.store import Store
 from support import installs
 
 pytestmark = pytest.mark.integration
+HERE = Path(__file__).parent
 SPEC = {"pixi": pixi(pypi_dependencies={"pyjokes": "==0.8.3"})}
 OTHER = {"pixi": pixi(pypi_dependencies={"pyjokes": "==0.6.0"})}
 
@@ -241,13 +242,10 @@ def test_the_agents_loop_serves_other_setups_while_a_lock_is_held_elsewhere(
 def test_the_store_cap_counts_environments_of_earlier_sessions(
     node_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    earlier = PixiPlugin()
-    _, _, old = setup(earlier, OTHER)
-    old_key = key_of(old)
-    del earlier  # that session ended: nothing holds its environment any more
-    import gc
-
-    gc.collect()
+    # An earlier session's agent installed it, then ended: nothing holds it any more.
+    earlier = subprocess.run([sys.executable, str(HERE / "agent_child.py"), json.dumps(OTHER)],
+                             capture_output=True, text=True, check=True)
+    old_key = Path(shlex.split(earlier.stdout.strip())[0]).parents[4].name
     monkeypatch.setenv("RAY_RUNTIME_ENV_PIXI_CACHE_SIZE_GB", "0.000001")
     now = PixiPlugin()
     _, _, new = setup(now, SPEC)
