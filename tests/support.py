@@ -6,8 +6,21 @@ import os
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-FAKE_PIXI_DIR = REPO / "tests" / "fake_pixi"
-FAKE_PIXI = FAKE_PIXI_DIR / "pixi"
+
+
+def session_pixi() -> Path:
+    """The real pixi the tests run (tests/realpixi.find, never a download here): for unit
+    tests that need a pixi binary without the offline world around it."""
+    import pytest
+
+    from realpixi.find import PixiNotAvailable, find_pixi
+
+    try:
+        return find_pixi(download=False).path
+    except PixiNotAvailable as e:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true, so real pixi must be present: {e}", pytrace=False)
+        pytest.skip(str(e))
 
 
 def persistent_cache(name: str) -> Path:
@@ -16,11 +29,6 @@ def persistent_cache(name: str) -> Path:
     path = root / "ray-pixi-tests" / name
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def install_count(record: Path) -> int:
-    """Real installs the FAKE pixi recorded (one JSON line each)."""
-    return len(record.read_text().splitlines()) if record.exists() else 0
 
 
 INSTALLED_LINE = "[ray-pixi: installed "

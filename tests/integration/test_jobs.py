@@ -25,10 +25,10 @@ pytestmark = pytest.mark.integration
 NETWORK_PROBLEM = "maybe there are some network problems"  # what an HTTP 500 becomes
 
 
-def ray_job(cluster, *args: str) -> subprocess.CompletedProcess[str]:
+def ray_job(cluster, command: str, *args: str) -> subprocess.CompletedProcess[str]:
     """The `ray job` CLI, run as a user does from their shell."""
     ray_cli = Path(sys.executable).parent / "ray"
-    return subprocess.run([str(ray_cli), "job", *args, "--address", cluster.dashboard],
+    return subprocess.run([str(ray_cli), "job", command, "--address", cluster.dashboard, *args],
                           capture_output=True, text=True, timeout=900,
                           env={**os.environ, "RAY_ADDRESS": ""})
 
@@ -55,7 +55,9 @@ def test_ray_job_submit_with_a_bad_field_fails_with_the_field_not_an_http_500(
         done = ray_job(c, "submit", "--runtime-env-json", bad, "--", "python", "-c",
                        "print('never runs')")
         client = JobSubmissionClient(c.dashboard)
-        [job] = [j for j in client.list_jobs() if j.type.name == "SUBMISSION"]
+        jobs = [j for j in client.list_jobs() if j.type.name == "SUBMISSION"]
+        assert len(jobs) == 1, done.stdout + done.stderr
+        [job] = jobs
         assert wait_done(client, job.submission_id) == JobStatus.FAILED
         info = client.get_job_info(job.submission_id)
         expected = ("runtime_env['pixi']['pypi_dependencies']['six'] must be a version string "

@@ -16,16 +16,17 @@ import pytest
 
 from ray_pixi.bootstrap import asset_name, install_pixi_release
 from ray_pixi.errors import PixiNotFoundError
-from support import FAKE_PIXI
 
 VERSION = "0.77.0"
+# What the asset holds matters only as bytes to unpack and compare: a small executable.
+PAYLOAD = Path("/bin/true")
 
 
 def release_tree(root: Path, platform: str = "linux-64", *, corrupt: bool = False) -> None:
     """Lay out <root>/v<version>/<asset> and <asset>.sha256 as pixi's releases page does."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        tar.add(FAKE_PIXI, arcname="pixi")
+        tar.add(PAYLOAD, arcname="pixi")
     archive = buffer.getvalue()
     asset = root / f"v{VERSION}" / asset_name(platform)
     asset.parent.mkdir(parents=True)
@@ -61,7 +62,7 @@ def test_a_verified_release_is_installed_from_the_mirror(mirror, tmp_path: Path)
     release_tree(root)
     path = install_pixi_release(VERSION, "linux-64", tmp_path / "bin")
     assert path == tmp_path / "bin" / VERSION / "pixi"
-    assert path.read_bytes() == FAKE_PIXI.read_bytes()
+    assert path.read_bytes() == PAYLOAD.read_bytes()
     assert path.stat().st_mode & 0o111
     assert f"/v{VERSION}/pixi-x86_64-unknown-linux-musl.tar.gz" in " ".join(requests)
 

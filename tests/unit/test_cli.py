@@ -14,7 +14,7 @@ import pytest
 from ray_pixi import cli, doctor, pixi
 from ray_pixi.pixi_cli import MIN_PIXI_VERSION, read_pixi_version
 from ray_pixi.store import FileLock, Store
-from support import FAKE_PIXI
+from support import session_pixi
 
 REGISTERED = json.dumps([{"class": "ray_pixi.PixiPlugin"}])
 
@@ -109,9 +109,10 @@ def test_the_plugin_variable_is_parsed_as_the_agent_parses_it(value, status, wor
 
 
 def test_pixi_is_found_and_its_version_checked(tmp_path: Path) -> None:
-    ok = doctor.check_pixi({"RAY_PIXI_EXE": str(FAKE_PIXI)}, MIN_PIXI_VERSION, read_pixi_version)
+    pixi = str(session_pixi())
+    ok = doctor.check_pixi({"RAY_PIXI_EXE": pixi}, MIN_PIXI_VERSION, read_pixi_version)
     assert ok.status == doctor.OK and "is pixi 0.77.0" in ok.detail
-    too_old = doctor.check_pixi({"RAY_PIXI_EXE": str(FAKE_PIXI)}, MIN_PIXI_VERSION,
+    too_old = doctor.check_pixi({"RAY_PIXI_EXE": pixi}, MIN_PIXI_VERSION,
                                 lambda path: (0, 30, 1))
     assert too_old.status == doctor.FAIL and "needs 0.53.0 or newer" in too_old.detail
     missing = doctor.check_pixi({"PATH": str(tmp_path)}, MIN_PIXI_VERSION, read_pixi_version)
@@ -148,7 +149,7 @@ def test_store_and_cache_must_be_writable_and_should_share_a_filesystem(tmp_path
 def test_doctor_exits_nonzero_and_says_what_to_fix(capsys, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("RAY_PIXI_STORE_DIR", str(tmp_path / "store"))
     monkeypatch.setenv("PIXI_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("RAY_PIXI_EXE", str(FAKE_PIXI))
+    monkeypatch.setenv("RAY_PIXI_EXE", str(session_pixi()))
     monkeypatch.delenv(doctor.PLUGINS_VAR, raising=False)
     code, out, _ = run(capsys, "doctor", "--shell", "--python", sys.executable)
     assert code == 1
