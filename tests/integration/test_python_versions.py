@@ -3,9 +3,14 @@ ray[default]'s dependencies and tomli-w, as a cluster's Ray image would have it.
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -51,3 +56,76 @@ def test_the_plugin_imports_with_ray_default_and_tomli_w_only(minor: str, tmp_pa
                                              "RAY_PIXI_STORE_DIR": str(tmp_path / "store")})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"({minor.replace('.', ', ')}) PixiPlugin"
+
+
+OLD_RAY = "2.40.0"
+DRIVER = """
+import json, sys
+import ray
+from ray.exceptions import RuntimeEnvSetupError
+
+@ray.remote
+def plain():
+    return "ran"
+
+ray.init(address=sys.argv[1])
+out = {"plain": ray.get(plain.remote()),
+       "env_vars": ray.get(plain.options(runtime_env={"env_vars": {"A": "1"}}).remote())}
+try:
+    ray.get(plain.options(runtime_env={"pixi": {"pypi_dependencies": {"six": "*"}}}).remote())
+except RuntimeEnvSetupError as e:
+    out["pixi"] = str(e)
+print("RESULT " + json.dumps(out))
+"""
+
+
+def stop_cluster_under(temp: Path) -> None:
+    """SIGKILL the processes of the one Ray cluster whose temp dir is `temp`."""
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if str(temp).encode() in (entry / "cmdline").read_bytes():
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
+
+
+def test_a_node_with_an_old_ray_keeps_running_other_jobs(
+    tmp_path: Path,
+) -> None:
+    """Ray imports the plugin as the KubeRay add-on delivers it (on PYTHONPATH, not
+    installed) on a node with Ray 2.40: the node starts, jobs without pixi run, and a pixi
+    job fails with the supported range."""
+    uv = Path(sys.executable).parent / "uv"
+    venv = tmp_path / "old-ray"
+    env = {**os.environ, "UV_CACHE_DIR": str(persistent_cache("uv"))}
+    env.pop("VIRTUAL_ENV", None)
+    subprocess.run([str(uv), "venv", "--quiet", "--python", sys.executable, str(venv)],
+                   check=True, env=env)
+    subprocess.run([str(uv), "pip", "install", "--quiet", "--python", str(venv / "bin/python"),
+                    f"ray[default]=={OLD_RAY}"], check=True, env=env)
+    payload = tmp_path / "payload"
+    subprocess.run([str(uv), "pip", "install", "--quiet", "--no-deps", "--target",
+                    str(payload), str(REPO), "tomli-w"], check=True, env=env)
+    temp = Path(tempfile.mkdtemp(prefix="rp-old-", dir="/tmp"))
+    node = {"HOME": str(tmp_path), "PATH": f"{venv / 'bin'}:/usr/bin:/bin",
+            "PYTHONPATH": str(payload), "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_RUNTIME_ENV_PLUGINS": '[{"class": "ray_pixi.PixiPlugin"}]',
+            "RAY_PIXI_STORE_DIR": str(tmp_path / "store")}
+    ray_cli = str(venv / "bin" / "ray")
+    started = subprocess.run([ray_cli, "start", "--head", "--port", "0", "--num-cpus", "1",
+                              "--temp-dir", str(temp), "--include-dashboard", "false"],
+                             env=node, capture_output=True, text=True, timeout=300)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        address = re.search(r"ray start --address='([^']+)'", started.stdout)[1]  # type: ignore[index]
+        done = subprocess.run([str(venv / "bin" / "python"), "-c", DRIVER, address], env=node,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        seen = json.loads(done.stdout.split("RESULT ", 1)[1].splitlines()[0])
+    finally:
+        stop_cluster_under(temp)  # never `ray stop`: it stops every Ray on the machine
+        shutil.rmtree(temp, ignore_errors=True)
+    assert seen["plain"] == "ran" and seen["env_vars"] == "ran"
+    assert "ray-pixi cannot run on this Ray node" in seen["pixi"]
+    assert f"Ray {OLD_RAY} (needs >= 2.60.0)" in seen["pixi"]
+    assert "Jobs without runtime_env['pixi'] are not affected" in seen["pixi"]
