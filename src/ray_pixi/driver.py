@@ -168,5 +168,7 @@ def _project(
     value: dict[str, Any] = {"manifest": relative.as_posix(), **globs}
     if locked is not None:
         value["locked"] = locked
-    project.collect_project_files(root, parse_spec(value))  # the manifest and lock are there
+    # Only the manifest and its lock are checked here: which files the globs select is
+    # decided on the node, over exactly what Ray uploaded.
+    project.check_manifest_and_lock(root, parse_spec(value))
     return value

@@ -49,9 +49,9 @@ def _expand(root: Path, patterns: Iterable[str]) -> set[str]:
     return found
 
 
-def collect_project_files(root: Path, spec: PixiSpec) -> list[str]:
-    """Sorted relative paths of the env-defining files; raises on a missing manifest or
-    lock, or a file that resolves outside `root` (a symlink escaping the working_dir)."""
+def check_manifest_and_lock(root: Path, spec: PixiSpec) -> list[str]:
+    """The manifest and (when installing locked) its pixi.lock, as paths relative to
+    `root`; raises PixiSpecError naming what is missing and how to fix it."""
     assert spec.manifest is not None
     manifest = PurePosixPath(spec.manifest)
     if not (root / manifest).is_file():
@@ -60,10 +60,10 @@ def collect_project_files(root: Path, spec: PixiSpec) -> list[str]:
             f"{str(root)!r} has no such file. Give the manifest's path relative to the "
             f"working_dir, and check that {_UPLOAD_RULES} do not skip it."
         )
-    files = {manifest.as_posix()}
+    files = [manifest.as_posix()]
     lock = manifest.parent / LOCK_NAME
     if (root / lock).is_file():
-        files.add(lock.as_posix())
+        files.append(lock.as_posix())
     elif spec.install_locked:
         raise PixiSpecError(
             f"runtime_env['pixi'] installs {spec.manifest!r} locked, but {lock.as_posix()!r} "
@@ -71,6 +71,14 @@ def collect_project_files(root: Path, spec: PixiSpec) -> list[str]:
             f"{spec.manifest}` and resubmit (check that {_UPLOAD_RULES} do not skip it), or "
             "pass locked=False to let every node solve on its own."
         )
+    return files
+
+
+def collect_project_files(root: Path, spec: PixiSpec) -> list[str]:
+    """Sorted relative paths of the env-defining files in a downloaded working_dir; raises
+    on a missing manifest or lock, or a file that resolves outside `root` (a symlink
+    escaping the working_dir: Ray's upload holds none, so one is not to be trusted)."""
+    files = set(check_manifest_and_lock(root, spec))
     files |= _expand(root, spec.include) - _expand(root, spec.exclude)
     for rel in files:
         if not _inside(root, root / rel):

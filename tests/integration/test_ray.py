@@ -322,3 +322,36 @@ def test_a_node_whose_store_cannot_be_used_stays_up_for_other_jobs(own_cluster,
     text = str(e.value)
     assert f"ray-pixi's environment store {store} cannot be used on this node" in text
     assert "is not a directory" in text and "RAY_PIXI_STORE_DIR" in text
+
+
+def test_a_project_is_keyed_by_exactly_what_ray_uploaded(
+    shared_cluster, tmp_path: Path, pixi_node_env
+) -> None:
+    """A symlinked directory inside `include` (Ray's zip follows it), a file .gitignore
+    hides and one runtime_env['excludes'] drops: the environment is built from, and keyed
+    by, the files the node received, with no 'files differ' failure."""
+    outside = tmp_path / "shared-data"
+    outside.mkdir()
+    (outside / "table.txt").write_text("from a symlinked directory\n")
+    project = tmp_path / "proj"
+    write_locked(project / "pixi.toml", manifest_text("upload", 'pyjokes = "==0.8.3"\n'),
+                 pixi_node_env)
+    (project / "data").mkdir()
+    (project / "data" / "kept.txt").write_text("kept\n")
+    (project / "data" / "secret.txt").write_text("ignored by git\n")
+    (project / "data" / "big.bin").write_bytes(b"excluded by the runtime_env\n")
+    (project / ".gitignore").write_text("data/secret.txt\n")
+    os.symlink(outside, project / "data" / "linked")
+
+    @ray.remote(max_calls=1)
+    def env_files() -> list[str]:
+        import os
+
+        root = os.path.join(os.environ["PIXI_PROJECT_ROOT"], "data")
+        return sorted(os.path.relpath(os.path.join(d, f), root)
+                      for d, _, fs in os.walk(root) for f in fs)
+
+    runtime_env = {"working_dir": str(project), "excludes": ["data/big.bin"],
+                   "pixi": pixi("pixi.toml", include=["data/**"], working_dir=project)}
+    with shared_cluster.job(runtime_env=runtime_env):
+        assert ray.get(env_files.remote()) == ["kept.txt", "linked/table.txt"]

@@ -15,6 +15,7 @@ import pytest
 
 from ray_pixi import PixiSpecError, pixi
 from ray_pixi.driver import MAX_INLINE_BYTES
+from ray_pixi.project import collect_project_files
 from ray_pixi.spec import parse_runtime_env, parse_spec
 
 MANIFEST = '[workspace]\nname = "p"\nplatforms = ["linux-64"]\n'
@@ -127,12 +128,19 @@ def test_project_mode_checks_the_lock_is_there(tmp_path: Path) -> None:
         pixi("pixi.toml", include=[], working_dir=tmp_path)
 
 
-def test_an_include_symlink_out_of_the_working_dir_is_refused(tmp_path: Path) -> None:
+def test_on_the_node_a_file_resolving_outside_the_working_dir_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Ray's upload follows symlinks, so the working_dir a node downloads holds none: one
+    that points out of it is not Ray's and is not trusted."""
     root = project(tmp_path / "proj")
     (tmp_path / "secret").write_text("s")
     os.symlink(tmp_path / "secret", root / "src" / "leak")
+    spec = parse_spec({"manifest": "pixi.toml", "include": ["src/**"]})
     with pytest.raises(PixiSpecError, match="resolves outside the working_dir"):
-        pixi("pixi.toml", include=["src/**"], working_dir=root)
+        collect_project_files(root, spec)
+    # On the driver the symlink is fine: Ray uploads what it points to.
+    assert pixi("pixi.toml", include=["src/**"], working_dir=root)["include"] == ["src/**"]
 
 
 def test_a_manifest_outside_the_working_dir_is_refused(tmp_path: Path) -> None:
