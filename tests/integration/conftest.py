@@ -6,9 +6,11 @@ on one machine never share a session, and its own store unless a test passes one
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 import ray
 from ray.cluster_utils import Cluster
+from ray.job_submission import JobStatus, JobSubmissionClient
 
 from support import installs
 
@@ -24,9 +27,17 @@ PLUGINS = json.dumps([{"class": "ray_pixi.PixiPlugin"}])
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port below the kernel's ephemeral range (32768+): a port the kernel hands out
+    for bind(0) may be taken again by another Ray process before our dashboard binds it."""
+    rng = random.Random()
+    while True:
+        port = rng.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 @dataclass
@@ -44,6 +55,24 @@ class PixiCluster:
     def dashboard(self) -> str:
         """The Jobs API's address, for `ray job submit --address` and JobSubmissionClient."""
         return f"http://{self.cluster.webui_url}"
+
+    def jobs(self) -> JobSubmissionClient:
+        """A client of this cluster's Jobs API once it accepts jobs: right after a cluster
+        starts, Ray's job head has no agent to hand a job to ("No available agent")."""
+        client = JobSubmissionClient(self.dashboard)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                probe = client.submit_job(entrypoint="python -c pass")
+                break
+            except RuntimeError as e:
+                if "No available agent" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)  # poll until the head's agent has registered
+        while client.get_job_status(probe) not in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+            assert time.monotonic() < deadline, "the Jobs API's first job never finished"
+            time.sleep(0.2)
+        return client
 
     @property
     def logs(self) -> Path:

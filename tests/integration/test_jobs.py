@@ -51,11 +51,12 @@ def test_ray_job_submit_with_a_bad_field_fails_with_the_field_not_an_http_500(
     own_cluster,
 ) -> None:
     with own_cluster() as c:
+        client = c.jobs()
+        before = {j.submission_id for j in client.list_jobs()}
         bad = json.dumps({"pixi": {"pypi_dependencies": {"six": 5}}})
         done = ray_job(c, "submit", "--runtime-env-json", bad, "--", "python", "-c",
                        "print('never runs')")
-        client = JobSubmissionClient(c.dashboard)
-        jobs = [j for j in client.list_jobs() if j.type.name == "SUBMISSION"]
+        jobs = [j for j in client.list_jobs() if j.submission_id not in before]
         assert len(jobs) == 1, done.stdout + done.stderr
         [job] = jobs
         assert wait_done(client, job.submission_id) == JobStatus.FAILED
@@ -106,6 +107,7 @@ def test_a_3_mb_lock_works_through_ray_job_submit_and_ray_init(own_cluster,
     driver and its tasks run in the environment, and ray.init on the same project reuses
     it."""
     with own_cluster() as c:
+        c.jobs()  # accepting jobs
         done = ray_job(c, "submit", "--working-dir", str(big_project), "--runtime-env-json",
                        json.dumps({"pixi": "pixi.toml"}), "--", "python", "check.py")
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -159,7 +161,7 @@ def test_a_raw_spec_job_keeps_running_while_a_pixi_spec_on_the_same_files_is_evi
                                       "late": ray.get(w.late_import.remote())}}))
     """))
     with own_cluster(RAY_RUNTIME_ENV_PIXI_CACHE_SIZE_GB="0.000001") as c:
-        client = JobSubmissionClient(c.dashboard)
+        client = c.jobs()
         raw = client.submit_job(entrypoint="python long.py", runtime_env={
             "working_dir": str(project), "pixi": "pixi.toml"})
         deadline = time.monotonic() + 600

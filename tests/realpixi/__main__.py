@@ -7,6 +7,8 @@
   manifest, each in a fresh workspace; prints the commands it timed.
 - env ROOT: start the offline world, print its env as `export` lines, and serve until
   interrupted (to try pixi by hand against it).
+- run ROOT -- CMD...: run CMD in the offline world (`.ci/demo` on machines without pixi
+  and without conda-forge, such as this project's build machines).
 """
 
 from __future__ import annotations
@@ -87,6 +89,23 @@ def serve(root: Path) -> int:
             return 0
 
 
+def run(root: Path, command: list[str]) -> int:
+    """`command` with the offline world's env, while its mirror and proxy serve."""
+    import os
+    import subprocess
+
+    root.mkdir(parents=True, exist_ok=True)
+    with open_world(root) as world:
+        print(f"realpixi: {world.pixi.describe()}; conda-forge is the local channel "
+              f"{world.channel.path} served on loopback; PyPI through a recorder that lets "
+              "only pypi.org and files.pythonhosted.org out", flush=True)
+        done = subprocess.run(command, env={**os.environ, **world.env}, check=False)
+        refused = sorted({a.target for a in world.proxy.refused})
+        if refused:
+            print(f"realpixi: requests for hosts other than PyPI were refused: {refused}")
+    return done.returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m realpixi", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -95,11 +114,16 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("measure")
     env = sub.add_parser("env")
     env.add_argument("root", type=Path)
+    runner = sub.add_parser("run", help="run a command in the offline world")
+    runner.add_argument("root", type=Path)
+    runner.add_argument("cmd", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.command == "build":
         return build()
     if args.command == "measure":
         return measure()
+    if args.command == "run":
+        return run(args.root, [c for c in args.cmd if c != "--"] or ["true"])
     return serve(args.root)
 
 
