@@ -130,6 +130,9 @@ def build_registry(*, webhook: bool = True, reconciler: bool = True) -> kopf.Ope
     from . import webhook as webhook_module
 
     registry = kopf.OperatorRegistry()
+    # A registry of one's own has none of kopf's default login handlers. This one also sets up
+    # the kubernetes client, which the reconciler's JSON patches use.
+    kopf.on.login(registry=registry)(kopf.login_via_client)
     kopf.on.startup(registry=registry)(_startup(webhook=webhook, reconciler=reconciler))
     if webhook:
         webhook_module.register(registry)
