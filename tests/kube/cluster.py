@@ -116,6 +116,11 @@ class Service:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def returncode(self) -> int | None:
+        """The exit code once the process has exited by itself (None while it runs)."""
+        return self._process.poll() if self._process is not None else None
+
     def tail(self, lines: int = 40) -> str:
         try:
             text = self.log_file.read_text(errors="replace")

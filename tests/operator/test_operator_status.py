@@ -161,12 +161,21 @@ def test_kept_user_values_are_reported_with_the_injected_status(manifest, settin
     assert "PIXI_CACHE_DIR" in outcome.report.events[0].message
 
 
-def test_a_report_is_posted_once_per_change(manifest, settings):
-    cluster = prepare(manifest("raycluster-head-only"), settings).body
-    report = reconcile(cluster, [], settings).report
-    # A restarted operator sees the stored status and stays quiet.
-    assert not needs_report(report, stored="injected", last_reported=None)
+def test_a_report_is_posted_once_per_change(manifest, make_settings):
+    cluster = prepare(manifest("raycluster-head-only"), make_settings()).body
+    report = reconcile(cluster, [], make_settings()).report
+    assert report.reasons == "RayPixiInjected"
+    # A restarted reconciler sees the stored status and reasons and stays quiet...
+    assert not needs_report(report, stored="injected", stored_reasons=report.reasons,
+                            last_reported=None)
     assert needs_report(report, stored=None, last_reported=None)
     assert not needs_report(report, stored="injected", last_reported=report)
-    missed = reconcile(manifest("raycluster-head-only"), [], settings).report
+    missed = reconcile(manifest("raycluster-head-only"), [], make_settings()).report
     assert needs_report(report, stored="not-injected", last_reported=missed)
+    # ...but after an operator upgrade it tells once that the cluster keeps its payload.
+    upgraded = reconcile(
+        cluster, [], make_settings(payload_image="ghcr.io/example/ray-pixi:0.2.0")
+    ).report
+    assert upgraded.reasons == "RayPixiInjected,RayPixiPayloadPinned"
+    assert needs_report(upgraded, stored="injected", stored_reasons=report.reasons,
+                        last_reported=None)

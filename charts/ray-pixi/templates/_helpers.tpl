@@ -163,11 +163,11 @@ rule itself (ray_pixi_operator.admission.needs_admission).
 {{- end -}}
 
 {{/*
-The ray-pixi.io/* annotations of object (new) and oldObject, minus the reconciler's status,
-differ. CEL has no variables in webhook matchConditions, hence the repetition.
+The ray-pixi.io/* annotations of object (new) and oldObject, minus the reconciler's own
+(status, reported), differ. CEL has no variables in webhook matchConditions, hence the repetition.
 */}}
 {{- define "ray-pixi.celAnnotationsChanged" -}}
-(has(object.metadata.annotations) ? object.metadata.annotations : {}).exists(k, k.startsWith('ray-pixi.io/') && k != 'ray-pixi.io/status' && (!has(oldObject.metadata.annotations) || !(k in oldObject.metadata.annotations) || oldObject.metadata.annotations[k] != object.metadata.annotations[k])) || (has(oldObject.metadata.annotations) ? oldObject.metadata.annotations : {}).exists(k, k.startsWith('ray-pixi.io/') && k != 'ray-pixi.io/status' && (!has(object.metadata.annotations) || !(k in object.metadata.annotations)))
+(has(object.metadata.annotations) ? object.metadata.annotations : {}).exists(k, k.startsWith('ray-pixi.io/') && k != 'ray-pixi.io/status' && k != 'ray-pixi.io/reported' && (!has(oldObject.metadata.annotations) || !(k in oldObject.metadata.annotations) || oldObject.metadata.annotations[k] != object.metadata.annotations[k])) || (has(oldObject.metadata.annotations) ? oldObject.metadata.annotations : {}).exists(k, k.startsWith('ray-pixi.io/') && k != 'ray-pixi.io/status' && k != 'ray-pixi.io/reported' && (!has(object.metadata.annotations) || !(k in object.metadata.annotations)))
 {{- end -}}
 
 {{/* A pod template of object (new) differs from oldObject's. */}}

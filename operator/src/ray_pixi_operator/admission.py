@@ -36,8 +36,8 @@ __all__ = ["Admission", "admit", "needs_admission", "resolve_record"]
 
 Body = dict[str, Any]
 
-# The reconciler's own write; it never needs the webhook.
-_IGNORED_ANNOTATIONS = frozenset({names.STATUS_ANNOTATION})
+# The reconciler's own writes; they never need the webhook.
+_IGNORED_ANNOTATIONS = frozenset(names.RECONCILER_ANNOTATIONS)
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,8 @@ def needs_admission(new: Mapping[str, Any], old: Mapping[str, Any] | None) -> bo
     """Whether an UPDATE can change what ray-pixi does: the Python twin of the chart's CEL.
 
     False for an object being deleted, and for UPDATEs that change neither a pod template nor a
-    ``ray-pixi.io/*`` annotation (other than the reconciler's status): replica patches,
-    finalizers, suspend, status.
+    ``ray-pixi.io/*`` annotation (other than the reconciler's status and reported): replica
+    patches, finalizers, suspend, status.
     """
     if old is None:
         return True

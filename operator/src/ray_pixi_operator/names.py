@@ -36,8 +36,13 @@ MIGRATE_ANNOTATION = ANNOTATION_PREFIX + "migrate"
 # Written by the webhook on the RayCluster's metadata: the injection record, as JSON values (what
 # was injected and with which settings). Metadata, not spec, so it is outside KubeRay's spec hash.
 INJECTION_ANNOTATION = ANNOTATION_PREFIX + "injection"
-# Written by the reconciler on the RayCluster: one of the STATUS_* values below.
+# Written by the reconciler on the RayCluster: one of the STATUS_* values below, and the
+# reasons of the events it last posted about the cluster (comma-separated), so that a
+# restarted reconciler posts again only what changed.
 STATUS_ANNOTATION = ANNOTATION_PREFIX + "status"
+REPORTED_ANNOTATION = ANNOTATION_PREFIX + "reported"
+# The reconciler's own annotations: writing them never needs the webhook.
+RECONCILER_ANNOTATIONS = (STATUS_ANNOTATION, REPORTED_ANNOTATION)
 # Written by ray-pixi-operator 0.1.0 on each pod template (KubeRay copies it onto every pod):
 # digests of what 0.1.0 owned there. Read only to adopt such clusters; never written now.
 LEGACY_TEMPLATE_ANNOTATION = ANNOTATION_PREFIX + "injected"
@@ -55,7 +60,7 @@ USER_ANNOTATIONS = (*OVERRIDE_ANNOTATIONS, RAY_VERSION_ANNOTATION, MIGRATE_ANNOT
 KNOWN_ANNOTATIONS = (
     *USER_ANNOTATIONS,
     INJECTION_ANNOTATION,
-    STATUS_ANNOTATION,
+    *RECONCILER_ANNOTATIONS,
     LEGACY_TEMPLATE_ANNOTATION,
 )
 

@@ -7,7 +7,8 @@ the cluster's size. A repair is one JSON patch guarded by the cluster's resource
 ``test`` op first), never a merge patch: a merge patch replaces whole lists, and the cluster
 may have changed since it was read. The status annotation is written with a merge patch of
 that one key, which touches no list and no template, so the API server does not even call
-the webhook for it (the chart's ``matchConditions``).
+the webhook for it (the chart's ``matchConditions``); nor does ``ray-pixi.io/reported``, the
+reasons of the events last posted, which a restarted reconciler compares with before posting.
 """
 
 from __future__ import annotations
@@ -64,12 +65,18 @@ async def reconcile_raycluster(
         if not repaired:
             return  # the cluster changed meanwhile: its next event brings the fresh version
     report = outcome.report
-    stored = body.metadata.annotations.get(names.STATUS_ANNOTATION)
-    if needs_report(report, stored=stored, last_reported=memo.get(_LAST_REPORT)):
+    annotations = body.metadata.annotations
+    stored = annotations.get(names.STATUS_ANNOTATION)
+    stored_reasons = annotations.get(names.REPORTED_ANNOTATION)
+    last = memo.get(_LAST_REPORT)
+    if needs_report(report, stored=stored, stored_reasons=stored_reasons, last_reported=last):
         _post(body, report)
     memo[_LAST_REPORT] = report
+    # A merge patch of two annotations: no list, no template, so no webhook call either.
     if stored != report.status:
         patch.metadata.annotations[names.STATUS_ANNOTATION] = report.status
+    if stored_reasons != report.reasons:
+        patch.metadata.annotations[names.REPORTED_ANNOTATION] = report.reasons
 
 
 def _json_patch(stored: dict[str, Any], repaired: dict[str, Any]) -> bool:
@@ -90,6 +97,7 @@ def _json_patch(stored: dict[str, Any], repaired: dict[str, Any]) -> bool:
             names.RAYCLUSTER_PLURAL,
             metadata["name"],
             operations,
+            _content_type="application/json-patch+json",
         )
     except kubernetes.client.ApiException as error:
         if error.status in (409, 422):  # the test op failed: changed since it was read

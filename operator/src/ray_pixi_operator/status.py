@@ -88,9 +88,14 @@ class ClusterReport:
     events: tuple[Event, ...]
 
     @property
-    def key(self) -> tuple[str, tuple[str, ...]]:
+    def reasons(self) -> str:
+        """The events' reasons, comma-separated: what ``ray-pixi.io/reported`` records."""
+        return ",".join(event.reason for event in self.events)
+
+    @property
+    def key(self) -> tuple[str, str]:
         """What must change for the events to be posted again (not counts in messages)."""
-        return self.status, tuple(event.reason for event in self.events)
+        return self.status, self.reasons
 
 
 @dataclass(frozen=True)
@@ -186,12 +191,17 @@ def reconcile(
 
 
 def needs_report(
-    report: ClusterReport, *, stored: str | None, last_reported: ClusterReport | None
+    report: ClusterReport,
+    *,
+    stored: str | None,
+    stored_reasons: str | None = None,
+    last_reported: ClusterReport | None,
 ) -> bool:
     """One round of events per change: of what this process last reported or, after a restart,
-    of the stored status annotation (so a restarted operator does not repeat every cluster's)."""
+    of the stored status and reported annotations (so a restarted reconciler does not repeat
+    every cluster's events, yet posts what an operator upgrade changed)."""
     if last_reported is None:
-        return report.status != stored
+        return report.key != (stored, stored_reasons)
     return report.key != last_reported.key
 
 
