@@ -171,9 +171,11 @@ def reconcile(
     if repair is not None:
         events.append(_repair_event(body, repair, record, annotations))
 
+    pods = list(pods)
+    live = sum(1 for pod in pods if not pod.deleting)
     message = (
-        f"the Ray pods of this cluster are prepared for runtime_env 'pixi' with payload image "
-        f"{record.payload_image}"
+        f"the Ray pods of this cluster ({live} now) are prepared for runtime_env 'pixi' with "
+        f"payload image {record.payload_image}"
         + (f" and pixi {record.pixi_version}" if record.pixi_version else "")
     )
     if restored.kept:
