@@ -724,3 +724,69 @@ def test_a_stopping_webhook_answers_until_its_drain_ends(
     drained = time.monotonic() - signalled
     assert process.returncode == 0, process.tail()
     print(f"\n{answered} admissions answered after SIGTERM; exited {drained:.1f} s after it")
+
+
+# --- certificate rotation, end to end --------------------------------------------------------
+
+
+def test_rotating_the_certificate_refuses_no_admission(
+    make_release: Callable[..., Release], kube_cluster: KubeCluster, kube_namespace: str
+) -> None:
+    """The generated certificate rotated (Secret deleted, helm upgrade) while CREATEs keep
+    coming through the API server: the new caBundle trusts the certificate still served, the
+    webhook loads the new pair in place once its files change, and nothing is refused."""
+    import base64
+    import ssl
+    import threading
+
+    ns, admin = kube_namespace, kube_cluster.rest()
+    values = {"image": {"repository": IMAGE}, "webhook": {"tls": {"reloadSeconds": 1}}}
+    release = make_release(values)
+    secret_path = f"/api/v1/namespaces/{ns}/secrets/rp-ray-pixi-webhook-tls"
+    old_cert = base64.b64decode(admin.get(secret_path)["data"]["tls.crt"])
+    probe = raycluster("probe", labels=LABELS, workers=0)
+    path = clusters_path(kube_cluster, ns)
+    results: list[bool | str] = []
+    running = threading.Event()
+    running.set()
+
+    def admit() -> None:
+        rest = kube_cluster.rest()
+        while running.is_set():
+            try:
+                created = rest.request("POST", path, probe, params={"dryRun": "All"})
+                results.append(PAYLOAD in templates_text(created))
+            except ApiError as error:
+                results.append(str(error))
+
+    def served() -> bytes:
+        pem = ssl.get_server_certificate(("127.0.0.1", release.webhook_port))
+        return pem.encode()
+
+    worker = threading.Thread(target=admit)
+    worker.start()
+    try:
+        admin.delete(secret_path)
+        release.upgrade({"namespaces": [ns], **values}, restart=False)
+        new_cert = base64.b64decode(admin.get(secret_path)["data"]["tls.crt"])
+        assert new_cert != old_cert
+        before = len(results)
+        poll(lambda: len(results) > before + 5, timeout=SETTLE, what="admissions on the old pair")
+        release.write_tls()  # what kubelet does to the mounted Secret, a little later
+        poll(
+            lambda: (
+                ssl.PEM_cert_to_DER_cert(served().decode())
+                == ssl.PEM_cert_to_DER_cert(new_cert.decode())
+            ),
+            timeout=SETTLE,
+            what="the webhook to serve the new certificate",
+        )
+        after = len(results)
+        poll(lambda: len(results) > after + 5, timeout=SETTLE, what="admissions on the new pair")
+    finally:
+        running.clear()
+        worker.join(30)
+    failures = [r for r in results if r is not True]
+    assert failures == [], failures[:3]
+    assert "Serving the renewed webhook certificate" in release.webhook.log()
+    print(f"\n{len(results)} admissions through the API server during the rotation, none refused")

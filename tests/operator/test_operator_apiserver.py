@@ -116,6 +116,8 @@ class Operator:
             "RAY_PIXI_NAMESPACES": namespace,
             "RAY_PIXI_HEALTH_PORT": str(self.health_port),
             "RAY_PIXI_LOG_LEVEL": "DEBUG",
+            # Stopped by the fixture between tests: no drain to wait for.
+            "RAY_PIXI_WEBHOOK_DRAIN_SECONDS": "0",
         }
         self.settings = Settings.from_env(self.env)
 

@@ -195,10 +195,15 @@ def _run(*, webhook: bool, reconciler: bool) -> int:
             failure.append(error)
 
     # kopf runs in a thread; this (main) thread owns the signals, so that a webhook keeps
-    # answering for the drain period after SIGTERM while Service endpoints drop the pod.
-    signalled = threading.Event()
+    # answering for the drain period after SIGTERM while Service endpoints drop the pod. A
+    # second signal (Ctrl+C twice) stops at once.
+    signalled, hurried = threading.Event(), threading.Event()
+
+    def on_signal(*_: object) -> None:
+        (hurried if signalled.is_set() else signalled).set()
+
     for number in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(number, lambda *_: signalled.set())
+        signal.signal(number, on_signal)
     operator = threading.Thread(target=operate, name="kopf", daemon=True)
     operator.start()
     while operator.is_alive() and not signalled.wait(timeout=1.0):
@@ -207,9 +212,11 @@ def _run(*, webhook: bool, reconciler: bool) -> int:
         drain = settings.webhook_drain_seconds if webhook else 0.0
         if drain:
             logging.getLogger(__name__).info(
-                "Stopping: answering admission requests for %g s more (drain)", drain
+                "Stopping: answering admission requests for %g s more (drain; signal again "
+                "to stop now)",
+                drain,
             )
-            operator.join(timeout=drain)
+            hurried.wait(timeout=drain)
         stop.set()
     operator.join()
     if failure:
