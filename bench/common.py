@@ -37,8 +37,12 @@ class Table:
         self.rows.append(list(row))
 
     def markdown(self) -> str:
-        lines = [f"### {self.title}", "", "| " + " | ".join(self.columns) + " |",
-                 "|" + "|".join(" --- " for _ in self.columns) + "|"]
+        lines = [
+            f"### {self.title}",
+            "",
+            "| " + " | ".join(self.columns) + " |",
+            "|" + "|".join(" --- " for _ in self.columns) + "|",
+        ]
         lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in self.rows]
         if self.notes:
             lines += [""] + [f"- {n}" for n in self.notes]
@@ -92,15 +96,20 @@ def now() -> float:
 
 def du_bytes(*paths: Path) -> int:
     """Bytes on disk under `paths` per GNU du: hard-linked files counted once per call."""
-    out = subprocess.run(["du", "-s", "-c", "-B1", *map(str, paths)], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        ["du", "-s", "-c", "-B1", *map(str, paths)], capture_output=True, text=True, check=True
+    ).stdout
     return int(out.strip().splitlines()[-1].split()[0])
 
 
 def du_bytes_counting_links(*paths: Path) -> int:
     """Bytes on disk if every hard link were a copy (`du -l`)."""
-    out = subprocess.run(["du", "-s", "-c", "-l", "-B1", *map(str, paths)],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["du", "-s", "-c", "-l", "-B1", *map(str, paths)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return int(out.strip().splitlines()[-1].split()[0])
 
 
@@ -136,8 +145,11 @@ class Node:
 
     def environment(self) -> dict[str, str]:
         """What the plugin, the agents and the Ray processes of this run inherit."""
-        path = [str(Path(self.pixi).parent), str(Path(sys.executable).parent),
-                os.environ.get("PATH", "")]
+        path = [
+            str(Path(self.pixi).parent),
+            str(Path(sys.executable).parent),
+            os.environ.get("PATH", ""),
+        ]
         env = {
             "RAY_RUNTIME_ENV_PLUGINS": PLUGINS,
             "RAY_PIXI_STORE_DIR": str(self.store),
@@ -175,8 +187,12 @@ def node(keep: bool = False) -> Iterator[Node]:
         os.environ.clear()
         os.environ.update(saved)
         if not keep:  # ~1 GB in ~100k files: delete it without holding up the report
-            subprocess.Popen(["rm", "-rf", str(root)], start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.Popen(
+                ["rm", "-rf", str(root)],
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
 
 
 def inline_spec(**pypi: str) -> dict[str, Any]:

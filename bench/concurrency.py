@@ -58,21 +58,23 @@ def agent_main(count: int, spec_json: str) -> None:
     sys.stdin.readline()
     started = time.perf_counter()
     sizes = asyncio.run(_setups(plugin, json.loads(spec_json), count))
-    print(json.dumps({"wall": time.perf_counter() - started, "booked": sum(sizes)}),
-          flush=True)
+    print(json.dumps({"wall": time.perf_counter() - started, "booked": sum(sizes)}), flush=True)
     sys.stdin.readline()  # hold the env (and its use lock) until the parent is done
 
 
 def run(node: Node, setups: int) -> tuple[list[Table], dict[str, Any]]:
     from ray_pixi.plugin import PixiPlugin
 
-    table = Table("Concurrent setups of one new environment",
-                  ["scenario", "setups", "installs", "wall (s)"])
+    table = Table(
+        "Concurrent setups of one new environment", ["scenario", "setups", "installs", "wall (s)"]
+    )
     raw: dict[str, Any] = {}
 
     plugin = PixiPlugin()
-    for name, pypi, count in (("1 setup (baseline)", BASELINE, 1),
-                              (f"{setups} concurrent setups, one agent", ONE_AGENT, setups)):
+    for name, pypi, count in (
+        ("1 setup (baseline)", BASELINE, 1),
+        (f"{setups} concurrent setups, one agent", ONE_AGENT, setups),
+    ):
         before = node.installs()
         log(f"concurrency: {name}")
         started = time.perf_counter()
@@ -85,11 +87,24 @@ def run(node: Node, setups: int) -> tuple[list[Table], dict[str, Any]]:
     name = f"2 agents x {half} concurrent setups, one store"
     log(f"concurrency: {name}")
     before = node.installs()
-    children = [subprocess.Popen(
-        [sys.executable, "-m", "bench.concurrency", "agent", str(half),
-         json.dumps(inline_spec(**TWO_AGENTS))],
-        cwd=REPO, env=dict(os.environ), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        text=True) for _ in range(2)]
+    children = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench.concurrency",
+                "agent",
+                str(half),
+                json.dumps(inline_spec(**TWO_AGENTS)),
+            ],
+            cwd=REPO,
+            env=dict(os.environ),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     try:
         for child in children:
             assert child.stdout is not None and child.stdout.readline().strip() == "ready"
@@ -110,7 +125,8 @@ def run(node: Node, setups: int) -> tuple[list[Table], dict[str, Any]]:
     table.notes.append(
         "installs: real `pixi install` runs (recorded by the FAKE pixi); each environment "
         "is new to the store, its packages are in the package cache (warm after the first "
-        "run). One setup per environment installs; the others wait on the store's lock.")
+        "run). One setup per environment installs; the others wait on the store's lock."
+    )
     return [table, _disk(node, plugin)], raw
 
 
@@ -132,11 +148,19 @@ def _disk(node: Node, plugin: Any) -> Table:
     envs = (BASELINE, ONE_AGENT, TWO_AGENTS)
 
     async def book() -> None:
-        await asyncio.gather(*(
-            create_for_plugin_if_needed(
-                RuntimeEnv(pixi=inline_spec(**pypi), env_vars={"I": str(i)}), plugin, cache,
-                RuntimeEnvContext(), logger=QUIET)
-            for pypi in envs for i in range(4)))
+        await asyncio.gather(
+            *(
+                create_for_plugin_if_needed(
+                    RuntimeEnv(pixi=inline_spec(**pypi), env_vars={"I": str(i)}),
+                    plugin,
+                    cache,
+                    RuntimeEnvContext(),
+                    logger=QUIET,
+                )
+                for pypi in envs
+                for i in range(4)
+            )
+        )
 
     asyncio.run(book())
 
@@ -144,21 +168,30 @@ def _disk(node: Node, plugin: Any) -> Table:
     keys = [key_from_uri(plugin.get_uris({"pixi": inline_spec(**pypi)})[0]) for pypi in envs]
     entries = [e for e in store.entries() if e.key in keys]
     workspaces = [store.workspace(k) for k in keys]
-    table = Table("Disk accounting: 3 environments, 4 runtime_envs each (12 setups)",
-                  ["measure", "bytes", "size"])
+    table = Table(
+        "Disk accounting: 3 environments, 4 runtime_envs each (12 setups)",
+        ["measure", "bytes", "size"],
+    )
     rows = [
         ("reported to Ray's URI cache (URICache total)", cache.get_total_size_bytes()),
-        ("sum of the store entries' own sizes (each env inode-deduplicated)",
-         sum(e.size_bytes for e in entries)),
-        ("sum of directory_size() per environment, now",
-         sum(directory_size(w) for w in workspaces)),
-        ("du of all 3 environments together (hard links counted once)",
-         du_bytes(*workspaces)),
-        ("du -l of all 3 (every hard link counted as a copy)",
-         du_bytes_counting_links(*workspaces)),
+        (
+            "sum of the store entries' own sizes (each env inode-deduplicated)",
+            sum(e.size_bytes for e in entries),
+        ),
+        (
+            "sum of directory_size() per environment, now",
+            sum(directory_size(w) for w in workspaces),
+        ),
+        ("du of all 3 environments together (hard links counted once)", du_bytes(*workspaces)),
+        (
+            "du -l of all 3 (every hard link counted as a copy)",
+            du_bytes_counting_links(*workspaces),
+        ),
         ("du of the package cache", du_bytes(node.cache)),
-        ("du of the 3 environments + the package cache together",
-         du_bytes(*workspaces, node.cache)),
+        (
+            "du of the 3 environments + the package cache together",
+            du_bytes(*workspaces, node.cache),
+        ),
     ]
     for label, value in rows:
         table.add(label, value, mib(value))

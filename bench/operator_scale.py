@@ -306,12 +306,21 @@ def table(scale: Scale) -> str:
         f"| baseline (0.1.0): that LIST's time, median | "
         f"{median(scale.baseline_list_seconds) * 1000:.0f} ms |",
         "",
+        f"At {scale.kib_per_pod_after_restart:.0f} KiB per pod (a restart's listing included) "
+        f"over {rss['no cluster'] / 1024:.0f} MiB, the chart's default reconciler memory limit "
+        f"(384 MiB) would hold about "
+        f"{int((384 * 1024 - rss['no cluster']) / scale.kib_per_pod_after_restart):,} Ray pods "
+        f"(a linear extrapolation: measured up to {scale.pods}); raise reconciler.resources "
+        "for more. Per RayCluster event the reconciler sends a "
+        "patch of the cluster's status annotations and its events, however many pods the "
+        "cluster has; ray-pixi-operator 0.1.0 sent a LIST of all of them.",
+        "",
         "Reconciler requests during the events (audit log, by verb and resource): "
         + (", ".join(f"{k}: {v}" for k, v in scale.event_calls.items()) or "none"),
         "",
         "Reconciler requests from its first start until all pods were indexed (two starts, "
-        "each with its initial LIST and WATCH of pods and clusters; the migration; the "
-        "scale-up): " + ", ".join(f"{k}: {v}" for k, v in scale.startup_calls.items()),
+        "each with its initial LIST, in pages, and WATCH of pods and clusters; the migration; "
+        "the scale-up): " + ", ".join(f"{k}: {v}" for k, v in scale.startup_calls.items()),
     ]
     return "\n".join(lines)
 

@@ -17,8 +17,9 @@ CHART_PNG = "worker-start.png"
 RAW_JSON = "raw.json"
 
 
-def write(out: Path, tables: list[Table], raw: dict[str, Any], ratio: float,
-          args: dict[str, Any]) -> list[Path]:
+def write(
+    out: Path, tables: list[Table], raw: dict[str, Any], ratio: float, args: dict[str, Any]
+) -> list[Path]:
     import ray
 
     out.mkdir(parents=True, exist_ok=True)
@@ -52,8 +53,10 @@ def _chart(path: Path, samples: dict[str, list[dict[str, float]]]) -> Path | Non
     try:
         import matplotlib
     except ImportError:
-        print("bench: matplotlib is not installed (the `bench` dependency group); no chart",
-              file=sys.stderr)
+        print(
+            "bench: matplotlib is not installed (the `bench` dependency group); no chart",
+            file=sys.stderr,
+        )
         return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -62,21 +65,32 @@ def _chart(path: Path, samples: dict[str, list[dict[str, float]]]) -> Path | Non
     for ax, kind in zip(axes, KINDS, strict=True):
         data = [[1000 * s["start"] for s in samples[f"{m}|{kind}"]] for m in MODES]
         ax.boxplot(data, whis=(10, 90), showfliers=True, widths=0.6)
-        ax.set_xticks(range(1, len(MODES) + 1),
-                      [m.replace(" (", "\n(").replace(" per ", "\nper ") for m in MODES],
-                      fontsize=8)
+        ax.set_xticks(
+            range(1, len(MODES) + 1),
+            [m.replace(" (", "\n(").replace(" per ", "\nper ") for m in MODES],
+            fontsize=8,
+        )
         floor = median(data[MODES.index(FLOOR)])
         ax.axhline(floor, color="grey", linestyle="--", linewidth=0.8)
         for i, xs in enumerate(data, start=1):
-            ax.annotate(f"{median(xs):.0f}\np90 {percentile(xs, 90):.0f}", (i, max(xs)),
-                        textcoords="offset points", xytext=(0, 4), ha="center", fontsize=7)
+            ax.annotate(
+                f"{median(xs):.0f}\np90 {percentile(xs, 90):.0f}",
+                (i, max(xs)),
+                textcoords="offset points",
+                xytext=(0, 4),
+                ha="center",
+                fontsize=7,
+            )
         top = max(max(xs) for xs in data)
         ax.set_ylim(top=top * 1.15)
         ax.set_title(f"{kind}s ({len(data[0])} fresh workers per mode)")
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("start latency, ms (submit to first line of user code)")
-    fig.suptitle("Worker start latency with a cached environment (box: quartiles, "
-                 "whiskers: p10-p90; dashed: floor median)", fontsize=10)
+    fig.suptitle(
+        "Worker start latency with a cached environment (box: quartiles, "
+        "whiskers: p10-p90; dashed: floor median)",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

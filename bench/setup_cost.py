@@ -27,13 +27,15 @@ def write_project(root: Path, files: int, pixi: str) -> None:
     pkg.mkdir(parents=True)
     (root / "mypkg" / "pyproject.toml").write_text(
         '[project]\nname = "mypkg"\nversion = "0.1"\n'
-        '[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n')
+        '[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n'
+    )
     (pkg / "__init__.py").write_text("VALUE = 1\n")
     (root / "pixi.toml").write_text(
         f'[workspace]\nname = "proj"\nchannels = ["conda-forge"]\nplatforms = ["linux-64"]\n'
         f'[dependencies]\npython = "=={CLUSTER_PYTHON}"\n'
         f'[pypi-dependencies]\nmypkg = {{ path = "./mypkg", editable = true }}\n'
-        f'ray = {{ version = "=={ray.__version__}", extras = ["default"] }}\n')
+        f'ray = {{ version = "=={ray.__version__}", extras = ["default"] }}\n'
+    )
     subprocess.run([pixi, "lock", "--manifest-path", str(root / "pixi.toml")], check=True)
     per_dir = 100
     for i in range(files):
@@ -45,9 +47,13 @@ def write_project(root: Path, files: int, pixi: str) -> None:
 
 def summarize(times: dict[str, list[float]]) -> dict[str, dict[str, float]]:
     """Per step: microseconds at p50, p90, p99 and max (the raw report keeps no more)."""
-    return {step: {"n": len(xs), **{f"p{q}_us": round(percentile(xs, q) * 1e6, 1)
-                                    for q in (50, 90, 99, 100)}}
-            for step, xs in times.items()}
+    return {
+        step: {
+            "n": len(xs),
+            **{f"p{q}_us": round(percentile(xs, q) * 1e6, 1) for q in (50, 90, 99, 100)},
+        }
+        for step, xs in times.items()
+    }
 
 
 def _measure(plugin: Any, make_env: Any, iterations: int) -> dict[str, list[float]]:
@@ -64,13 +70,15 @@ def _measure(plugin: Any, make_env: Any, iterations: int) -> dict[str, list[floa
             t1 = time.perf_counter()
             uris = plugin.get_uris(runtime_env)
             t2 = time.perf_counter()
-            loop.run_until_complete(plugin.create(uris[0] if uris else None, runtime_env,
-                                                  context, logger=QUIET))
+            loop.run_until_complete(
+                plugin.create(uris[0] if uris else None, runtime_env, context, logger=QUIET)
+            )
             t3 = time.perf_counter()
             plugin.modify_context(uris, runtime_env, context, logger=QUIET)
             t4 = time.perf_counter()
-            for step, dt in zip((*STEPS, "total"), (t1 - t0, t2 - t1, t3 - t2, t4 - t3,
-                                                    t4 - t0), strict=True):
+            for step, dt in zip(
+                (*STEPS, "total"), (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0), strict=True
+            ):
                 times[step].append(dt)
     finally:
         loop.close()
@@ -94,16 +102,27 @@ def run(node: Node, iterations: int, project_files: int) -> tuple[list[Table], d
     cases: dict[str, dict[str, Any]] = {
         "inline": {"pixi": inline_spec(pyjokes="==0.8.3"), "env_vars": {"A": "1"}},
         f"project, {project_files} files, digest from pixi()": {
-            "working_dir": working_dir, "pixi": project_spec},
+            "working_dir": working_dir,
+            "pixi": project_spec,
+        },
         f"project, {project_files} files, raw spec (agent hashes)": {
             "working_dir": working_dir,
-            "pixi": {"manifest": "pixi.toml", "include": ["mypkg/**"]}},
+            "pixi": {"manifest": "pixi.toml", "include": ["mypkg/**"]},
+        },
     }
     table = Table(
         f"Cache-hit setup cost: the plugin's own time per setup, in-process ({iterations} "
         "iterations each; ms)",
-        ["runtime_env", "first setup", *[f"{s} median" for s in STEPS], "total median",
-         "total p90", "total p99", "target < 5 ms"])
+        [
+            "runtime_env",
+            "first setup",
+            *[f"{s} median" for s in STEPS],
+            "total median",
+            "total p90",
+            "total p99",
+            "target < 5 ms",
+        ],
+    )
     raw: dict[str, Any] = {}
     for name, value in cases.items():
         plugin = PixiPlugin()  # a new agent: its first setup installs or loads the env
@@ -113,9 +132,15 @@ def run(node: Node, iterations: int, project_files: int) -> tuple[list[Table], d
         times = _measure(plugin, lambda value=value: RuntimeEnv(**value), iterations)
         total = times["total"]
         shown = f"{first:.2f} s" if first >= 1 else f"{1000 * first:.1f} ms"
-        table.add(name, shown, *[1000 * median(times[s]) for s in STEPS],
-                  1000 * median(total), 1000 * percentile(total, 90),
-                  1000 * percentile(total, 99), "yes" if median(total) < 0.005 else "NO")
+        table.add(
+            name,
+            shown,
+            *[1000 * median(times[s]) for s in STEPS],
+            1000 * median(total),
+            1000 * percentile(total, 90),
+            1000 * percentile(total, 99),
+            "yes" if median(total) < 0.005 else "NO",
+        )
         raw[name] = summarize(times)
     table.notes += [
         "Each iteration runs Ray's per-plugin pipeline on a freshly built RuntimeEnv, as the "

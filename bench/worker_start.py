@@ -21,8 +21,13 @@ from typing import Any
 
 from bench.common import Node, Table, inline_spec, log, median, ms, now, percentile
 
-MODES = ("no runtime_env", "floor (bash wrapper)", "pip (cached)", "ray-pixi",
-         "pixi run per worker")
+MODES = (
+    "no runtime_env",
+    "floor (bash wrapper)",
+    "pip (cached)",
+    "ray-pixi",
+    "pixi run per worker",
+)
 FLOOR, PIXI = MODES[1], MODES[3]
 KINDS = ("task", "actor")
 # Ray keeps spare idle workers (prestarted, or left over from a start it no longer needed);
@@ -48,8 +53,11 @@ def _probes() -> tuple[Any, Any]:
         import sys
         import time
 
-        t = time.clock_gettime(time.CLOCK_BOOTTIME) if hasattr(time, "CLOCK_BOOTTIME") \
+        t = (
+            time.clock_gettime(time.CLOCK_BOOTTIME)
+            if hasattr(time, "CLOCK_BOOTTIME")
             else time.time()
+        )
         fork = None
         try:
             with open("/proc/self/stat") as f:
@@ -57,8 +65,13 @@ def _probes() -> tuple[Any, Any]:
             fork = int(fields[19]) / os.sysconf("SC_CLK_TCK")
         except (OSError, IndexError, ValueError):
             pass
-        return {"t": t, "fork": fork, "pid": os.getpid(), "python": sys.executable,
-                "prefix": sys.prefix}
+        return {
+            "t": t,
+            "fork": fork,
+            "pid": os.getpid(),
+            "python": sys.executable,
+            "prefix": sys.prefix,
+        }
 
     @ray.remote(max_calls=1, num_cpus=1)
     def task_probe() -> dict[str, Any]:
@@ -81,8 +94,9 @@ def _write_floor_wrapper(path: Path) -> Path:
     return path
 
 
-def _sample(kind: str, runtime_env: dict[str, Any] | None, probes: tuple[Any, Any]
-            ) -> dict[str, Any]:
+def _sample(
+    kind: str, runtime_env: dict[str, Any] | None, probes: tuple[Any, Any]
+) -> dict[str, Any]:
     import ray
 
     task_probe, actor_probe = probes
@@ -98,10 +112,15 @@ def _sample(kind: str, runtime_env: dict[str, Any] | None, probes: tuple[Any, An
         ray.kill(actor)
     fresh = seen["fork"] is None or seen["fork"] >= submitted - 0.02
     before = None if seen["fork"] is None else max(0.0, seen["fork"] - submitted)
-    return {"start": seen["t"] - submitted, "before": before,
-            "process": None if before is None else seen["t"] - seen["fork"],
-            "round_trip": done - submitted, "fresh": fresh, "python": seen["python"],
-            "prefix": seen["prefix"]}
+    return {
+        "start": seen["t"] - submitted,
+        "before": before,
+        "process": None if before is None else seen["t"] - seen["fork"],
+        "round_trip": done - submitted,
+        "fresh": fresh,
+        "python": seen["python"],
+        "prefix": seen["prefix"],
+    }
 
 
 def _timed_run(argv: list[str], env: dict[str, str], repeat: int) -> tuple[float, float]:
@@ -109,8 +128,9 @@ def _timed_run(argv: list[str], env: dict[str, str], repeat: int) -> tuple[float
     times = []
     for _ in range(repeat):
         started = time.perf_counter()
-        subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
+        subprocess.run(
+            argv, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         times.append(time.perf_counter() - started)
     return min(times), median(times)
 
@@ -129,8 +149,9 @@ def run(node: Node, samples: int, warmup: int, seed: int = 7) -> tuple[list[Tabl
         MODES[4]: None,  # set once the ray-pixi env is installed: it runs in that env
     }
     log("worker start: starting a local Ray cluster (2 CPUs) with the plugin registered")
-    ray.init(num_cpus=2, log_to_driver=False, include_dashboard=False,
-             _temp_dir=str(node.root / "ray"))
+    ray.init(
+        num_cpus=2, log_to_driver=False, include_dashboard=False, _temp_dir=str(node.root / "ray")
+    )
     setup_seconds: dict[str, float] = {}
     try:
         probes = _probes()
@@ -138,13 +159,16 @@ def run(node: Node, samples: int, warmup: int, seed: int = 7) -> tuple[list[Tabl
             started = time.monotonic()
             first = _sample("task", envs[mode], probes)
             setup_seconds[mode] = time.monotonic() - started
-            log(f"worker start: first {mode!r} worker (setup included): "
-                f"{setup_seconds[mode]:.1f}s, python {first['python']}")
+            log(
+                f"worker start: first {mode!r} worker (setup included): "
+                f"{setup_seconds[mode]:.1f}s, python {first['python']}"
+            )
             if mode == PIXI:
                 pixi_prefix = Path(first["prefix"])
         workspace = pixi_prefix.parents[2]
-        pixi_run = (f"{node.pixi} run --manifest-path {workspace / 'pixi.toml'} "
-                    f"-e default --frozen python")
+        pixi_run = (
+            f"{node.pixi} run --manifest-path {workspace / 'pixi.toml'} -e default --frozen python"
+        )
         envs[MODES[4]] = {"py_executable": pixi_run}
         started = time.monotonic()
         _sample("task", envs[MODES[4]], probes)
@@ -152,11 +176,14 @@ def run(node: Node, samples: int, warmup: int, seed: int = 7) -> tuple[list[Tabl
 
         rng = random.Random(seed)  # noqa: S311 - an order, not a secret
         results: dict[tuple[str, str], list[dict[str, Any]]] = {
-            (m, k): [] for m in MODES for k in KINDS}
+            (m, k): [] for m in MODES for k in KINDS
+        }
         reused = 0
         rounds = warmup + samples
-        log(f"worker start: {rounds} rounds ({warmup} warm-up) x {len(MODES)} modes x "
-            f"{len(KINDS)} kinds, interleaved")
+        log(
+            f"worker start: {rounds} rounds ({warmup} warm-up) x {len(MODES)} modes x "
+            f"{len(KINDS)} kinds, interleaved"
+        )
         for r in range(rounds):
             order = [(m, k) for m in MODES for k in KINDS]
             rng.shuffle(order)
@@ -188,9 +215,13 @@ def run(node: Node, samples: int, warmup: int, seed: int = 7) -> tuple[list[Tabl
         "pixi run ... python (stand-in)": pixi_run.split(),
         "ray-pixi env python, no .pyc": [env_python, *no_pyc],
     }
-    imports = {name: (_timed_run([*argv, "-c", "pass"], env, 7),
-                      _timed_run([*argv, "-c", IMPORT_WORKER], env, 7))
-               for name, argv in interpreters.items()}
+    imports = {
+        name: (
+            _timed_run([*argv, "-c", "pass"], env, 7),
+            _timed_run([*argv, "-c", IMPORT_WORKER], env, 7),
+        )
+        for name, argv in interpreters.items()
+    }
     return _tables(results, setup_seconds, imports, reused, load, node), _raw(results)
 
 
@@ -203,33 +234,64 @@ def pooled(results: dict[Any, Any], mode: str, key: str = "start") -> list[float
 
 def ratio_from_raw(raw: dict[str, list[dict[str, float]]]) -> float:
     """Median start of ray-pixi over that of the floor, tasks and actors pooled."""
+
     def starts(mode: str) -> list[float]:
         return [s["start"] for k in KINDS for s in raw[f"{mode}|{k}"]]
 
     return median(starts(PIXI)) / median(starts(FLOOR))
 
 
-def _tables(results: dict[Any, Any], setup_seconds: dict[str, float],
-            imports: dict[str, tuple[tuple[float, float], tuple[float, float]]],
-            reused: int, load: tuple[float, float, float], node: Node) -> list[Table]:
+def _tables(
+    results: dict[Any, Any],
+    setup_seconds: dict[str, float],
+    imports: dict[str, tuple[tuple[float, float], tuple[float, float]]],
+    reused: int,
+    load: tuple[float, float, float],
+    node: Node,
+) -> list[Table]:
     main = Table(
         "Worker start latency, cached environment (ms, submit to first line of user code)",
-        ["mode", "kind", "n", "median", "p90", "to fork", "after fork", "round trip",
-         "median vs floor"])
+        [
+            "mode",
+            "kind",
+            "n",
+            "median",
+            "p90",
+            "to fork",
+            "after fork",
+            "round trip",
+            "median vs floor",
+        ],
+    )
     for mode in MODES:
         for kind in KINDS:
             xs = results[(mode, kind)]
             floor_median = median([s["start"] for s in results[(FLOOR, kind)]])
             starts = [s["start"] for s in xs]
-            main.add(mode, kind, len(xs), ms(median(starts)), ms(percentile(starts, 90)),
-                     ms(median([s["before"] for s in xs if s["before"] is not None])),
-                     ms(median([s["process"] for s in xs if s["process"] is not None])),
-                     ms(median([s["round_trip"] for s in xs])),
-                     f"{median(starts) / floor_median:.2f}x")
+            main.add(
+                mode,
+                kind,
+                len(xs),
+                ms(median(starts)),
+                ms(percentile(starts, 90)),
+                ms(median([s["before"] for s in xs if s["before"] is not None])),
+                ms(median([s["process"] for s in xs if s["process"] is not None])),
+                ms(median([s["round_trip"] for s in xs])),
+                f"{median(starts) / floor_median:.2f}x",
+            )
     for mode in MODES:
         xs = pooled(results, mode)
-        main.add(mode, "both", len(xs), ms(median(xs)), ms(percentile(xs, 90)), "", "", "",
-                 f"{median(xs) / median(pooled(results, FLOOR)):.2f}x")
+        main.add(
+            mode,
+            "both",
+            len(xs),
+            ms(median(xs)),
+            ms(percentile(xs, 90)),
+            "",
+            "",
+            "",
+            f"{median(xs) / median(pooled(results, FLOOR)):.2f}x",
+        )
     main.notes += [
         "floor: py_executable = a bash wrapper that execs the cluster's own python, the "
         "least any runtime_env costs; ray-pixi: runtime_env={'pixi': pixi(pypi_dependencies="
@@ -251,18 +313,25 @@ def _tables(results: dict[Any, Any], setup_seconds: dict[str, float],
         main.notes.append(
             "pixi here is the FAKE stand-in (tests/fake_pixi/pixi, a Python script): no real "
             "pixi can be installed on this machine. Real `pixi run` costs ~150-400 ms per "
-            "start (shared/reference/pixi.md); the stand-in's costs are in the next table.")
-    first = Table("First worker of each mode (setup included, s)",
-                  ["mode", "first start"])
+            "start (shared/reference/pixi.md); the stand-in's costs are in the next table."
+        )
+    first = Table("First worker of each mode (setup included, s)", ["mode", "first start"])
     for mode in MODES:
         first.add(mode, round(setup_seconds[mode], 2))
-    first.notes.append("ray-pixi's first start includes installing the environment; pip's, "
-                       "creating its virtualenv.")
-    where = Table("Where the in-process time goes (ms, min / median of 7 runs)",
-                  ["interpreter", "python -c pass", "import Ray's default_worker"])
+    first.notes.append(
+        "ray-pixi's first start includes installing the environment; pip's, "
+        "creating its virtualenv."
+    )
+    where = Table(
+        "Where the in-process time goes (ms, min / median of 7 runs)",
+        ["interpreter", "python -c pass", "import Ray's default_worker"],
+    )
     for name, (bare, worker) in imports.items():
-        where.add(name, f"{ms(bare[0]):.0f} / {ms(bare[1]):.0f}",
-                  f"{ms(worker[0]):.0f} / {ms(worker[1]):.0f}")
+        where.add(
+            name,
+            f"{ms(bare[0]):.0f} / {ms(bare[1]):.0f}",
+            f"{ms(worker[0]):.0f} / {ms(worker[1]):.0f}",
+        )
     where.notes += [
         "Every runtime_env worker also runs Ray's setup_worker.py (a second Python importing "
         "Ray) before exec'ing the py_executable: compare 'no runtime_env' with the floor "
@@ -275,6 +344,9 @@ def _tables(results: dict[Any, Any], setup_seconds: dict[str, float],
 
 
 def _raw(results: dict[Any, Any]) -> dict[str, Any]:
-    return {f"{m}|{k}": [{key: s[key] for key in ("start", "before", "process",
-                                                     "round_trip")} for s in xs]
-            for (m, k), xs in results.items()}
+    return {
+        f"{m}|{k}": [
+            {key: s[key] for key in ("start", "before", "process", "round_trip")} for s in xs
+        ]
+        for (m, k), xs in results.items()
+    }
