@@ -206,7 +206,13 @@ class Operator:
         path = self.cluster.path_for("ray.io/v1", "RayCluster", self.namespace)
 
         def injected() -> bool:
-            answer = self.rest.request("POST", path, probe, params={"dryRun": "All"})
+            from kube.rest import ApiError
+
+            # kopf answers /healthz before its webhook server listens: refused until then.
+            try:
+                answer = self.rest.request("POST", path, probe, params={"dryRun": "All"})
+            except ApiError:
+                return False
             init = answer["spec"]["headGroupSpec"]["template"]["spec"].get("initContainers", [])
             return any(c["name"] == names.INIT_CONTAINER_NAME for c in init)
 

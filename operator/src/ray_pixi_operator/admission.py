@@ -22,6 +22,7 @@ from typing import Any
 from . import names
 from .mutation import (
     InjectionError,
+    adopt_legacy,
     build_cluster_options,
     cluster_spec,
     is_opted_in,
@@ -92,8 +93,6 @@ def resolve_record(
     The new object's record wins; else the old object's (a RayService's whole-object update
     replaces its cluster's annotations); else one adopted from 0.1.0's template annotations.
     """
-    from .mutation import adopt_legacy
-
     problem = None
     for body in (new, old):
         if body is None:
