@@ -125,12 +125,15 @@ def chart_for_kube(version: str) -> Any:
 
     Offline rendering reports helm's built-in version; `helm install` reports the server's. A
     copy of the chart whose one version check reads ``version`` instead shows what an older
-    server gets (the copy lives in a temporary directory for the test session).
+    server gets (the copy lives in a temporary directory, removed when the session ends).
     """
+    import atexit
     import shutil
     import tempfile
 
-    copy_dir = Path(tempfile.mkdtemp(prefix="ray-pixi-chart-")) / "ray-pixi"
+    root = Path(tempfile.mkdtemp(prefix="ray-pixi-chart-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    copy_dir = root / "ray-pixi"
     shutil.copytree(CHART_DIR, copy_dir)
     helpers = copy_dir / "templates" / "_helpers.tpl"
     text = helpers.read_text()
