@@ -59,6 +59,19 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "serviceAccount": {"create": False, "name": "ops"},
         "rbac": {"create": False},
     },
+    "bring-your-own-tls": {
+        "webhook": {
+            "tls": {
+                "existingSecret": "corp-webhook-tls",
+                # Any base64 passes the chart; tests that dial the webhook bring a real CA.
+                "caBundle": "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg==",
+            }
+        }
+    },
+    "one-webhook-replica-no-reconciler": {
+        "webhook": {"replicas": 1},
+        "reconciler": {"enabled": False},
+    },
 }
 
 
@@ -102,6 +115,37 @@ def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     return copy.deepcopy(list(_render_cached(json.dumps(values or {}, sort_keys=True))))
 
 
+# The chart's one reading of the server version (whether matchConditions are supported).
+KUBE_VERSION_CALL = 'semverCompare ">=1.28.0-0" .Capabilities.KubeVersion.Version'
+
+
+@functools.lru_cache(maxsize=8)
+def chart_for_kube(version: str) -> Any:
+    """The chart as a server reporting Kubernetes ``version`` renders it.
+
+    Offline rendering reports helm's built-in version; `helm install` reports the server's. A
+    copy of the chart whose one version check reads ``version`` instead shows what an older
+    server gets (the copy lives in a temporary directory, removed when the session ends).
+    """
+    import atexit
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="ray-pixi-chart-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    copy_dir = root / "ray-pixi"
+    shutil.copytree(CHART_DIR, copy_dir)
+    helpers = copy_dir / "templates" / "_helpers.tpl"
+    text = helpers.read_text()
+    assert text.count(KUBE_VERSION_CALL) == 1, "the chart's version check moved"
+    helpers.write_text(text.replace(KUBE_VERSION_CALL, f'semverCompare ">=1.28.0-0" "v{version}"'))
+    return _helm().Chart.load(copy_dir)
+
+
+def render_for_kube(values: dict[str, Any] | None, version: str) -> list[dict[str, Any]]:
+    return objects_of(render_raw(values, chart_obj=chart_for_kube(version)))
+
+
 def objects_of(manifests: dict[str, str]) -> list[dict[str, Any]]:
     objects = []
     for path, text in sorted(manifests.items()):
@@ -133,6 +177,21 @@ def one(objects: Iterable[dict[str, Any]], kind: str) -> dict[str, Any]:
     found = of_kind(objects, kind)
     assert len(found) == 1, f"expected one {kind}, got {len(found)}"
     return found[0]
+
+
+def deployment_of(objects: Iterable[dict[str, Any]], role: str) -> dict[str, Any]:
+    """The Deployment of one role: "webhook" or "reconciler"."""
+    found = [
+        o
+        for o in of_kind(objects, "Deployment")
+        if o["metadata"]["labels"].get("ray-pixi.io/role") == role
+    ]
+    assert len(found) == 1, f"expected one {role} Deployment, got {len(found)}"
+    return found[0]
+
+
+def deployments(objects: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    return of_kind(objects, "Deployment")
 
 
 def container_env(deployment: dict[str, Any]) -> dict[str, str]:

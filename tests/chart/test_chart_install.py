@@ -6,20 +6,14 @@ live API server shows: the API server accepts every object; `lookup` finds the i
 Secret so an upgrade keeps the certificate; the operator's ServiceAccount gets exactly the
 rights it needs; with failurePolicy Fail an unanswered webhook rejects opted-in RayClusters
 only. The release runs in namespaced mode, so its webhook never touches other tests' namespaces.
+The chart's roles running against such a release are tests/kube/test_chart_e2e.py's business.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
-import os
 import secrets
-import socket
-import subprocess
-import sys
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import helm_python
@@ -28,8 +22,8 @@ from chart_render import CHART_DIR
 from ray_pixi_operator import names
 
 from kube.cluster import KubeCluster
-from kube.manifests import raycluster, wait_for_pods
-from kube.rest import ApiError, poll
+from kube.manifests import raycluster
+from kube.rest import ApiError
 
 pytestmark = pytest.mark.apiserver
 
@@ -79,6 +73,12 @@ def test_install_upgrade_uninstall(kube_cluster, kube_namespace, release):
     installed_secret = admin.get(secret_path)["data"]
     webhook = admin.get(f"{WEBHOOKS}/{fullname}")["webhooks"][0]
     assert webhook["clientConfig"]["caBundle"] == installed_secret["ca.crt"]
+    # The API server kept the UPDATE webhook's CEL (it would drop a field it does not know).
+    update = admin.get(f"{WEBHOOKS}/{fullname}")["webhooks"][1]
+    assert [c["name"] for c in update["matchConditions"]] == [
+        "not-being-deleted",
+        "changes-templates-or-ray-pixi-annotations",
+    ]
 
     # Upgrade with a changed value: it is applied, and the certificate is kept (lookup).
     config.upgrade(CHART_DIR, name, {**values, "logLevel": "DEBUG"}, namespace=kube_namespace)
@@ -99,7 +99,7 @@ def test_install_upgrade_uninstall(kube_cluster, kube_namespace, release):
             clusters,
             raycluster("opted-in", labels={names.ENABLED_LABEL: names.ENABLED_VALUE}, workers=0),
         )
-    assert "rayclusters.ray-pixi.io" in str(rejected.value)
+    assert "create.rayclusters.ray-pixi.io" in str(rejected.value)
     admin.create(clusters, raycluster("plain", workers=0))
 
     config.uninstall(name)
@@ -111,28 +111,83 @@ def test_install_upgrade_uninstall(kube_cluster, kube_namespace, release):
     )
 
 
-def test_operator_service_account_has_exactly_the_rights_it_needs(
+def test_each_service_account_has_exactly_the_rights_it_needs(
     kube_cluster, kube_namespace, release
 ):
     config, name = release
     config.install(CHART_DIR, name, {"namespaces": [kube_namespace]}, namespace=kube_namespace)
-    token = kube_cluster.service_account_token(kube_namespace, f"{name}-ray-pixi")
-    operator = kube_cluster.rest(token=token)
+    reconciler = kube_cluster.rest(
+        token=kube_cluster.service_account_token(kube_namespace, f"{name}-ray-pixi-reconciler")
+    )
     for group, resource, verb in [
         ("ray.io", "rayclusters", "list"),
         ("ray.io", "rayclusters", "watch"),
         ("ray.io", "rayclusters", "patch"),
         ("", "pods", "list"),
+        ("", "pods", "watch"),
         ("", "events", "create"),
     ]:
-        assert _access(operator, kube_namespace, group, resource, verb), (resource, verb)
+        assert _access(reconciler, kube_namespace, group, resource, verb), (resource, verb)
     for namespace, group, resource, verb in [
         (kube_namespace, "", "secrets", "get"),
         (kube_namespace, "", "pods", "delete"),
+        (kube_namespace, "", "pods", "patch"),
         (kube_namespace, "ray.io", "rayclusters", "delete"),
         ("default", "ray.io", "rayclusters", "list"),
     ]:
-        assert not _access(operator, namespace, group, resource, verb), (namespace, resource, verb)
+        assert not _access(reconciler, namespace, group, resource, verb), (
+            namespace,
+            resource,
+            verb,
+        )
+    # The webhook is sent the object by the API server: it may read and change nothing.
+    webhook = kube_cluster.rest(
+        token=kube_cluster.service_account_token(kube_namespace, f"{name}-ray-pixi")
+    )
+    for group, resource, verb in [
+        ("ray.io", "rayclusters", "list"),
+        ("ray.io", "rayclusters", "patch"),
+        ("", "pods", "list"),
+        ("", "events", "create"),
+        ("", "secrets", "get"),
+    ]:
+        assert not _access(webhook, kube_namespace, group, resource, verb), (resource, verb)
+
+
+def test_rotating_the_generated_certificate_keeps_trusting_the_served_one(
+    kube_cluster, kube_namespace, release
+):
+    """Delete the Secret and upgrade: real Helm's lookup finds the live webhook configuration,
+    and the new caBundle trusts both the certificate still being served and the new one."""
+    from cryptography import x509
+
+    config, name = release
+    values = {"namespaces": [kube_namespace]}
+    config.install(CHART_DIR, name, values, namespace=kube_namespace)
+    admin = kube_cluster.rest()
+    fullname = f"{name}-ray-pixi"
+    secret_path = f"/api/v1/namespaces/{kube_namespace}/secrets/{fullname}-webhook-tls"
+    old = admin.get(secret_path)["data"]
+    admin.delete(secret_path)
+    config.upgrade(CHART_DIR, name, values, namespace=kube_namespace)
+    new = admin.get(secret_path)["data"]
+    assert new["tls.crt"] != old["tls.crt"]
+    bundles = {
+        w["clientConfig"]["caBundle"] for w in admin.get(f"{WEBHOOKS}/{fullname}")["webhooks"]
+    }
+    (bundle,) = bundles
+    subjects = [c.subject for c in x509.load_pem_x509_certificates(base64.b64decode(bundle))]
+    issuers = [
+        x509.load_pem_x509_certificate(base64.b64decode(data["tls.crt"])).issuer
+        for data in (new, old)
+    ]
+    assert subjects == issuers  # the new CA first, then the one the webhook still serves from
+    # A plain upgrade afterwards changes none of it.
+    config.upgrade(CHART_DIR, name, {**values, "logLevel": "DEBUG"}, namespace=kube_namespace)
+    assert admin.get(secret_path)["data"] == new
+    assert {
+        w["clientConfig"]["caBundle"] for w in admin.get(f"{WEBHOOKS}/{fullname}")["webhooks"]
+    } == {bundle}
 
 
 def test_failure_policy_ignore_admits_opted_in_clusters_unchanged(
@@ -154,91 +209,3 @@ def test_failure_policy_ignore_admits_opted_in_clusters_unchanged(
         raycluster("opted-in", labels={names.ENABLED_LABEL: names.ENABLED_VALUE}, workers=0),
     )
     assert "initContainers" not in created["spec"]["headGroupSpec"]["template"]["spec"]
-
-
-def _free_port() -> int:
-    with contextlib.closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def test_installed_chart_injects_opted_in_clusters(kube_cluster, kube_namespace, release, tmp_path):
-    """The chart's defaults end to end: its operator (run as its Deployment says, with its
-    ServiceAccount's rights and its webhook certificate) answers its webhook configuration,
-    and KubeRay builds the pods of an opted-in RayCluster with the payload init container."""
-    config, name = release
-    config.install(CHART_DIR, name, {"namespaces": [kube_namespace]}, namespace=kube_namespace)
-    admin = kube_cluster.rest()
-    fullname = f"{name}-ray-pixi"
-    deployment = admin.get(f"/apis/apps/v1/namespaces/{kube_namespace}/deployments/{fullname}")
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    env = {e["name"]: e.get("value", "") for e in container["env"]}
-
-    # What the pod would mount and where it would listen, moved to this machine.
-    secret = admin.get(f"/api/v1/namespaces/{kube_namespace}/secrets/{fullname}-webhook-tls")
-    for key in ("tls.crt", "tls.key"):
-        (tmp_path / key).write_bytes(base64.b64decode(secret["data"][key]))
-    webhook_port, health_port = _free_port(), _free_port()
-    env.update(
-        {
-            "RAY_PIXI_WEBHOOK_CERT_FILE": str(tmp_path / "tls.crt"),
-            "RAY_PIXI_WEBHOOK_KEY_FILE": str(tmp_path / "tls.key"),
-            "RAY_PIXI_WEBHOOK_PORT": str(webhook_port),
-            "RAY_PIXI_HEALTH_PORT": str(health_port),
-        }
-    )
-    token = kube_cluster.service_account_token(kube_namespace, fullname)
-    kubeconfig = kube_cluster.kubeconfig_for_token(token, name="ray-pixi-operator")
-    command = [
-        str(Path(sys.executable).with_name(container["command"][0])),
-        *container["command"][1:],
-    ]
-    proc_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_PIXI_")}
-    log = (tmp_path / "operator.log").open("w")
-    operator = subprocess.Popen(
-        command,
-        env={**proc_env, **env, "KUBECONFIG": str(kubeconfig)},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    service = f"{fullname}-webhook"
-    kube_cluster.route_service(kube_namespace, service, 443, webhook_port)
-    try:
-        poll(
-            lambda: _healthy(health_port),
-            timeout=60,
-            what=f"the operator's /healthz (log: {tmp_path / 'operator.log'})",
-        )
-        clusters = kube_cluster.path_for("ray.io/v1", "RayCluster", kube_namespace)
-        created = admin.create(
-            clusters,
-            raycluster("opted-in", labels={names.ENABLED_LABEL: names.ENABLED_VALUE}, workers=1),
-        )
-        head = created["spec"]["headGroupSpec"]["template"]["spec"]
-        (init,) = head["initContainers"]
-        assert init["name"] == names.INIT_CONTAINER_NAME
-        assert init["image"] == env["RAY_PIXI_PAYLOAD_IMAGE"] == container["image"]
-        assert init["command"] == list(names.PAYLOAD_COMMAND)
-        volume = {v["name"]: v for v in head["volumes"]}[names.VOLUME_NAME]
-        assert volume["emptyDir"] == {"sizeLimit": "20Gi"}
-        pods = wait_for_pods(admin, kube_namespace, "opted-in", 2)
-        for pod in pods:
-            inits = [c["name"] for c in pod["spec"].get("initContainers", [])]
-            assert inits[0] == names.INIT_CONTAINER_NAME, inits
-    finally:
-        kube_cluster.unroute_service(kube_namespace, service, 443)
-        operator.terminate()
-        try:
-            operator.wait(30)
-        except subprocess.TimeoutExpired:
-            operator.kill()
-        log.close()
-    assert operator.returncode is not None
-
-
-def _healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as reply:
-            return reply.status == 200
-    except OSError:
-        return False

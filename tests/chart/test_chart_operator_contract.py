@@ -6,7 +6,16 @@ import base64
 from pathlib import Path
 
 import pytest
-from chart_render import NAMESPACE, VARIANTS, container_env, one, render
+from chart_render import (
+    NAMESPACE,
+    VARIANTS,
+    container_env,
+    deployment_of,
+    deployments,
+    of_kind,
+    one,
+    render,
+)
 from ray_pixi_operator import names
 from ray_pixi_operator.settings import Settings
 
@@ -15,24 +24,52 @@ def _settings_from(env: dict[str, str], tmp_path: Path) -> Settings:
     """Settings.from_env on the rendered env, with the mounted TLS files stood in by local ones."""
     local = dict(env)
     for name in ("RAY_PIXI_WEBHOOK_CERT_FILE", "RAY_PIXI_WEBHOOK_KEY_FILE"):
-        stand_in = tmp_path / Path(env[name]).name
-        stand_in.write_text("PEM")
-        local[name] = str(stand_in)
+        if env[name]:
+            stand_in = tmp_path / Path(env[name]).name
+            stand_in.write_text("PEM")
+            local[name] = str(stand_in)
     return Settings.from_env(local)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_deployment_env_is_exactly_what_the_operator_reads(variant, tmp_path):
-    """Every setting reaches the operator, and it reads nothing the chart does not set."""
-    env = container_env(one(render(VARIANTS[variant]), "Deployment"))
-    assert set(env) == set(Settings.env_names())
-    _settings_from(env, tmp_path)  # and the operator accepts every value
+    """Every setting reaches each role, and it reads nothing the chart does not set."""
+    for deployment in deployments(render(VARIANTS[variant])):
+        env = container_env(deployment)
+        assert set(env) == set(Settings.env_names())
+        _settings_from(env, tmp_path)  # and the operator accepts every value
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_both_roles_inject_with_the_same_settings(variant, tmp_path):
+    """What the reconciler compares clusters with is what the webhook injects."""
+    objects = render(VARIANTS[variant])
+    if VARIANTS[variant].get("reconciler", {}).get("enabled") is False:
+        assert len(deployments(objects)) == 1
+        return
+    webhook = _settings_from(container_env(deployment_of(objects, "webhook")), tmp_path)
+    reconciler = _settings_from(container_env(deployment_of(objects, "reconciler")), tmp_path)
+    fields = (
+        "payload_image",
+        "payload_image_pull_policy",
+        "pixi_version",
+        "cache_volume",
+        "cache_size_limit",
+        "cache_host_path",
+        "cache_pvc_name",
+        "plugin_cache_size_gb",
+        "namespaces",
+    )
+    assert {f: getattr(webhook, f) for f in fields} == {f: getattr(reconciler, f) for f in fields}
+    # Only the webhook serves TLS and drains.
+    assert reconciler.webhook_cert_file is None and reconciler.webhook_drain_seconds == 0
+    assert webhook.webhook_cert_file is not None and webhook.webhook_drain_seconds > 0
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_values_arrive_as_the_operator_settings(variant, tmp_path):
     values = VARIANTS[variant]
-    env = container_env(one(render(values), "Deployment"))
+    env = container_env(deployment_of(render(values), "webhook"))
     settings = _settings_from(env, tmp_path)
     injection = values.get("injection", {})
     cache = injection.get("cache", {})
@@ -55,7 +92,7 @@ def test_values_arrive_as_the_operator_settings(variant, tmp_path):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_webhook_tls_files_are_the_mounted_secret(variant):
     objects = render(VARIANTS[variant])
-    deployment = one(objects, "Deployment")
+    deployment = deployment_of(objects, "webhook")
     env = container_env(deployment)
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
@@ -66,8 +103,13 @@ def test_webhook_tls_files_are_the_mounted_secret(variant):
     assert env["RAY_PIXI_WEBHOOK_CERT_FILE"] == f"{tls_dir}/tls.crt"
     assert env["RAY_PIXI_WEBHOOK_KEY_FILE"] == f"{tls_dir}/tls.key"
     secret_name = volumes["webhook-tls"]["secret"]["secretName"]
-    if VARIANTS[variant].get("webhook", {}).get("tls", {}).get("certManager", {}).get("enabled"):
-        assert one(objects, "Certificate")["spec"]["secretName"] == secret_name
+    tls = VARIANTS[variant].get("webhook", {}).get("tls", {})
+    if tls.get("certManager", {}).get("enabled"):
+        (serving,) = [c for c in of_kind(objects, "Certificate") if not c["spec"].get("isCA")]
+        assert serving["spec"]["secretName"] == secret_name
+    elif tls.get("existingSecret"):
+        assert secret_name == tls["existingSecret"]
+        assert of_kind(objects, "Secret") == []  # brought along, never rendered
     else:
         secret = one(objects, "Secret")
         assert secret["metadata"]["name"] == secret_name
@@ -77,10 +119,11 @@ def test_webhook_tls_files_are_the_mounted_secret(variant):
 
 def test_webhook_host_is_a_name_in_the_certificate():
     objects = render(VARIANTS["cert-manager"])
-    env = container_env(one(objects, "Deployment"))
+    env = container_env(deployment_of(objects, "webhook"))
     service = one(objects, "Service")["metadata"]["name"]
     assert env["RAY_PIXI_WEBHOOK_HOST"] == f"{service}.{NAMESPACE}.svc"
-    assert env["RAY_PIXI_WEBHOOK_HOST"] in one(objects, "Certificate")["spec"]["dnsNames"]
+    (serving,) = [c for c in of_kind(objects, "Certificate") if not c["spec"].get("isCA")]
+    assert env["RAY_PIXI_WEBHOOK_HOST"] in serving["spec"]["dnsNames"]
 
 
 def test_chart_constants_match_the_operator_names():

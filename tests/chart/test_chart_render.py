@@ -21,9 +21,11 @@ from chart_render import (
     RELEASE,
     VARIANTS,
     container_env,
+    deployment_of,
     of_kind,
     one,
     render,
+    render_for_kube,
     render_raw,
     strip_marks,
 )
@@ -74,7 +76,13 @@ CERT_MANAGER_SCHEMAS = {
                         "type": "object",
                         "additionalProperties": False,
                         "properties": {"crlDistributionPoints": {"type": "array"}},
-                    }
+                    },
+                    "ca": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["secretName"],
+                        "properties": {"secretName": {"type": "string", "minLength": 1}},
+                    },
                 },
             },
         },
@@ -93,6 +101,7 @@ CERT_MANAGER_SCHEMAS = {
                 "required": ["secretName", "issuerRef"],
                 "properties": {
                     "secretName": {"type": "string", "minLength": 1},
+                    "isCA": {"type": "boolean"},
                     "commonName": {"type": "string", "maxLength": 64},
                     "dnsNames": {"type": "array", "items": {"type": "string"}, "minItems": 1},
                     "duration": {"type": "string"},
@@ -133,8 +142,10 @@ def test_variant_lints_strictly_clean(variant):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_every_rendered_object_validates_strictly(variant):
-    objects = render(VARIANTS[variant])
+@pytest.mark.parametrize("version", KUBE_VERSIONS)
+def test_every_rendered_object_validates_strictly(variant, version):
+    """What each server gets (the oldest the chart supports, the newest) is valid there."""
+    objects = render_for_kube(VARIANTS[variant], version)
     assert objects, "nothing rendered"
     for raw in objects:
         obj = strip_marks(raw)
@@ -142,14 +153,13 @@ def test_every_rendered_object_validates_strictly(variant):
         if obj["apiVersion"].startswith("cert-manager.io/"):
             jsonschema.validate(obj, CERT_MANAGER_SCHEMAS[kind])
             continue
-        for version in KUBE_VERSIONS:
-            try:
-                kubernetes_validate.validate(obj, version, strict=True)
-            except kubernetes_validate.ValidationError as error:
-                pytest.fail(
-                    f"{variant}: {kind} {obj['metadata']['name']} invalid for {version}: "
-                    f"{error.message} at {list(error.path)}"
-                )
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            pytest.fail(
+                f"{variant}: {kind} {obj['metadata']['name']} invalid for {version}: "
+                f"{error.message} at {list(error.path)}"
+            )
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -202,6 +212,10 @@ def test_names_stay_valid_for_a_long_release_name():
         ({"injection": {"pixiVersion": "v0.77"}}, "pixiVersion"),
         ({"namespaces": ["Bad_Name"]}, "namespaces/0"),
         ({"logLevel": "verbose"}, "logLevel"),
+        ({"webhook": {"replica": 3}}, "additional properties 'replica' not allowed"),
+        ({"reconciler": {"replicas": 2}}, "additional properties 'replicas' not allowed"),
+        ({"webhook": {"tls": {"existingSecret": "Bad_Name"}}}, "existingSecret"),
+        ({"webhook": {"tls": {"caBundle": "not base64!"}}}, "caBundle"),
     ],
 )
 def test_schema_rejects_typos_and_bad_values(values, complaint):
@@ -286,7 +300,13 @@ def test_readme_values_table_lists_every_value():
                 isinstance(value, dict)
                 and value
                 and path
-                not in {"resources", "podSecurityContext", "securityContext", "nodeSelector"}
+                not in {
+                    "resources",
+                    "reconciler.resources",
+                    "podSecurityContext",
+                    "securityContext",
+                    "nodeSelector",
+                }
             ):
                 walk(value, path + ".")
             elif f"`{path}`" not in readme:
@@ -299,12 +319,7 @@ def test_readme_values_table_lists_every_value():
 # --- the Deployment ------------------------------------------------------------------------------
 
 
-def test_one_hardened_replica_with_probes_and_resources():
-    deployment = one(render(), "Deployment")
-    spec = deployment["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
-    pod = spec["template"]["spec"]
+def _hardened(pod: dict[str, Any]) -> dict[str, Any]:
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] != 0
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -314,25 +329,74 @@ def test_one_hardened_replica_with_probes_and_resources():
     assert security["allowPrivilegeEscalation"] is False
     assert security["capabilities"] == {"drop": ["ALL"]}
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
-    assert container["command"] == ["ray-pixi-operator", "run"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/tmp"]["name"] == "tmp"
+    return dict(container)
+
+
+def test_the_webhook_runs_hardened_replicas_that_drain_and_a_pdb_keeps_one():
+    objects = render()
+    deployment = deployment_of(objects, "webhook")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 2
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    pod = spec["template"]["spec"]
+    container = _hardened(pod)
+    assert container["command"] == ["ray-pixi-operator", "webhook"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     env = container_env(deployment)
     assert ports["webhook"] == int(env["RAY_PIXI_WEBHOOK_PORT"])
     assert ports["health"] == int(env["RAY_PIXI_HEALTH_PORT"])
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert container["readinessProbe"]["tcpSocket"] == {"port": "webhook"}
-    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
-    assert mounts["/tmp"]["name"] == "tmp"
+    # It answers for drainSeconds after SIGTERM, well inside the grace period.
+    assert 0 < int(env["RAY_PIXI_WEBHOOK_DRAIN_SECONDS"]) < pod["terminationGracePeriodSeconds"]
+    budget = one(objects, "PodDisruptionBudget")
+    assert budget["spec"]["minAvailable"] == 1
+    assert budget["spec"]["selector"]["matchLabels"] == spec["selector"]["matchLabels"]
+
+
+def test_the_reconciler_runs_exactly_once():
+    """One replica, replaced with Recreate: kopf's peering is not leader election."""
+    objects = render()
+    deployment = deployment_of(objects, "reconciler")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    container = _hardened(spec["template"]["spec"])
+    assert container["command"] == ["ray-pixi-operator", "reconcile"]
+    assert [p["name"] for p in container["ports"]] == ["health"]
+    assert "webhook-tls" not in {m["name"] for m in container["volumeMounts"]}
+    # Its pods are never webhook endpoints, nor counted by the webhook's budget.
+    service = one(objects, "Service")
+    labels = spec["template"]["metadata"]["labels"]
+    assert not service["spec"]["selector"].items() <= labels.items()
+    budget = one(objects, "PodDisruptionBudget")
+    assert not budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_one_webhook_replica_gets_no_pdb_and_the_reconciler_can_be_left_out():
+    objects = render(VARIANTS["one-webhook-replica-no-reconciler"])
+    assert of_kind(objects, "PodDisruptionBudget") == []
+    assert [
+        d["metadata"]["labels"]["ray-pixi.io/role"] for d in of_kind(objects, "Deployment")
+    ] == ["webhook"]
+    assert [sa["metadata"]["name"] for sa in of_kind(objects, "ServiceAccount")] == [RELEASE]
+
+
+def test_a_drain_longer_than_the_grace_period_is_refused():
+    with pytest.raises(helm_python.HelmRenderError, match="drainSeconds .* must be less than"):
+        render_raw({"webhook": {"drainSeconds": 30, "terminationGracePeriodSeconds": 30}})
 
 
 def test_image_and_payload_image_references():
-    deployment = one(render(VARIANTS["pinned"]), "Deployment")
+    deployment = deployment_of(render(VARIANTS["pinned"]), "webhook")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["image"] == "registry.example.com/ml/ray-pixi:0.1.0@sha256:" + "ab" * 32
     env = container_env(deployment)
     assert env["RAY_PIXI_PAYLOAD_IMAGE"] == "registry.example.com/ml/ray-pixi-payload:7"
     assert deployment["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
-    default = container_env(one(render(), "Deployment"))
+    default = container_env(deployment_of(render(), "webhook"))
     chart_version = helm_python.Chart.load(CHART_DIR).metadata["appVersion"]
     assert default["RAY_PIXI_PAYLOAD_IMAGE"] == f"ghcr.io/ray-pixi/ray-pixi:{chart_version}"
 
@@ -364,28 +428,58 @@ def test_rbac_has_no_wildcards(variant):
         )
 
 
-def test_cluster_wide_rbac_grants_what_the_operator_does():
+def _bound(objects: list[dict[str, Any]], kind: str, subject: str) -> list[dict[str, Any]]:
+    """The rules bound to ServiceAccount ``subject`` by (Cluster)RoleBindings."""
+    binding_kind = {"ClusterRole": "ClusterRoleBinding", "Role": "RoleBinding"}[kind]
+    roles = {r["metadata"]["name"]: r for r in of_kind(objects, kind)}
+    return [
+        rule
+        for binding in of_kind(objects, binding_kind)
+        if {"kind": "ServiceAccount", "name": subject, "namespace": NAMESPACE}
+        in binding["subjects"]
+        for rule in roles[binding["roleRef"]["name"]]["rules"]
+    ]
+
+
+def _service_accounts(objects: list[dict[str, Any]]) -> tuple[str, str]:
+    webhook = deployment_of(objects, "webhook")["spec"]["template"]["spec"]["serviceAccountName"]
+    reconciler = deployment_of(objects, "reconciler")["spec"]["template"]["spec"][
+        "serviceAccountName"
+    ]
+    return webhook, reconciler
+
+
+def test_cluster_wide_rbac_grants_each_role_what_it_does():
     objects = render()
     assert of_kind(objects, "Role") == []
-    (role,) = of_kind(objects, "ClusterRole")
-    (binding,) = of_kind(objects, "ClusterRoleBinding")
-    rules = role["rules"]
-    for verb in ("list", "watch", "patch"):  # kopf watches; the reconciler patches a status
+    webhook_sa, reconciler_sa = _service_accounts(objects)
+    assert webhook_sa != reconciler_sa
+    assert {sa["metadata"]["name"] for sa in of_kind(objects, "ServiceAccount")} == {
+        webhook_sa,
+        reconciler_sa,
+    }
+    # The webhook: only CRD discovery (kopf notices KubeRay installed later). Nothing on Ray.
+    webhook = _bound(objects, "ClusterRole", webhook_sa)
+    assert _allows(webhook, "apiextensions.k8s.io", "customresourcedefinitions", "watch")
+    for verb in ("get", "list", "patch"):
+        assert not _allows(webhook, "ray.io", "rayclusters", verb)
+    assert not _allows(webhook, "", "pods", "list")
+    # The reconciler: what it watches, patches and reports.
+    rules = _bound(objects, "ClusterRole", reconciler_sa)
+    for verb in ("list", "watch", "patch"):
         assert _allows(rules, "ray.io", "rayclusters", verb)
-    assert _allows(rules, "", "pods", "list")  # the reconciler reads a cluster's pods
+    for verb in ("list", "watch"):  # the pod index
+        assert _allows(rules, "", "pods", verb)
     assert _allows(rules, "", "events", "create")
     assert _allows(rules, "apiextensions.k8s.io", "customresourcedefinitions", "watch")
-    # Nothing else: no secrets, no pod writes, no webhook configurations.
-    assert not _allows(rules, "", "secrets", "get")
-    assert not _allows(rules, "", "pods", "create")
+    # Nothing else for anyone: no secrets, no pod writes, no webhook configurations.
+    every = _rules(objects)
+    assert not _allows(every, "", "secrets", "get")
+    assert not _allows(every, "", "pods", "create")
+    assert not _allows(every, "", "pods", "patch")
     assert not _allows(
-        rules, "admissionregistration.k8s.io", "mutatingwebhookconfigurations", "patch"
+        every, "admissionregistration.k8s.io", "mutatingwebhookconfigurations", "patch"
     )
-    sa = one(objects, "ServiceAccount")
-    assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": NAMESPACE}
-    ]
-    assert binding["roleRef"]["name"] == role["metadata"]["name"]
 
 
 def test_namespaced_mode_uses_roles_in_the_chosen_namespaces_only():
@@ -395,17 +489,24 @@ def test_namespaced_mode_uses_roles_in_the_chosen_namespaces_only():
     roles, bindings = of_kind(objects, "Role"), of_kind(objects, "RoleBinding")
     assert sorted(r["metadata"]["namespace"] for r in roles) == sorted(values["namespaces"])
     assert sorted(b["metadata"]["namespace"] for b in bindings) == sorted(values["namespaces"])
-    for role in roles:
+    webhook_sa, reconciler_sa = _service_accounts(objects)
+    for role, binding in zip(roles, bindings, strict=True):
         assert _allows(role["rules"], "ray.io", "rayclusters", "patch")
-        assert _allows(role["rules"], "", "pods", "list")
-    env = container_env(one(objects, "Deployment"))
-    assert env["RAY_PIXI_NAMESPACES"] == "ml-team-a,ml-team-b"
-    webhook = one(objects, "MutatingWebhookConfiguration")["webhooks"][0]
-    assert webhook["namespaceSelector"] == {
-        "matchExpressions": [
-            {"key": "kubernetes.io/metadata.name", "operator": "In", "values": values["namespaces"]}
-        ]
-    }
+        assert _allows(role["rules"], "", "pods", "watch")
+        assert [s["name"] for s in binding["subjects"]] == [reconciler_sa]
+    for role in ("webhook", "reconciler"):
+        env = container_env(deployment_of(objects, role))
+        assert env["RAY_PIXI_NAMESPACES"] == "ml-team-a,ml-team-b"
+    for webhook in one(objects, "MutatingWebhookConfiguration")["webhooks"]:
+        assert webhook["namespaceSelector"] == {
+            "matchExpressions": [
+                {
+                    "key": "kubernetes.io/metadata.name",
+                    "operator": "In",
+                    "values": values["namespaces"],
+                }
+            ]
+        }
 
 
 def test_rbac_and_service_account_can_be_brought_along():
@@ -418,8 +519,7 @@ def test_rbac_and_service_account_can_be_brought_along():
         "Role",
         "RoleBinding",
     }
-    deployment = one(objects, "Deployment")
-    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "ops"
+    assert _service_accounts(objects) == ("ops", "ops")
 
 
 # --- the webhook ----------------------------------------------------------------------------------
@@ -431,38 +531,58 @@ def test_webhook_configuration(variant):
 
     values = VARIANTS[variant]
     objects = render(values)
-    (webhook,) = one(objects, "MutatingWebhookConfiguration")["webhooks"]
-    assert webhook["rules"] == [
-        {
-            "apiGroups": ["ray.io"],
-            "apiVersions": ["v1"],
-            "operations": ["CREATE", "UPDATE"],
-            "resources": ["rayclusters"],
-            "scope": "Namespaced",
+    create, update = one(objects, "MutatingWebhookConfiguration")["webhooks"]
+    for webhook, operation in ((create, "CREATE"), (update, "UPDATE")):
+        assert webhook["rules"] == [
+            {
+                "apiGroups": ["ray.io"],
+                "apiVersions": ["v1"],
+                "operations": [operation],
+                "resources": ["rayclusters"],
+                "scope": "Namespaced",
+            }
+        ]
+        assert webhook["objectSelector"] == {
+            "matchLabels": {names.ENABLED_LABEL: names.ENABLED_VALUE}
         }
+        assert webhook["sideEffects"] == "None"
+        assert webhook["admissionReviewVersions"] == ["v1"]
+        assert 1 <= webhook["timeoutSeconds"] <= 10
+        service_ref = webhook["clientConfig"]["service"]
+        assert service_ref["path"] == names.WEBHOOK_PATH
+        service = one(objects, "Service")
+        assert service_ref["name"] == service["metadata"]["name"]
+        assert service_ref["namespace"] == NAMESPACE
+        (port,) = service["spec"]["ports"]
+        assert service_ref["port"] == port["port"] and port["targetPort"] == "webhook"
+    # CREATE fails closed by default; UPDATEs always fail open and are filtered by the server.
+    assert create["failurePolicy"] == values.get("webhook", {}).get("failurePolicy", "Fail")
+    assert "matchConditions" not in create
+    assert update["failurePolicy"] == "Ignore"
+    assert [c["name"] for c in update["matchConditions"]] == [
+        "not-being-deleted",
+        "changes-templates-or-ray-pixi-annotations",
     ]
-    assert webhook["objectSelector"] == {"matchLabels": {names.ENABLED_LABEL: names.ENABLED_VALUE}}
-    assert webhook["sideEffects"] == "None"
-    assert webhook["admissionReviewVersions"] == ["v1"]
-    assert 1 <= webhook["timeoutSeconds"] <= 10
-    expected_policy = values.get("webhook", {}).get("failurePolicy", "Fail")
-    assert webhook["failurePolicy"] == expected_policy
-    service_ref = webhook["clientConfig"]["service"]
-    assert service_ref["path"] == names.WEBHOOK_PATH
-    service = one(objects, "Service")
-    assert service_ref["name"] == service["metadata"]["name"]
-    assert service_ref["namespace"] == NAMESPACE
-    (port,) = service["spec"]["ports"]
-    assert service_ref["port"] == port["port"] and port["targetPort"] == "webhook"
-    deployment = one(objects, "Deployment")
-    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
-    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert create["clientConfig"] == update["clientConfig"]
+    pod_labels = deployment_of(objects, "webhook")["spec"]["template"]["metadata"]["labels"]
+    assert one(objects, "Service")["spec"]["selector"].items() <= pod_labels.items()
+
+
+def test_older_servers_get_no_match_conditions_and_the_update_webhook_fails_open():
+    """Before Kubernetes 1.28 the field is unknown: the chart leaves it out."""
+    for version, expected in (("1.27.9", False), ("1.28.0", True), (KUBE_VERSIONS[-1], True)):
+        create, update = one(render_for_kube({}, version), "MutatingWebhookConfiguration")[
+            "webhooks"
+        ]
+        assert ("matchConditions" in update) is expected, version
+        assert update["failurePolicy"] == "Ignore" and create["failurePolicy"] == "Fail"
 
 
 def test_failure_policy_default_is_fail_and_stated_in_values():
     text = (CHART_DIR / "values.yaml").read_text()
     block = text[text.index("webhook:") : text.index("failurePolicy: Fail")]
     assert "Default Fail" in block and "objectSelector" in block
+    assert "UPDATEs always fail open" in block
 
 
 def test_helm_test_hook_pod_targets_the_webhook():

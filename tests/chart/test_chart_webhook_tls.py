@@ -1,11 +1,12 @@
-"""Webhook TLS: the generated certificate, its stability across upgrades, cert-manager mode, and
-the `helm test` hook answered by the operator's real webhook server over that TLS.
+"""Webhook TLS: the generated certificate, its stability across upgrades and its rotation, the
+cert-manager CA chain, a brought-along Secret, and the `helm test` hook answered by the
+operator's real webhook server over that TLS.
 
-Offline rendering has no cluster, so Helm's `lookup` finds nothing there. The upgrade test
-renders a copy of the chart whose one `lookup` call (the helper
-`ray-pixi.existingWebhookTLSSecret`) returns the Secret of the first render, exactly what
-`lookup` returns on `helm upgrade` against a cluster; tests/chart/test_chart_install.py does the
-same against a real kube-apiserver.
+Offline rendering has no cluster, so Helm's `lookup` finds nothing there. The upgrade tests
+render a copy of the chart whose two `lookup` calls (the helpers
+`ray-pixi.existingWebhookTLSSecret` and `ray-pixi.existingWebhookConfiguration`) return the
+objects of an earlier render, exactly what `lookup` returns on `helm upgrade` against a cluster;
+tests/chart/test_chart_install.py does the same against a real kube-apiserver.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import copy
 import datetime
 import json
 import os
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import helm_python
+import pytest
 from chart_render import (
     CHART_DIR,
     NAMESPACE,
@@ -40,9 +43,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
-LOOKUP_CALL = (
+LOOKUP_SECRET = (
     '{{- lookup "v1" "Secret" .Release.Namespace '
     '(include "ray-pixi.webhookTLSSecretName" .) | toJson -}}'
+)
+LOOKUP_WEBHOOKS = (
+    '{{- lookup "admissionregistration.k8s.io/v1" "MutatingWebhookConfiguration" "" '
+    '(include "ray-pixi.fullname" .) | toJson -}}'
 )
 
 
@@ -51,22 +58,64 @@ def _pem(b64: str) -> bytes:
 
 
 def _tls(objects: list[dict[str, Any]]) -> tuple[dict[str, str], str]:
+    """The generated Secret's data and the caBundle (the same in both webhooks)."""
     secret = one(objects, "Secret")
-    (webhook,) = one(objects, "MutatingWebhookConfiguration")["webhooks"]
-    return secret["data"], webhook["clientConfig"]["caBundle"]
+    bundles = {
+        webhook["clientConfig"]["caBundle"]
+        for webhook in one(objects, "MutatingWebhookConfiguration")["webhooks"]
+    }
+    (bundle,) = bundles
+    return secret["data"], bundle
 
 
-def chart_with_existing_secret(tmp_path: Path, secret: dict[str, Any] | None) -> helm_python.Chart:
-    """A copy of the chart whose `lookup` of the TLS Secret returns `secret` (None: nothing)."""
-    copy_dir = tmp_path / "ray-pixi"
+def _unmarked(obj: dict[str, Any]) -> dict[str, Any]:
+    """An object of a render as the cluster stores it (without the test's template mark)."""
+    obj = copy.deepcopy(obj)
+    obj["metadata"]["annotations"].pop("x-template", None)
+    return obj
+
+
+def chart_with_lookups(
+    tmp_path: Path,
+    secret: dict[str, Any] | None,
+    webhooks: dict[str, Any] | None = None,
+) -> helm_python.Chart:
+    """A copy of the chart whose `lookup`s of the TLS Secret and of the webhook configuration
+    return these objects (None: nothing), as on `helm upgrade` of a live release."""
+    copy_dir = tmp_path / f"ray-pixi-{len(list(tmp_path.iterdir()))}"
     shutil.copytree(CHART_DIR, copy_dir)
     helpers = copy_dir / "templates" / "_helpers.tpl"
     text = helpers.read_text()
-    assert text.count(LOOKUP_CALL) == 1, "the chart's lookup of its TLS Secret moved"
-    found = json.dumps(secret) if secret else "{}"
-    assert "`" not in found
-    helpers.write_text(text.replace(LOOKUP_CALL, "{{- `" + found + "` -}}"))
+    for call, found in ((LOOKUP_SECRET, secret), (LOOKUP_WEBHOOKS, webhooks)):
+        assert text.count(call) == 1, f"the chart's lookup moved: {call}"
+        literal = json.dumps(_unmarked(found)) if found else "{}"
+        assert "`" not in literal
+        text = text.replace(call, "{{- `" + literal + "` -}}")
+    helpers.write_text(text)
     return helm_python.Chart.load(copy_dir)
+
+
+def _certificates(bundle_b64: str) -> list[x509.Certificate]:
+    return x509.load_pem_x509_certificates(_pem(bundle_b64))
+
+
+def _verifies(cert_pem: bytes, bundle_b64: str) -> bool:
+    """Whether a client trusting ``bundle`` accepts the serving certificate ``cert_pem``."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    for ca in _certificates(bundle_b64):
+        if ca.subject != cert.issuer:
+            continue
+        try:
+            ca.public_key().verify(  # type: ignore[union-attr, call-arg]
+                cert.signature,
+                cert.tbs_certificate_bytes,
+                padding.PKCS1v15(),
+                cert.signature_hash_algorithm,
+            )
+        except Exception:  # noqa: BLE001 -- another CA of the same name
+            continue
+        return True
+    return False
 
 
 # --- the generated certificate ---------------------------------------------------------------
@@ -103,8 +152,8 @@ def test_generated_certificate_serves_the_webhook_service():
 def test_generated_certificate_is_kept_on_upgrade(tmp_path):
     installed = objects_of(render_raw())
     secret = one(installed, "Secret")
-    del secret["metadata"]["annotations"]  # the test mark; the cluster's copy has none
-    chart = chart_with_existing_secret(tmp_path, secret)
+    webhooks = one(installed, "MutatingWebhookConfiguration")
+    chart = chart_with_lookups(tmp_path, secret, webhooks)
     upgraded = objects_of(render_raw({"logLevel": "DEBUG"}, chart_obj=chart, upgrade=True))
     assert _tls(upgraded) == _tls(installed)
     assert _tls(upgraded)[1] == secret["data"]["ca.crt"]
@@ -114,10 +163,40 @@ def test_incomplete_secret_is_replaced_with_a_new_pair(tmp_path):
     installed = objects_of(render_raw())
     secret = one(installed, "Secret")
     del secret["data"]["ca.crt"]
-    chart = chart_with_existing_secret(tmp_path, secret)
+    chart = chart_with_lookups(tmp_path, secret)
     data, ca_bundle = _tls(objects_of(render_raw(chart_obj=chart, upgrade=True)))
     assert data["tls.crt"] != secret["data"]["tls.crt"]
     assert ca_bundle == data["ca.crt"]
+
+
+def test_rotation_trusts_the_previous_ca_until_the_webhook_serves_the_new_pair(tmp_path):
+    """Delete the Secret and upgrade: a new CA and pair, and a caBundle that still trusts the
+    certificate the running webhook serves until it loads the new one: no refused request."""
+    installed = objects_of(render_raw())
+    old_data, _ = _tls(installed)
+    webhooks = one(installed, "MutatingWebhookConfiguration")
+    rotated = objects_of(
+        render_raw(chart_obj=chart_with_lookups(tmp_path, None, webhooks), upgrade=True)
+    )
+    new_data, bundle = _tls(rotated)
+    assert new_data["tls.crt"] != old_data["tls.crt"] and new_data["ca.crt"] != old_data["ca.crt"]
+    assert [c.subject for c in _certificates(bundle)] == [
+        x509.load_pem_x509_certificate(_pem(new_data["ca.crt"])).subject,
+        x509.load_pem_x509_certificate(_pem(old_data["ca.crt"])).subject,
+    ]
+    assert _verifies(_pem(old_data["tls.crt"]), bundle)  # what the webhook still serves
+    assert _verifies(_pem(new_data["tls.crt"]), bundle)  # what it loads next
+    assert not _verifies(_pem(old_data["tls.crt"]), new_data["ca.crt"])  # the check can fail
+    # A later upgrade keeps that bundle and that pair as they are.
+    again = objects_of(
+        render_raw(
+            chart_obj=chart_with_lookups(
+                tmp_path, one(rotated, "Secret"), one(rotated, "MutatingWebhookConfiguration")
+            ),
+            upgrade=True,
+        )
+    )
+    assert _tls(again) == (new_data, bundle)
 
 
 def test_each_offline_render_carries_a_fresh_consistent_pair():
@@ -132,30 +211,70 @@ def test_each_offline_render_carries_a_fresh_consistent_pair():
 # --- cert-manager ----------------------------------------------------------------------------
 
 
-def test_cert_manager_mode_has_no_generated_material():
+def _ref(obj: dict[str, Any]) -> dict[str, str]:
+    return {"name": obj["metadata"]["name"], "kind": obj["kind"], "group": "cert-manager.io"}
+
+
+def test_cert_manager_issues_the_serving_certificate_from_a_ca_that_keeps_its_key():
+    """A self-signed Issuer makes the CA, a CA Issuer signs the serving certificate with it."""
     objects = render(VARIANTS["cert-manager"])
     assert of_kind(objects, "Secret") == []
     config = one(objects, "MutatingWebhookConfiguration")
-    (webhook,) = config["webhooks"]
-    assert "caBundle" not in webhook["clientConfig"]
-    certificate = one(objects, "Certificate")
+    for webhook in config["webhooks"]:
+        assert "caBundle" not in webhook["clientConfig"]
+    issuers = {i["metadata"]["name"]: i for i in of_kind(objects, "Issuer")}
+    (ca_cert,) = [c for c in of_kind(objects, "Certificate") if c["spec"].get("isCA")]
+    (serving,) = [c for c in of_kind(objects, "Certificate") if not c["spec"].get("isCA")]
+    # The chain: selfSigned Issuer -> CA Certificate -> CA Issuer -> serving Certificate.
+    (self_signed,) = [i for i in issuers.values() if "selfSigned" in i["spec"]]
+    (ca_issuer,) = [i for i in issuers.values() if "ca" in i["spec"]]
+    assert ca_cert["spec"]["issuerRef"] == _ref(self_signed)
+    assert ca_issuer["spec"]["ca"]["secretName"] == ca_cert["spec"]["secretName"]
+    assert serving["spec"]["issuerRef"] == _ref(ca_issuer)
+    # Renewing the CA re-signs its key, so certificates from before stay trusted.
+    assert ca_cert["spec"]["privateKey"]["rotationPolicy"] == "Never"
+    assert serving["spec"]["privateKey"]["rotationPolicy"] == "Always"
+    assert ca_cert["spec"]["secretName"] != serving["spec"]["secretName"]
+    # The injector copies the serving Secret's ca.crt, i.e. the CA, into the caBundle.
     assert config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == (
-        f"{NAMESPACE}/{certificate['metadata']['name']}"
+        f"{NAMESPACE}/{serving['metadata']['name']}"
     )
-    issuer = one(objects, "Issuer")
-    assert issuer["spec"] == {"selfSigned": {}}
-    assert certificate["spec"]["issuerRef"] == {
-        "name": issuer["metadata"]["name"],
-        "kind": "Issuer",
-        "group": "cert-manager.io",
-    }
     service = one(objects, "Service")["metadata"]["name"]
-    assert f"{service}.{NAMESPACE}.svc" in certificate["spec"]["dnsNames"]
+    assert f"{service}.{NAMESPACE}.svc" in serving["spec"]["dnsNames"]
+
+
+def test_a_brought_along_secret_is_served_and_trusted_through_the_given_bundle():
+    values = VARIANTS["bring-your-own-tls"]
+    objects = render(values)
+    assert of_kind(objects, "Secret") == [] and of_kind(objects, "Certificate") == []
+    for webhook in one(objects, "MutatingWebhookConfiguration")["webhooks"]:
+        assert webhook["clientConfig"]["caBundle"] == values["webhook"]["tls"]["caBundle"]
+    (pod,) = of_kind(objects, "Pod")  # helm test trusts the same bundle
+    (container,) = pod["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["WEBHOOK_CA_BUNDLE"] == values["webhook"]["tls"]["caBundle"]
+
+
+@pytest.mark.parametrize(
+    ("tls", "complaint"),
+    [
+        ({"existingSecret": "corp-tls"}, "webhook.tls.caBundle is required"),
+        ({"caBundle": "QUJD"}, "caBundle applies only with webhook.tls.existingSecret"),
+        (
+            {"existingSecret": "corp-tls", "caBundle": "QUJD", "certManager": {"enabled": True}},
+            "either certManager.enabled or existingSecret",
+        ),
+    ],
+)
+def test_tls_values_that_do_not_fit_together_fail_the_render(tls, complaint):
+    with pytest.raises(helm_python.HelmRenderError, match=complaint):
+        render_raw({"webhook": {"tls": tls}})
 
 
 def test_cert_manager_with_a_cluster_issuer():
     objects = render(VARIANTS["cert-manager-cluster-issuer"])
     assert of_kind(objects, "Issuer") == []
+    assert [c for c in of_kind(objects, "Certificate") if c["spec"].get("isCA")] == []
     spec = one(objects, "Certificate")["spec"]
     assert spec["issuerRef"] == {
         "name": "corp-ca",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import shutil
 import signal
@@ -41,6 +42,18 @@ __all__ = [
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
+# The API server's own record of every request a ServiceAccount makes (the operators under
+# test run as ServiceAccounts; KubeRay and the tests as the admin, not recorded): what a
+# test or a benchmark counts API calls with, from outside the process it measures.
+AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+  - level: Metadata
+    userGroups: ["system:serviceaccounts"]
+  - level: None
+"""
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 ADMIN_USER = "ray-pixi-admin"
 STOP_TIMEOUT = 15.0
@@ -102,6 +115,11 @@ class Service:
 
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit code once the process has exited by itself (None while it runs)."""
+        return self._process.poll() if self._process is not None else None
 
     def tail(self, lines: int = 40) -> str:
         try:
@@ -281,6 +299,9 @@ class KubeCluster:
         port = free_port()
         self.server = f"https://127.0.0.1:{port}"
         pki = self.workdir / "pki"
+        audit_policy = self.workdir / "audit-policy.yaml"
+        audit_policy.write_text(AUDIT_POLICY)
+        self.audit_log = self.workdir / "audit.log"
         self.router = ServiceRouter(
             self.workdir / "egress.sock", self.workdir / "service-router.log"
         ).start()
@@ -310,6 +331,10 @@ class KubeCluster:
                 # Webhooks behind a Service are dialled at its ClusterIP through this.
                 f"--egress-selector-config-file={egress}",
                 "--allow-privileged=true",
+                f"--audit-policy-file={audit_policy}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json",
+                "--audit-log-mode=blocking",
                 "--profiling=false",
                 "--v=1",
             ],
@@ -612,6 +637,33 @@ class KubeCluster:
             timeout=10,
             what=f"namespace {name} to be deleted",
         )
+
+    def audit_events(self, username: str, since: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """The completed requests of ``username`` (a ServiceAccount's full user name) after
+        byte offset ``since`` of the audit log, and the offset to read from next time.
+
+        A watch is counted once, when it starts (ResponseStarted); everything else when it
+        completes (ResponseComplete).
+        """
+        if not self.audit_log.exists():
+            return [], since
+        with self.audit_log.open("rb") as log:
+            log.seek(since)
+            data = log.read()
+        end = since + data.rfind(b"\n") + 1
+        events = []
+        for line in data[: end - since].splitlines():
+            event = json.loads(line)
+            if event.get("user", {}).get("username") != username:
+                continue
+            watch = event.get("verb") == "watch"
+            if event.get("stage") == ("ResponseStarted" if watch else "ResponseComplete"):
+                events.append(event)
+        return events, end
+
+    def audit_offset(self) -> int:
+        """The audit log's current end, for ``audit_events(since=...)``."""
+        return self.audit_log.stat().st_size if self.audit_log.exists() else 0
 
     def logs(self) -> Iterator[Path]:
         """The components' log files (kept only while the cluster's work dir exists)."""

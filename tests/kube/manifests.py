@@ -18,6 +18,7 @@ __all__ = [
     "raycluster",
     "raycluster_spec",
     "rayjob",
+    "rayservice",
     "wait_for_pods",
 ]
 
@@ -96,6 +97,26 @@ def rayjob(name: str, *, labels: dict[str, str] | None = None, workers: int = 1)
             "shutdownAfterJobFinishes": True,
             "ttlSecondsAfterFinished": 60,
             "rayClusterSpec": raycluster_spec(workers),
+        },
+    }
+
+
+def rayservice(
+    name: str, *, labels: dict[str, str] | None = None, workers: int = 1
+) -> dict[str, Any]:
+    """A RayService shaped like KubeRay's ray-service.sample.yaml: one Serve app, a cluster."""
+    return {
+        "apiVersion": RAY_API,
+        "kind": "RayService",
+        "metadata": {"name": name, "labels": dict(labels or {})},
+        "spec": {
+            "serveConfigV2": (
+                "applications:\n"
+                "  - name: echo\n"
+                "    import_path: echo.app\n"
+                "    route_prefix: /\n"
+            ),
+            "rayClusterConfig": raycluster_spec(workers),
         },
     }
 

@@ -1,12 +1,15 @@
-"""The ray-pixi chart installed into the cluster-in-a-box, its operator as a local process.
+"""The ray-pixi chart installed into the cluster-in-a-box with real Helm, its roles as local
+processes.
 
-`install_release` renders `charts/ray-pixi` with the real Helm engine, applies what a
-`helm install` would (ServiceAccount, RBAC, the webhook's TLS Secret, Service, Deployment,
-MutatingWebhookConfiguration; not test hooks), and runs `ray-pixi-operator run` with the
-Deployment's own env vars, the Secret's certificate and key, and a TokenRequest token of
-the chart's ServiceAccount, so the chart's RBAC is what the operator gets. The webhook's
-Service is routed to the local process (see `services.py`): the configuration is applied
-exactly as rendered, `service` clientConfig and generated caBundle included.
+`install_release` runs `helm install` (helm-python-sdk's Helm library against the harness's
+API server: real `lookup`, real release history, so `helm upgrade` and `helm rollback` are
+Helm's own), then runs each Deployment's command locally, as that Deployment would: the
+webhook (`ray-pixi-operator webhook`) and the reconciler (`ray-pixi-operator reconcile`), each
+with its container's env vars from the live Deployment, its own ServiceAccount's TokenRequest
+token (so the chart's RBAC is what it gets), and for the webhook the live Secret's certificate
+and key. The webhook Service is routed to the local webhook process (see `services.py`): the
+MutatingWebhookConfiguration is exactly what Helm applied. No kubelet runs, so the chart's own
+pods stay Pending; these processes stand in for them.
 """
 
 from __future__ import annotations
@@ -15,42 +18,29 @@ import base64
 import contextlib
 import os
 import shutil
+import signal
 import sys
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .cluster import KubeCluster, Service, free_port
 from .manifests import raycluster
 from .rest import ApiError, poll
 
-__all__ = ["REPO", "Release", "install_release", "render_chart"]
+__all__ = ["CHART", "REPO", "Release", "install_release", "operator_executable", "render_chart"]
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "ray-pixi"
 WEBHOOKS = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
-# The order `helm install` creates kinds in (Helm's InstallOrder, abridged).
-_INSTALL_ORDER = [
-    "Namespace",
-    "ServiceAccount",
-    "Secret",
-    "ConfigMap",
-    "ClusterRole",
-    "ClusterRoleBinding",
-    "Role",
-    "RoleBinding",
-    "Service",
-    "Deployment",
-    "MutatingWebhookConfiguration",
-]
+ROLES = ("webhook", "reconciler")
 
 
 def render_chart(values: dict[str, Any], *, name: str, namespace: str) -> list[dict[str, Any]]:
-    """The chart's manifests as `helm install` would create them (hooks and NOTES left out)."""
+    """The chart's manifests as an offline `helm template` renders them (hooks, NOTES left out)."""
     import helm_python
+    import yaml
 
     rendered = helm_python.Chart.load(str(CHART)).render(
         values, name=name, namespace=namespace, is_install=True
@@ -60,13 +50,9 @@ def render_chart(values: dict[str, Any], *, name: str, namespace: str) -> list[d
         if path.endswith("NOTES.txt"):
             continue
         for doc in yaml.safe_load_all(text):
-            if not doc:
-                continue
-            if "helm.sh/hook" in ((doc.get("metadata") or {}).get("annotations") or {}):
-                continue
-            documents.append(doc)
-    rank = {kind: i for i, kind in enumerate(_INSTALL_ORDER)}
-    return sorted(documents, key=lambda d: rank.get(d["kind"], len(rank)))
+            if doc and "helm.sh/hook" not in ((doc.get("metadata") or {}).get("annotations") or {}):
+                documents.append(doc)
+    return documents
 
 
 def operator_executable() -> str | None:
@@ -75,91 +61,71 @@ def operator_executable() -> str | None:
     return str(beside) if beside.exists() else shutil.which("ray-pixi-operator")
 
 
-class Release:
-    """An installed release and its operator process."""
+class Role:
+    """One Deployment of the release, run as a local process."""
 
-    def __init__(
-        self, cluster: KubeCluster, documents: list[dict[str, Any]], namespace: str, workdir: Path
-    ) -> None:
-        self.cluster = cluster
-        self.documents = documents
-        self.namespace = namespace
-        self.workdir = workdir
-        self.admin = cluster.rest()
-        self.deployment = self.one("Deployment")
-        self.service = self.one("Service")
-        self.webhook = self.one("MutatingWebhookConfiguration")
-        self.secret = self.one("Secret")
-        pod_spec = self.deployment["spec"]["template"]["spec"]
-        self.service_account = pod_spec["serviceAccountName"]
-        self.container = pod_spec["containers"][0]
-        self.operator: Service | None = None
-        self.webhook_port = free_port()
+    def __init__(self, release: Release, role: str) -> None:
+        self.release = release
+        self.role = role
+        self.process: Service | None = None
         self.health_port = free_port()
+        self.webhook_port = release.webhook_port
         self.token = ""
-
-    def one(self, kind: str) -> dict[str, Any]:
-        found = [d for d in self.documents if d["kind"] == kind]
-        assert len(found) == 1, f"the chart rendered {len(found)} {kind} objects, expected 1"
-        return found[0]
+        self.log_file = release.workdir / f"{role}.log"
 
     @property
-    def service_port(self) -> int:
-        return int(self.service["spec"]["ports"][0]["port"])
+    def deployment(self) -> dict[str, Any]:
+        return self.release.deployment(self.role)
 
     @property
-    def webhook_path(self) -> str:
-        return f"{WEBHOOKS}/{self.webhook['metadata']['name']}"
+    def container(self) -> dict[str, Any]:
+        return dict(self.deployment["spec"]["template"]["spec"]["containers"][0])
 
-    def operator_env(self) -> dict[str, str]:
-        """The Deployment's env vars, with what only differs on this machine replaced."""
+    @property
+    def service_account(self) -> str:
+        return str(self.deployment["spec"]["template"]["spec"]["serviceAccountName"])
+
+    @property
+    def username(self) -> str:
+        return f"system:serviceaccount:{self.release.namespace}:{self.service_account}"
+
+    def env(self) -> dict[str, str]:
+        """The container's env vars, with what only differs on this machine replaced."""
         env = {e["name"]: e.get("value", "") for e in self.container.get("env", [])}
-        tls = self.workdir / "webhook-tls"
-        env.update(
-            RAY_PIXI_WEBHOOK_PORT=str(self.webhook_port),
-            RAY_PIXI_HEALTH_PORT=str(self.health_port),
-            RAY_PIXI_WEBHOOK_CERT_FILE=str(tls / "tls.crt"),
-            RAY_PIXI_WEBHOOK_KEY_FILE=str(tls / "tls.key"),
-        )
+        env["RAY_PIXI_HEALTH_PORT"] = str(self.health_port)
+        if self.role == "webhook":
+            tls = self.release.write_tls()
+            env.update(
+                RAY_PIXI_WEBHOOK_PORT=str(self.webhook_port),
+                RAY_PIXI_WEBHOOK_CERT_FILE=str(tls / "tls.crt"),
+                RAY_PIXI_WEBHOOK_KEY_FILE=str(tls / "tls.key"),
+            )
         return env
 
-    def _write_tls(self) -> None:
-        # What the Deployment mounts from the Secret at RAY_PIXI_WEBHOOK_CERT_FILE/KEY_FILE.
-        tls = self.workdir / "webhook-tls"
-        tls.mkdir(exist_ok=True)
-        for key in ("tls.crt", "tls.key"):
-            (tls / key).write_bytes(base64.b64decode(self.secret["data"][key]))
-            (tls / key).chmod(0o600)
-
-    def start_operator(self, executable: str) -> None:
-        """Run `ray-pixi-operator run` as the chart's ServiceAccount; wait until it admits."""
-        self.stop_operator()
-        self.token = self.cluster.service_account_token(self.namespace, self.service_account)
-        kubeconfig = self.cluster.kubeconfig_for_token(self.token, self.service_account)
+    def start(self, extra_env: dict[str, str] | None = None) -> None:
+        self.stop()
+        self.token = self.release.cluster.service_account_token(
+            self.release.namespace, self.service_account
+        )
+        kubeconfig = self.release.cluster.kubeconfig_for_token(self.token, self.service_account)
         env = {
             key: value
             for key, value in os.environ.items()
             if not key.startswith(("RAY_PIXI_", "KUBERNETES_"))
         }
-        env.update(self.operator_env(), KUBECONFIG=str(kubeconfig))
-        argv = [executable, *self.container["command"][1:]]
-        self.operator = Service(
-            "ray-pixi-operator", argv, self.workdir / "operator.log", env=env
-        ).start()
-        self.wait_admitting()
+        env.update(self.env(), KUBECONFIG=str(kubeconfig), **(extra_env or {}))
+        argv = [self.release.executable, *self.container["command"][1:]]
+        self.process = Service(f"ray-pixi-{self.role}", argv, self.log_file, env=env).start()
+        poll(
+            self.healthy,
+            timeout=90,
+            what=f"the {self.role}'s /healthz",
+            describe=lambda: self.process.tail(20) if self.process else "",
+        )
 
-    def stop_operator(self) -> None:
-        if self.operator is not None:
-            self.operator.stop()
-            self.operator = None
-
-    def operator_log(self) -> str:
-        path = self.workdir / "operator.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def _healthy(self) -> bool:
-        assert self.operator is not None
-        self.operator.check()
+    def healthy(self) -> bool:
+        assert self.process is not None
+        self.process.check()
         try:
             with urllib.request.urlopen(  # noqa: S310 - a fixed loopback URL
                 f"http://127.0.0.1:{self.health_port}/healthz", timeout=2
@@ -168,17 +134,167 @@ class Release:
         except OSError:
             return False
 
+    def terminate(self) -> None:
+        """SIGTERM, as kubelet sends it; the process then drains and exits by itself."""
+        assert self.process is not None and self.process.pid is not None
+        os.kill(self.process.pid, signal.SIGTERM)
+
+    def stop(self) -> None:
+        """Stop now: SIGTERM then a second signal, which skips the webhook's drain."""
+        if self.process is not None:
+            if self.process.running() and self.process.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.process.pid, signal.SIGTERM)
+                    os.kill(self.process.pid, signal.SIGINT)
+            self.process.stop()
+            self.process = None
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+
+class Release:
+    """A Helm release of the chart and the local processes that stand in for its pods."""
+
+    def __init__(
+        self, cluster: KubeCluster, name: str, namespace: str, workdir: Path, executable: str
+    ) -> None:
+        import helm_python
+
+        self.cluster = cluster
+        self.name = name
+        self.namespace = namespace
+        self.workdir = workdir
+        self.executable = executable
+        self.admin = cluster.rest()
+        self.helm = helm_python.Config(
+            kubeconfig_path=cluster.admin_kubeconfig, namespace=namespace
+        )
+        self.webhook_port = free_port()
+        self.roles = {role: Role(self, role) for role in ROLES}
+        self.manifest: list[dict[str, Any]] = []
+        self.owns_namespace = False
+
+    # Helm ------------------------------------------------------------------------------
+
+    def install(self, values: dict[str, Any]) -> None:
+        self._took(self.helm.install(CHART, self.name, values, namespace=self.namespace))
+        self._route()
+
+    def upgrade(self, values: dict[str, Any], *, restart: bool = True) -> None:
+        """`helm upgrade` (then the new pods replace the old ones: the processes restart)."""
+        self._took(self.helm.upgrade(CHART, self.name, values, namespace=self.namespace))
+        if restart:
+            self.restart()
+
+    def rollback(self, revision: int, *, restart: bool = True) -> None:
+        self.helm.rollback(self.name, version=revision)
+        self._took(self.helm.status(self.name))
+        if restart:
+            self.restart()
+
+    def _took(self, release: Any) -> None:
+        import yaml
+
+        self.manifest = [doc for doc in yaml.safe_load_all(release.get("manifest") or "") if doc]
+
+    def one(self, kind: str, **labels: str) -> dict[str, Any]:
+        """The live object of `kind` this release installed (matching `labels`)."""
+        found = [
+            doc
+            for doc in self.manifest
+            if doc["kind"] == kind
+            and labels.items() <= ((doc.get("metadata") or {}).get("labels") or {}).items()
+        ]
+        assert len(found) == 1, f"the release has {len(found)} {kind} objects {labels}, expected 1"
+        meta = found[0]["metadata"]
+        path = self.cluster.path_for(
+            found[0]["apiVersion"], kind, meta.get("namespace"), meta["name"]
+        )
+        return dict(self.admin.get(path))
+
+    def deployment(self, role: str) -> dict[str, Any]:
+        return self.one("Deployment", **{"ray-pixi.io/role": role})
+
+    @property
+    def webhook_configuration(self) -> dict[str, Any]:
+        return self.one("MutatingWebhookConfiguration")
+
+    @property
+    def webhook_path(self) -> str:
+        return f"{WEBHOOKS}/{self.webhook_configuration['metadata']['name']}"
+
+    @property
+    def service(self) -> dict[str, Any]:
+        return self.one("Service")
+
+    def has(self, role: str) -> bool:
+        return any(
+            doc["kind"] == "Deployment"
+            and (doc["metadata"].get("labels") or {}).get("ray-pixi.io/role") == role
+            for doc in self.manifest
+        )
+
+    def _route(self) -> None:
+        service = self.service
+        self.cluster.route_service(
+            self.namespace,
+            service["metadata"]["name"],
+            int(service["spec"]["ports"][0]["port"]),
+            self.webhook_port,
+        )
+
+    def write_tls(self) -> Path:
+        """What the webhook Deployment mounts from its Secret, written where the process reads."""
+        pod = self.deployment("webhook")["spec"]["template"]["spec"]
+        (volume,) = [v for v in pod["volumes"] if v["name"] == "webhook-tls"]
+        secret = self.admin.get(
+            f"/api/v1/namespaces/{self.namespace}/secrets/{volume['secret']['secretName']}"
+        )
+        tls = self.workdir / "webhook-tls"
+        tls.mkdir(exist_ok=True)
+        for key in ("tls.crt", "tls.key"):
+            path = tls / key
+            path.write_bytes(base64.b64decode(secret["data"][key]))
+            path.chmod(0o600)
+        return tls
+
+    # the processes ------------------------------------------------------------------------
+
+    @property
+    def webhook(self) -> Role:
+        return self.roles["webhook"]
+
+    @property
+    def reconciler(self) -> Role:
+        return self.roles["reconciler"]
+
+    def start(self) -> None:
+        """Start every role the release deploys; return once the webhook injects."""
+        for role in ROLES:
+            if self.has(role):
+                self.roles[role].start()
+        if self.has("webhook"):
+            self.wait_admitting()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def stop(self) -> None:
+        for role in self.roles.values():
+            role.stop()
+
     def wait_admitting(self, timeout: float = 90) -> None:
         """Until a dry-run create of a labelled RayCluster comes back injected."""
-        assert self.operator is not None
-        describe: Callable[[], str] = lambda: self.operator.tail(20) if self.operator else ""  # noqa: E731
-        poll(self._healthy, timeout=timeout, what="the operator's /healthz", describe=describe)
+        webhook = self.webhook
+        describe: Callable[[], str] = lambda: webhook.process.tail(20) if webhook.process else ""  # noqa: E731
         probe = raycluster("admission-probe", labels={"ray-pixi.io/enabled": "true"}, workers=0)
         path = self.cluster.path_for("ray.io/v1", "RayCluster", self.namespace)
 
         def injected() -> bool:
-            assert self.operator is not None
-            self.operator.check()
+            assert webhook.process is not None
+            webhook.process.check()
             try:
                 answer = self.admin.request("POST", path, probe, params={"dryRun": "All"})
             except ApiError:
@@ -195,19 +311,23 @@ class Release:
             [{"op": "replace", "path": "/webhooks/0/failurePolicy", "value": policy}],
         )
 
+    def logs(self) -> str:
+        return "\n".join(f"--- {name} ---\n{role.log()}" for name, role in self.roles.items())
+
     def uninstall(self) -> None:
-        self.stop_operator()
-        self.cluster.unroute_service(
-            self.namespace, self.service["metadata"]["name"], self.service_port
-        )
-        for doc in reversed(self.documents):
-            meta = doc["metadata"]
-            with contextlib.suppress(ApiError, LookupError):
-                path = self.cluster.path_for(
-                    doc["apiVersion"], doc["kind"], meta.get("namespace"), meta["name"]
-                )
-                self.admin.delete(path, missing_ok=True)
-        self.cluster.delete_namespace(self.namespace)
+        self.stop()
+        with contextlib.suppress(Exception):
+            service = self.service
+            self.cluster.unroute_service(
+                self.namespace,
+                service["metadata"]["name"],
+                int(service["spec"]["ports"][0]["port"]),
+            )
+        with contextlib.suppress(Exception):
+            self.helm.uninstall(self.name, ignore_not_found=True)
+        self.helm.close()
+        if self.owns_namespace:
+            self.cluster.delete_namespace(self.namespace)
 
 
 def install_release(
@@ -218,22 +338,18 @@ def install_release(
     name: str = "ray-pixi",
     namespace: str = "ray-pixi-system",
     values: dict[str, Any] | None = None,
+    create_namespace: bool = True,
+    start: bool = True,
 ) -> Release:
-    """Render, apply, route the webhook Service, and start the operator."""
-    documents = render_chart(values or {}, name=name, namespace=namespace)
-    cluster.create_namespace(namespace)
-    release = Release(cluster, documents, namespace, workdir)
+    """`helm install`, route the webhook Service, and start the roles' processes."""
+    if create_namespace:
+        cluster.create_namespace(namespace)
+    release = Release(cluster, name, namespace, workdir, executable)
+    release.owns_namespace = create_namespace
     try:
-        for doc in documents:
-            cluster.apply(doc, namespace)
-        cluster.route_service(
-            namespace,
-            release.service["metadata"]["name"],
-            release.service_port,
-            release.webhook_port,
-        )
-        release._write_tls()
-        release.start_operator(executable)
+        release.install(values or {})
+        if start:
+            release.start()
     except BaseException:
         release.uninstall()
         raise

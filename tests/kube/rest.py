@@ -66,6 +66,22 @@ class Rest:
         content_type: str = "application/json",
     ) -> Any:
         """Send one request; return the decoded JSON answer or raise `ApiError`."""
+        raw = self.request_raw(method, path, body, params=params, content_type=content_type)
+        try:
+            return json.loads(raw) if raw else None
+        except ValueError:
+            return raw.decode(errors="replace")
+
+    def request_raw(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        params: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> bytes:
+        """Send one request; return the answer's bytes as sent (or raise `ApiError`)."""
         if params:
             path = f"{path}?{urllib.parse.urlencode(params)}"
         headers = {"Accept": "application/json"}
@@ -84,13 +100,13 @@ class Rest:
             raw = response.read()
         finally:
             connection.close()
-        try:
-            decoded: Any = json.loads(raw) if raw else None
-        except ValueError:
-            decoded = raw.decode(errors="replace")
         if not 200 <= response.status < 300:
+            try:
+                decoded: Any = json.loads(raw) if raw else None
+            except ValueError:
+                decoded = raw.decode(errors="replace")
             raise ApiError(method, path, response.status, decoded)
-        return decoded
+        return raw
 
     def get(self, path: str, **params: str) -> Any:
         return self.request("GET", path, params=params or None)

@@ -1,9 +1,9 @@
-"""End to end at the API level: the chart's webhook, the operator and KubeRay together.
+"""End to end at the API level: the chart's webhook, its reconciler and KubeRay together.
 
-The chart is rendered with the real Helm engine and applied as `helm install` would; the
-operator runs locally as the chart's ServiceAccount (a TokenRequest token), so a missing
-RBAC rule fails these tests; the API server calls the webhook through the chart's own
-MutatingWebhookConfiguration (Service reference, generated CA); KubeRay builds the Pods.
+The chart is installed with real Helm; its two roles run locally, each as its own
+ServiceAccount (a TokenRequest token), so a missing RBAC rule fails these tests; the API
+server calls the webhook through the chart's own MutatingWebhookConfiguration (Service
+reference, generated CA); KubeRay builds the Pods.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from kube.cluster import KubeCluster
-from kube.manifests import cluster_pods, raycluster, rayjob, wait_for_pods
+from kube.manifests import raycluster, rayjob, wait_for_pods
 from kube.release import CHART, Release, install_release, operator_executable
 from kube.rest import Rest, poll
 
@@ -30,7 +30,7 @@ PAYLOAD = "ray-pixi-payload"
 VOLUME = "ray-pixi"
 MOUNT = "/ray-pixi"
 STATUS = "ray-pixi.io/status"
-INJECTED = "ray-pixi.io/injected"
+RECORD = "ray-pixi.io/injection"
 SETTLE = 60
 
 
@@ -69,7 +69,7 @@ def release(
 def _settings(release: Release) -> Any:
     from ray_pixi_operator import Settings
 
-    return Settings.from_env(release.operator_env())
+    return Settings.from_env(release.webhook.env())
 
 
 def _expected(release: Release, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -168,18 +168,17 @@ def _wait_status(admin: Rest, namespace: str, name: str, status: str) -> dict[st
 # --- the tests -----------------------------------------------------------------------------
 
 
-def test_operator_acts_as_the_charts_service_account(release: Release) -> None:
-    """The operator's credentials are the chart's ServiceAccount, not the admin's."""
-    review = release.cluster.rest(token=release.token).create(
-        "/apis/authentication.k8s.io/v1/selfsubjectreviews",
-        {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"},
-    )
-    assert review["status"]["userInfo"]["username"] == (
-        f"system:serviceaccount:{release.namespace}:{release.service_account}"
-    )
-    stored = release.admin.get(release.webhook_path)["webhooks"][0]["clientConfig"]
-    assert stored == release.webhook["webhooks"][0]["clientConfig"]
-    assert "service" in stored and "url" not in stored
+def test_each_role_acts_as_its_own_service_account(release: Release) -> None:
+    """The roles' credentials are the chart's ServiceAccounts, not the admin's."""
+    for role in (release.webhook, release.reconciler):
+        review = release.cluster.rest(token=role.token).create(
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"},
+        )
+        assert review["status"]["userInfo"]["username"] == role.username
+    assert release.webhook.username != release.reconciler.username
+    for webhook in release.webhook_configuration["webhooks"]:
+        assert "service" in webhook["clientConfig"] and "url" not in webhook["clientConfig"]
 
 
 def test_labelled_raycluster_every_pod_injected_once(release: Release, kube_namespace: str) -> None:
@@ -204,14 +203,11 @@ def test_labelled_raycluster_every_pod_injected_once(release: Release, kube_name
             e for e in want_ray["env"] if e["name"] in env_names
         ], group
         assert ray["volumeMounts"] == want_ray["volumeMounts"], group
-        assert (
-            template["metadata"]["annotations"][INJECTED]
-            == (want["metadata"]["annotations"][INJECTED])
-        )
         # The user's own values are still there.
         assert {"name": "USER_SETTING", "value": "kept"} in ray["env"]
         assert "ray-logs" in _names(template["spec"]["volumes"])
 
+    assert stored["metadata"]["annotations"][RECORD] == expected["metadata"]["annotations"][RECORD]
     pods = wait_for_pods(admin, kube_namespace, "labelled", 3)
     for pod in pods:
         assert _injection_problems(pod["spec"], env_names) == [], pod["metadata"]["name"]
@@ -249,10 +245,10 @@ def test_unlabelled_raycluster_is_untouched(release: Release, kube_namespace: st
     stored = _get_cluster(admin, kube_namespace, "plain")
     for group, template in _templates(stored["spec"]).items():
         assert _not_injected(template["spec"]), group
-        assert INJECTED not in (template.get("metadata") or {}).get("annotations", {})
     for pod in wait_for_pods(admin, kube_namespace, "plain", 2):
         assert _not_injected(pod["spec"]), pod["metadata"]["name"]
     assert STATUS not in stored["metadata"].get("annotations", {})
+    assert RECORD not in stored["metadata"].get("annotations", {})
 
 
 def test_scaling_a_worker_group_keeps_one_injection(release: Release, kube_namespace: str) -> None:
@@ -277,15 +273,14 @@ def test_scaling_a_worker_group_keeps_one_injection(release: Release, kube_names
         assert _injection_problems(pod["spec"], env_names) == [], pod["metadata"]["name"]
 
 
-def test_operator_down_with_ignore_then_reconciler_reports(
+def test_cluster_created_while_down_with_ignore_is_reported_and_never_changed(
     release: Release, kube_namespace: str
 ) -> None:
-    """failurePolicy Ignore admits a labelled cluster uninjected; the restarted operator says so."""
+    """failurePolicy Ignore admits a labelled cluster unprepared; the reconciler says so and
+    how to prepare it, and changes nothing behind the user's back."""
     admin = release.admin
-    executable = operator_executable()
-    assert executable is not None
     release.set_failure_policy("Ignore")
-    release.stop_operator()
+    release.stop()
     try:
         release.cluster.apply(raycluster("missed", labels=LABELS, workers=1), kube_namespace)
         stored = _get_cluster(admin, kube_namespace, "missed")
@@ -294,37 +289,31 @@ def test_operator_down_with_ignore_then_reconciler_reports(
         pods = wait_for_pods(admin, kube_namespace, "missed", 2)
         assert all(_not_injected(p["spec"]) for p in pods)
     finally:
-        release.start_operator(executable)
-        release.set_failure_policy(release.webhook["webhooks"][0]["failurePolicy"])
+        release.start()
+        release.set_failure_policy(
+            release.one("MutatingWebhookConfiguration")["webhooks"][0]["failurePolicy"]
+        )
 
-    # The reconciler finds the cluster uninjected and writes its status; that write is an
-    # UPDATE the webhook now injects, and then the Pods KubeRay built earlier are stale.
-    _wait_status(admin, kube_namespace, "missed", "pods-predate-injection")
-    reasons = poll(
-        lambda: (
-            (r := {e["reason"] for e in _events(admin, kube_namespace, "missed")})
-            >= {"RayPixiNotInjected", "RayPixiPodsPredateInjection"}
-            and r
-        ),
+    reported = _wait_status(admin, kube_namespace, "missed", "not-injected")
+    (event,) = poll(
+        lambda: [
+            e
+            for e in _events(admin, kube_namespace, "missed")
+            if e["reason"] == "RayPixiNotInjected"
+        ],
         timeout=SETTLE,
-        what="the reconciler's events",
-        describe=lambda: str({e["reason"] for e in _events(admin, kube_namespace, "missed")}),
+        what="the reconciler's RayPixiNotInjected event",
     )
-    assert "RayPixiInjected" not in reasons
-    stale = {p["metadata"]["name"] for p in cluster_pods(admin, kube_namespace, "missed")}
-    (event,) = [
-        e
-        for e in _events(admin, kube_namespace, "missed")
-        if e["reason"] == "RayPixiPodsPredateInjection"
-    ]
-    assert event["type"] == "Warning"
-    assert all(name in event["message"] for name in stale)
+    assert event["type"] == "Warning" and "ray-pixi.io/migrate" in event["message"]
+    # Writing the status annotation did not prepare it (an operator never rebuilds pods).
+    assert _templates(reported["spec"]) == _templates(stored["spec"])
+    assert RECORD not in reported["metadata"]["annotations"]
 
 
 def test_operator_log_shows_no_permission_errors(release: Release) -> None:
-    """Run last: the operator, on the chart's RBAC alone, was never refused anything."""
-    log = release.operator_log()
-    assert log, "the operator wrote no log"
+    """Run last: both roles, on the chart's RBAC alone, were never refused anything."""
+    log = release.logs()
+    assert release.webhook.log() and release.reconciler.log(), "a role wrote no log"
     # RBAC denials read 'X is forbidden: User "system:serviceaccount:..." cannot <verb> ...';
     # other 403s (an event posted into a namespace being deleted) are not about RBAC.
     refused = [line for line in log.splitlines() if re.search(r'forbidden: User ".*" cannot', line)]
@@ -343,3 +332,4 @@ def test_chart_renders_the_failure_policy_it_is_given(tmp_path: Path) -> None:
         if d["kind"] == "MutatingWebhookConfiguration"
     ]
     assert webhook["webhooks"][0]["failurePolicy"] == "Ignore"
+    assert webhook["webhooks"][1]["failurePolicy"] == "Ignore"  # UPDATEs always fail open

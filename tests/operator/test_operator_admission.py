@@ -99,16 +99,20 @@ def test_create_of_a_labelled_cluster_is_injected(manifest, settings):
     assert "warnings" not in response["response"]
 
 
-def test_update_reapplies_after_the_spec_was_replaced(manifest, settings):
-    """A RayService may replace the whole spec of its RayCluster with an UPDATE."""
+def test_update_that_replaced_the_spec_gets_the_recorded_injection_back(manifest, settings):
+    """A RayService replaces the whole spec and the annotations of its RayCluster."""
     injected = prepare(manifest("raycluster-workers"), settings).body
     replaced = copy.deepcopy(injected)
-    replaced["spec"] = manifest("raycluster-autoscaler")["spec"]
+    replaced["spec"] = manifest("raycluster-workers")["spec"]
+    replaced["metadata"]["annotations"] = {"ray.io/kuberay-version": "v1.6.2"}
     review = admission_review("UPDATE", replaced, old=injected)
     (response,) = send(settings, review)
     result = patched(review, response)
     validate(result)
-    assert result == prepare(replaced, settings).body
+    assert result["spec"] == injected["spec"]
+    assert result["metadata"]["annotations"][names.INJECTION_ANNOTATION] == (
+        injected["metadata"]["annotations"][names.INJECTION_ANNOTATION]
+    )
 
 
 def test_update_of_an_injected_cluster_returns_no_patch(manifest, settings):
@@ -121,14 +125,97 @@ def test_update_of_an_injected_cluster_returns_no_patch(manifest, settings):
     assert "patch" not in response["response"]
 
 
-def test_update_after_a_new_payload_image_moves_the_init_container_to_it(manifest, make_settings):
+def test_update_after_a_settings_change_keeps_the_recorded_payload(manifest, make_settings):
+    """An operator upgrade never moves a prepared cluster: its pods would be rebuilt."""
     injected = prepare(manifest("raycluster-head-only"), make_settings()).body
     newer = make_settings(payload_image="ghcr.io/example/ray-pixi:0.2.0")
-    review = admission_review("UPDATE", injected, old=injected)
+    edited = copy.deepcopy(injected)
+    edited["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"].append(
+        {"name": "TEAM", "value": "vision"}
+    )
+    review = admission_review("UPDATE", edited, old=injected)
+    (response,) = send(newer, review)
+    assert "patch" not in response["response"]
+    assert "warnings" not in response["response"]
+
+
+def test_the_migrate_annotation_moves_the_cluster_to_the_current_payload(manifest, make_settings):
+    injected = prepare(manifest("raycluster-head-only"), make_settings()).body
+    newer = make_settings(payload_image="ghcr.io/example/ray-pixi:0.2.0")
+    asked = copy.deepcopy(injected)
+    asked["metadata"]["annotations"]["ray-pixi.io/migrate"] = "2025-06-01T00:00:00Z"
+    review = admission_review("UPDATE", asked, old=injected)
     (response,) = send(newer, review)
     result = patched(review, response)
     init = result["spec"]["headGroupSpec"]["template"]["spec"]["initContainers"]
     assert [c["image"] for c in init] == ["ghcr.io/example/ray-pixi:0.2.0"]
+    record = json.loads(result["metadata"]["annotations"][names.INJECTION_ANNOTATION])
+    assert record["migration"] == "2025-06-01T00:00:00Z"
+
+
+def _invalid_under_hostpath(manifest, make_settings):
+    """A cluster prepared with a size limit, and settings under which that annotation is bad."""
+    body = manifest("raycluster-workers")
+    body["metadata"]["annotations"] = {"ray-pixi.io/cache-size-limit": "10Gi"}
+    return prepare(body, make_settings()).body, make_settings(cache_volume="hostPath")
+
+
+def test_updates_that_touch_no_template_pass_even_when_the_cluster_became_invalid(
+    manifest, make_settings
+):
+    """A replica patch, a finalizer removal on a deleting cluster: never refused, never patched
+    (the chart's matchConditions keep them from the webhook; this is older servers' path)."""
+    injected, hostpath = _invalid_under_hostpath(manifest, make_settings)
+    scaled = copy.deepcopy(injected)
+    scaled["spec"]["workerGroupSpecs"][0]["replicas"] = 7
+    deleting_old = copy.deepcopy(injected)
+    deleting_old["metadata"]["deletionTimestamp"] = "2025-01-01T00:00:00Z"
+    deleting_old["metadata"]["finalizers"] = ["ray.io/gcs-ft-redis-cleanup-finalizer"]
+    finalized = copy.deepcopy(deleting_old)
+    finalized["metadata"]["finalizers"] = []
+    # Even a template change is waved through on an object being deleted.
+    finalized["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"] = []
+    responses = send(
+        hostpath,
+        admission_review("UPDATE", scaled, old=injected),
+        admission_review("UPDATE", finalized, old=deleting_old),
+    )
+    for response in responses:
+        assert response["response"]["allowed"] is True
+        assert "patch" not in response["response"]
+
+
+def test_a_template_update_of_an_already_invalid_cluster_is_admitted_with_a_warning(
+    manifest, make_settings
+):
+    injected, hostpath = _invalid_under_hostpath(manifest, make_settings)
+    edited = copy.deepcopy(injected)
+    edited["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["image"] = "x:2"
+    (response,) = send(hostpath, admission_review("UPDATE", edited, old=injected))
+    assert response["response"]["allowed"] is True
+    (warning,) = response["response"]["warnings"]
+    assert "ray-pixi.io/cache-size-limit" in warning and "ignored until" in warning
+
+
+def test_an_update_that_makes_a_valid_cluster_invalid_is_refused(manifest, settings):
+    injected = prepare(manifest("raycluster-head-only"), settings).body
+    typo = copy.deepcopy(injected)
+    typo["metadata"]["annotations"]["ray-pixi.io/cache-volum"] = "hostPath"
+    (response,) = send(settings, admission_review("UPDATE", typo, old=injected))
+    assert response["response"]["allowed"] is False
+    assert "unknown ray-pixi annotation 'ray-pixi.io/cache-volum'" in (
+        response["response"]["status"]["message"]
+    )
+
+
+def test_create_of_a_cluster_running_an_old_ray_is_refused_with_the_range(manifest, settings):
+    cluster = manifest("raycluster-head-only")
+    cluster["spec"]["rayVersion"] = "2.40.0"
+    (response,) = send(settings, admission_review("CREATE", cluster))
+    result = response["response"]
+    assert result["allowed"] is False
+    assert "spec.rayVersion is '2.40.0'" in result["status"]["message"]
+    assert "Ray >= 2.60, Python >= 3.10, pydantic >= 2.5" in result["status"]["message"]
 
 
 @pytest.mark.parametrize("operation", ["CREATE", "UPDATE"])

@@ -1,7 +1,9 @@
 """The mutation on realistic RayClusters: what lands in each pod template, and nothing else.
 
 Every prepared object is validated against the KubeRay v1.7.0 CRD schema (including a check
-that nothing it adds would be pruned) and prepared again to prove idempotence.
+that nothing it adds would be pruned) and prepared again to prove idempotence. Also: the
+injection record on the metadata, what an UPDATE restores from it, an explicit migration, and
+the adoption of a cluster that ray-pixi 0.1.0 prepared.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import jsonpatch
 import pytest
 from crd_schema import assert_additions_in_schema, load_schema, unknown_fields, validate
 from operator_support import PAYLOAD_IMAGE
-from ray_pixi_operator import InjectionError, Settings, names, prepare
+from ray_pixi_operator import InjectionError, Settings, migrate, names, prepare, restore
+from ray_pixi_operator.record import Record, read_record
 
 PLUGIN = {"class": "ray_pixi.PixiPlugin"}
 
@@ -83,9 +86,9 @@ def assert_prepared_template(template: dict[str, Any], original: dict[str, Any])
 
 # JSON-pointer paths (as jsonpatch diffs them) the mutation may touch inside a pod template.
 _ALLOWED = re.compile(
-    r"^/spec/(?:(?:rayClusterSpec|rayClusterConfig)/)?(?:headGroupSpec|workerGroupSpecs/\d+)/template/"
-    r"(?:metadata(?:/annotations(?:/ray-pixi\.io~1injected)?)?"
-    r"|spec/(?:volumes|initContainers)(?:/\d+|/-)?"
+    r"^/metadata/annotations(?:/ray-pixi\.io~1injection)?$"
+    r"|^/spec/(?:(?:rayClusterSpec|rayClusterConfig)/)?(?:headGroupSpec|workerGroupSpecs/\d+)/template/"
+    r"(?:spec/(?:volumes|initContainers)(?:/\d+|/-)?"
     r"|spec/containers/0/(?:env|volumeMounts)(?:/\d+|/-)?(?:/value)?"
     r"|spec)$"
 )
@@ -114,7 +117,11 @@ def test_every_pod_template_of_a_labelled_cluster_is_prepared(name, manifest, se
     for template, before in zip(templates(body), templates(original), strict=True):
         assert_prepared_template(template, before)
     assert_nothing_else_changes(original, body)
-    assert body["metadata"] == original["metadata"]
+    # The record is the only thing added to the metadata, where KubeRay's spec hash never looks.
+    annotations = body["metadata"].pop("annotations")
+    assert annotations.pop(names.INJECTION_ANNOTATION)
+    assert annotations == original["metadata"].get("annotations", {})
+    assert body["metadata"] == {k: v for k, v in original["metadata"].items() if k != "annotations"}
 
 
 def test_head_only_cluster_gets_the_default_emptydir_and_payload_image(manifest, settings):
@@ -434,22 +441,73 @@ def test_bad_annotation_is_rejected_naming_it_and_the_fix(
     assert rule in message
 
 
-# --- Re-mutation after a change ---
+# --- The injection record ---
 
 
-def test_changed_settings_replace_the_add_ons_values_but_not_the_users(manifest, make_settings):
+def test_the_record_holds_the_values_that_were_injected(manifest, make_settings):
+    body = manifest("raycluster-workers")
+    body["metadata"]["annotations"] = {"ray-pixi.io/pixi-version": "0.40.3"}
+    result = prepare(body, make_settings(cache_volume="hostPath"))
+    record = read_record(result.body["metadata"]["annotations"])
+    assert record is not None and record == result.record
+    assert record.settings == {
+        "payloadImage": PAYLOAD_IMAGE,
+        "payloadImagePullPolicy": "IfNotPresent",
+        "pixiVersion": "0.40.3",
+        "cacheVolume": "hostPath",
+        "cacheHostPath": "/var/cache/ray-pixi",
+        "pluginCacheSizeGB": 10.0,
+    }
+    assert record.prepared_by.startswith("ray-pixi-operator ")
+    # Exactly what each template got, as values: the cpu group's installer runs as its user.
+    for group, template in zip(
+        ("headGroupSpec", "workerGroupSpecs[cpu]", "workerGroupSpecs[gpu]"),
+        templates(result.body),
+        strict=True,
+    ):
+        injection = record.injection_for(group)
+        assert injection is not None
+        pod = template["spec"]
+        assert list(injection.init_containers) == pod["initContainers"][-1:]
+        assert list(injection.volumes) == pod["volumes"][-1:]
+        assert {e["name"]: e for e in injection.env}.items() <= {
+            e["name"]: e for e in pod["containers"][0]["env"]
+        }.items()
+    # It reads back exactly, and nothing else on the metadata changed.
+    text = result.body["metadata"]["annotations"][names.INJECTION_ANNOTATION]
+    assert Record.loads(text) == record and Record.loads(text).dumps() == text
+
+
+def test_changed_settings_never_change_a_prepared_cluster(manifest, make_settings):
+    """An operator upgrade (new payload image, a pixi version) leaves prepared templates alone."""
+    first = prepare(manifest("raycluster-workers"), make_settings()).body
+    newer = make_settings(payload_image="ghcr.io/example/ray-pixi:0.2.0", pixi_version="0.77.0")
+    again = prepare(first, newer)
+    assert again.body == first and not again.changed
+    assert restore(first, again.record).body == first
+
+
+def test_migration_replaces_the_add_ons_values_but_not_the_users(manifest, make_settings):
     body = _with_ray_env(manifest("raycluster-head-only"), PIXI_CACHE_DIR="/mnt/team-cache")
     body["metadata"]["annotations"] = {"ray-pixi.io/pixi-version": "0.40.3"}
     first = prepare(body, make_settings()).body
 
-    # A later UPDATE: new payload image in the operator, pixi version annotation removed.
+    # The pixi version annotation removed, a new payload image: an explicit migration.
     del first["metadata"]["annotations"]["ray-pixi.io/pixi-version"]
-    second = prepared(first, make_settings(payload_image="ghcr.io/example/ray-pixi:0.2.0"))
-    pod = templates(second)[0]["spec"]
+    newer = make_settings(payload_image="ghcr.io/example/ray-pixi:0.2.0")
+    moved = migrate(first, newer, read_record(first["metadata"]["annotations"]), "2025-01-01")
+    validate(moved.body)
+    pod = templates(moved.body)[0]["spec"]
     assert [c["image"] for c in pod["initContainers"]] == ["ghcr.io/example/ray-pixi:0.2.0"]
     env = env_of(pod["containers"][0])
     assert "RAY_PIXI_PIXI_VERSION" not in env
     assert env["PIXI_CACHE_DIR"] == "/mnt/team-cache"
+    assert [k.path.rsplit("[", 1)[1] for k in moved.kept] == ["PIXI_CACHE_DIR]"]
+    assert moved.record is not None and moved.record.migration == "2025-01-01"
+    assert moved.record.payload_image == "ghcr.io/example/ray-pixi:0.2.0"
+    # The same token again changes nothing: prepare sees the migration recorded.
+    moved.body["metadata"]["annotations"]["ray-pixi.io/migrate"] = "2025-01-01"
+    assert not prepare(moved.body, newer).changed
 
 
 def test_user_value_set_later_over_an_injected_one_wins(manifest, settings):
@@ -466,15 +524,109 @@ def test_user_value_set_later_over_an_injected_one_wins(manifest, settings):
     assert [k.path.rsplit("[", 1)[1] for k in second.kept] == ["RAY_PIXI_STORE_DIR]"]
 
 
-def test_a_list_replaced_by_a_merge_patch_is_injected_again(manifest, settings):
+def test_a_list_replaced_by_a_merge_patch_comes_back_from_the_record(manifest, settings):
     """kubectl apply on a custom resource sends a merge patch, which replaces whole lists."""
     first = prepare(manifest("raycluster-head-only"), settings).body
     original_ray = manifest("raycluster-head-only")["spec"]["headGroupSpec"]["template"]["spec"][
         "containers"
     ]
     templates(first)[0]["spec"]["containers"] = original_ray
-    again = prepared(first, settings)
-    assert again == prepare(manifest("raycluster-head-only"), settings).body
+    record = read_record(first["metadata"]["annotations"])
+    again = restore(first, record)
+    validate(again.body)
+    assert again.body == prepare(manifest("raycluster-head-only"), settings).body
+
+
+def test_a_whole_replaced_spec_and_annotations_come_back_byte_identical(manifest, settings):
+    """What a RayService does to its RayCluster: spec and annotations replaced by its own."""
+    injected = prepare(manifest("raycluster-workers"), settings).body
+    replaced = copy.deepcopy(injected)
+    replaced["spec"] = manifest("raycluster-workers")["spec"]
+    replaced["metadata"]["annotations"] = {"ray.io/kuberay-version": "v1.6.2"}
+    back = restore(replaced, read_record(injected["metadata"]["annotations"])).body
+    assert json.dumps(back["spec"], sort_keys=True) == json.dumps(injected["spec"], sort_keys=True)
+    assert back["metadata"]["annotations"] == {
+        "ray.io/kuberay-version": "v1.6.2",
+        names.INJECTION_ANNOTATION: injected["metadata"]["annotations"][names.INJECTION_ANNOTATION],
+    }
+
+
+def test_a_worker_group_added_later_gets_the_recorded_injection(manifest, make_settings):
+    first = prepare(manifest("raycluster-workers"), make_settings()).body
+    added = copy.deepcopy(first)
+    group = copy.deepcopy(manifest("raycluster-workers")["spec"]["workerGroupSpecs"][0])
+    group["groupName"] = "cpu-large"
+    added["spec"]["workerGroupSpecs"].append(group)
+    # Restored from the record, not from today's settings.
+    back = restore(added, read_record(first["metadata"]["annotations"])).body
+    new_group = templates(back)[-1]
+    assert_prepared_template(new_group, group["template"])
+    init = new_group["spec"]["initContainers"][-1]
+    assert init["image"] == PAYLOAD_IMAGE
+    security = init["securityContext"]
+    assert (security["runAsUser"], security["runAsGroup"]) == (1000, 100)
+    assert templates(back)[:-1] == templates(first)
+
+
+def test_a_record_that_cannot_be_read_is_refused_naming_the_fix(manifest, settings):
+    body = manifest("raycluster-head-only")
+    body["metadata"]["annotations"] = {names.INJECTION_ANNOTATION: '{"format": 99}'}
+    with pytest.raises(InjectionError, match="has format 99.*remove it"):
+        prepare(body, settings)
+
+
+# --- Clusters prepared by ray-pixi 0.1.0 (no record) ---
+
+
+def test_a_cluster_prepared_by_0_1_0_is_adopted_unchanged(manifest, make_settings):
+    legacy = manifest("raycluster-prepared-by-0.1.0")
+    newer = make_settings(payload_image="ghcr.io/example/ray-pixi:0.2.0", pixi_version="0.77.0")
+    adopted = prepare(legacy, newer)
+    assert adopted.adopted
+    assert adopted.body["spec"] == legacy["spec"]  # not one byte of a template changes
+    record = adopted.record
+    assert record is not None and record.adopted
+    assert record.prepared_by == "ray-pixi-operator 0.1.0"
+    assert record.payload_image == "ghcr.io/example/ray-pixi:0.1.0"
+    # What 0.1.0 injected comes back exactly after its templates are replaced wholesale.
+    replaced = copy.deepcopy(adopted.body)
+    replaced["spec"] = manifest("raycluster-workers")["spec"]
+    assert restore(replaced, record).body["spec"] == legacy["spec"]
+
+
+# --- The compatibility gate ---
+
+
+@pytest.mark.parametrize("version", ["2.40.0", "2.59.9", "1.13.1"])
+def test_a_ray_version_below_the_supported_range_is_refused_naming_it(version, manifest, settings):
+    body = manifest("raycluster-head-only")
+    body["spec"]["rayVersion"] = version
+    with pytest.raises(InjectionError) as error:
+        prepare(body, settings)
+    message = str(error.value)
+    assert f"spec.rayVersion is {version!r}" in message
+    assert "Ray >= 2.60, Python >= 3.10, pydantic >= 2.5" in message
+    assert "ray-pixi.io/ray-version" in message
+
+
+def test_an_admin_can_vouch_for_a_stale_ray_version(manifest, settings):
+    body = manifest("raycluster-head-only")
+    body["spec"]["rayVersion"] = "2.40.0"
+    body["metadata"]["annotations"] = {"ray-pixi.io/ray-version": "2.60.1"}
+    assert prepare(body, settings).changed
+
+
+@pytest.mark.parametrize("version", [None, "nightly"])
+def test_a_ray_version_that_cannot_be_compared_is_a_warning(version, manifest, settings):
+    body = manifest("raycluster-head-only")
+    if version is None:
+        del body["spec"]["rayVersion"]
+    else:
+        body["spec"]["rayVersion"] = version
+    result = prepare(body, settings)
+    assert result.changed
+    (note,) = result.notes
+    assert "Ray >= 2.60" in note and "ray-pixi.io/ray-version" in note
 
 
 # --- RayJob and RayService ---

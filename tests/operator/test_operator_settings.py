@@ -23,6 +23,8 @@ ALL_NAMES = (
     "RAY_PIXI_WEBHOOK_KEY_FILE",
     "RAY_PIXI_WEBHOOK_HOST",
     "RAY_PIXI_WEBHOOK_MANAGED",
+    "RAY_PIXI_WEBHOOK_CERT_RELOAD_SECONDS",
+    "RAY_PIXI_WEBHOOK_DRAIN_SECONDS",
     "RAY_PIXI_NAMESPACES",
     "RAY_PIXI_HEALTH_PORT",
     "RAY_PIXI_LOG_LEVEL",
@@ -47,6 +49,7 @@ def test_defaults_with_only_the_payload_image():
     assert settings.namespaces == ()
     assert settings.health_port == 8080
     assert settings.log_level == "INFO"
+    assert (settings.webhook_cert_reload_seconds, settings.webhook_drain_seconds) == (10.0, 10.0)
 
 
 def test_every_setting_is_read(tmp_path: Path):
@@ -67,6 +70,8 @@ def test_every_setting_is_read(tmp_path: Path):
             "RAY_PIXI_WEBHOOK_KEY_FILE": str(key),
             "RAY_PIXI_WEBHOOK_HOST": "ray-pixi.ray-system.svc",
             "RAY_PIXI_WEBHOOK_MANAGED": "ray-pixi.example.com",
+            "RAY_PIXI_WEBHOOK_CERT_RELOAD_SECONDS": "2.5",
+            "RAY_PIXI_WEBHOOK_DRAIN_SECONDS": "0",
             "RAY_PIXI_NAMESPACES": "ml, serving",
             "RAY_PIXI_HEALTH_PORT": "8081",
             "RAY_PIXI_LOG_LEVEL": "debug",
@@ -77,6 +82,7 @@ def test_every_setting_is_read(tmp_path: Path):
     assert settings.webhook_cert_file == cert
     assert settings.namespaces == ("ml", "serving")
     assert settings.log_level == "DEBUG"
+    assert (settings.webhook_cert_reload_seconds, settings.webhook_drain_seconds) == (2.5, 0.0)
 
 
 def test_empty_values_mean_unset_as_a_chart_renders_them():
@@ -128,6 +134,14 @@ INVALID = [
     (
         {"RAY_PIXI_WEBHOOK_CERT_FILE": "/nonexistent/tls.crt"},
         "Invalid RAY_PIXI_WEBHOOK_CERT_FILE='/nonexistent/tls.crt': must be the path of a readable PEM file",  # noqa: E501
+    ),
+    (
+        {"RAY_PIXI_WEBHOOK_CERT_RELOAD_SECONDS": "0"},
+        "Invalid RAY_PIXI_WEBHOOK_CERT_RELOAD_SECONDS='0': must be a number of seconds greater than 0",  # noqa: E501
+    ),
+    (
+        {"RAY_PIXI_WEBHOOK_DRAIN_SECONDS": "-1"},
+        "Invalid RAY_PIXI_WEBHOOK_DRAIN_SECONDS='-1': must be a number of seconds between 0 and 3600",  # noqa: E501
     ),
     (
         {"RAY_PIXI_NAMESPACES": "ml,Serving"},

@@ -1,12 +1,18 @@
-"""What the reconciler reports for an opted-in RayCluster, given the stored object and its pods."""
+"""What the reconciler does about an opted-in RayCluster: repairs, adoption, status and events.
+
+Given the stored object, summaries of its pods (as the pod index holds them) and the record it
+last saw. Only what needs the user is a Warning; another payload is informational.
+"""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
-from ray_pixi_operator import prepare
-from ray_pixi_operator.status import build_cluster_status, needs_report
+from ray_pixi_operator import names, prepare
+from ray_pixi_operator.record import read_record
+from ray_pixi_operator.status import needs_report, reconcile, summarize_pod
 
 
 def pod_from(
@@ -24,7 +30,7 @@ def pod_from(
     return {"metadata": metadata, "spec": copy.deepcopy(template["spec"])}
 
 
-def pods_of(cluster: dict[str, Any]) -> list[dict[str, Any]]:
+def pods_of(cluster: dict[str, Any]) -> list[Any]:
     spec = cluster["spec"]
     pods = [
         pod_from(
@@ -40,91 +46,136 @@ def pods_of(cluster: dict[str, Any]) -> list[dict[str, Any]]:
                 group["groupName"],
             )
         )
-    return pods
+    return [summarize_pod(pod) for pod in pods]
 
 
-def test_labelled_cluster_that_was_not_injected_is_a_warning(manifest, settings):
+def reasons(outcome: Any) -> list[tuple[str, str]]:
+    return [(event.type, event.reason) for event in outcome.report.events]
+
+
+def test_labelled_cluster_that_was_never_prepared_is_a_warning_naming_the_fix(manifest, settings):
     cluster = manifest("raycluster-workers")
-    status = build_cluster_status(cluster, pods_of(cluster), settings)
-    assert (status.status, status.type, status.reason) == (
-        "not-injected",
-        "Warning",
-        "RayPixiNotInjected",
-    )
-    assert "webhook was unreachable" in status.message
+    outcome = reconcile(cluster, pods_of(cluster), settings)
+    assert outcome.report.status == "not-injected"
+    assert reasons(outcome) == [("Warning", "RayPixiNotInjected")]
+    message = outcome.report.events[0].message
+    assert "webhook was unreachable" in message and "ray-pixi.io/migrate" in message
+    assert outcome.repair is None  # never prepared: nothing is changed behind the user's back
 
 
-def test_injected_cluster_with_pods_built_from_it_is_injected(manifest, settings):
+def test_prepared_cluster_with_its_pods_is_injected(manifest, settings):
     cluster = prepare(manifest("raycluster-workers"), settings).body
-    status = build_cluster_status(cluster, pods_of(cluster), settings)
-    assert (status.status, status.type, status.reason) == ("injected", "Normal", "RayPixiInjected")
+    outcome = reconcile(cluster, pods_of(cluster), settings)
+    assert outcome.report.status == "injected"
+    assert reasons(outcome) == [("Normal", "RayPixiInjected")]
+    assert outcome.repair is None
 
 
-def test_injected_cluster_without_pods_yet_is_injected(manifest, settings):
-    cluster = prepare(manifest("raycluster-head-only"), settings).body
-    assert build_cluster_status(cluster, [], settings).status == "injected"
+def test_a_settings_change_is_informational_and_changes_nothing(manifest, make_settings):
+    cluster = prepare(manifest("raycluster-workers"), make_settings()).body
+    newer = make_settings(payload_image="ghcr.io/example/ray-pixi:0.2.0", pixi_version="0.77.0")
+    outcome = reconcile(cluster, pods_of(cluster), newer)
+    assert outcome.repair is None
+    assert outcome.report.status == "injected"
+    assert reasons(outcome) == [("Normal", "RayPixiInjected"), ("Normal", "RayPixiPayloadPinned")]
+    message = outcome.report.events[1].message
+    assert "ghcr.io/example/ray-pixi:0.1.0 (now ghcr.io/example/ray-pixi:0.2.0)" in message
+    assert "ray-pixi.io/migrate" in message and "delete" not in message
 
 
-def test_pods_from_before_the_injection_are_named(manifest, settings):
-    before = manifest("raycluster-workers")
-    old_pods = pods_of(before)  # built while the cluster was not injected
-    cluster = prepare(before, settings).body  # injected later, on an UPDATE
-    new_pods = pods_of(cluster)
-    pods = [old_pods[0], new_pods[1], old_pods[2]]
-    status = build_cluster_status(cluster, pods, settings)
-    assert (status.status, status.type) == ("pods-predate-injection", "Warning")
-    assert "2 pod(s)" in status.message
-    assert "training-head" in status.message and "training-gpu-worker-a" in status.message
-    assert "training-cpu-worker-a" not in status.message
-    assert "Delete them" in status.message
+def test_templates_that_lost_recorded_items_are_repaired_from_the_record(manifest, settings):
+    cluster = prepare(manifest("raycluster-workers"), settings).body
+    lost = copy.deepcopy(cluster)
+    lost["spec"]["workerGroupSpecs"] = manifest("raycluster-workers")["spec"]["workerGroupSpecs"]
+    outcome = reconcile(lost, pods_of(cluster), settings)
+    assert outcome.repair == cluster
+    assert ("Normal", "RayPixiRepaired") in reasons(outcome)
+    repaired = next(e for e in outcome.report.events if e.reason == "RayPixiRepaired")
+    assert "workerGroupSpecs[cpu]" in repaired.message and "headGroupSpec" not in repaired.message
 
 
-def test_pods_of_an_older_injection_predate_the_current_one(manifest, make_settings):
-    first = prepare(manifest("raycluster-head-only"), make_settings()).body
-    old_pods = pods_of(first)
-    cluster = prepare(first, make_settings(payload_image="ghcr.io/example/ray-pixi:0.2.0")).body
-    assert build_cluster_status(
-        cluster, old_pods, make_settings(payload_image="ghcr.io/example/ray-pixi:0.2.0")
-    ).status == ("pods-predate-injection")
+def test_a_lost_record_comes_back_from_the_one_remembered(manifest, settings):
+    """A RayService replaced its cluster's spec and annotations while the webhook was down."""
+    cluster = prepare(manifest("raycluster-workers"), settings).body
+    record = read_record(cluster["metadata"]["annotations"])
+    replaced = copy.deepcopy(cluster)
+    replaced["spec"] = manifest("raycluster-workers")["spec"]
+    replaced["metadata"]["annotations"] = {}
+    assert reconcile(replaced, [], settings).report.status == "not-injected"
+    outcome = reconcile(replaced, [], settings, remembered=record)
+    assert outcome.repair == cluster
+    repaired = next(e for e in outcome.report.events if e.reason == "RayPixiRepaired")
+    assert "its injection record" in repaired.message
+
+
+def test_a_cluster_prepared_by_0_1_0_is_adopted_without_a_template_change(manifest, settings):
+    legacy = manifest("raycluster-prepared-by-0.1.0")
+    outcome = reconcile(legacy, pods_of(legacy), settings)
+    assert outcome.repair is not None
+    assert outcome.repair["spec"] == legacy["spec"]
+    assert names.INJECTION_ANNOTATION in outcome.repair["metadata"]["annotations"]
+    assert ("Normal", "RayPixiAdopted") in reasons(outcome)
+    assert outcome.report.status == "injected"
+    # Once adopted, nothing more to do.
+    assert reconcile(outcome.repair, pods_of(legacy), settings).repair is None
+
+
+def test_pods_from_an_earlier_template_are_informational(manifest, make_settings):
+    before = prepare(manifest("raycluster-head-only"), make_settings()).body
+    newer = make_settings(payload_image="ghcr.io/example/ray-pixi:0.2.0")
+    after = copy.deepcopy(before)
+    after["metadata"]["annotations"]["ray-pixi.io/migrate"] = "1"
+    after = prepare(after, newer).body
+    outcome = reconcile(after, pods_of(before), newer)
+    assert outcome.report.status == "injected"
+    event = next(e for e in outcome.report.events if e.reason == "RayPixiPodsOnOtherPayload")
+    assert event.type == "Normal"
+    assert f"{before['metadata']['name']}-head" in event.message
+    assert "delete" not in event.message
 
 
 def test_terminating_pods_are_ignored(manifest, settings):
-    before = manifest("raycluster-head-only")
-    old_head = pods_of(before)[0]
-    old_head["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
-    cluster = prepare(before, settings).body
-    assert (
-        build_cluster_status(cluster, [old_head, *pods_of(cluster)], settings).status == "injected"
-    )
+    plain = manifest("raycluster-head-only")
+    cluster = prepare(plain, settings).body
+    (head,) = pods_of(plain)  # built before the injection, and being deleted
+    outcome = reconcile(cluster, [dataclasses.replace(head, deleting=True)], settings)
+    assert [e.reason for e in outcome.report.events] == ["RayPixiInjected"]
 
 
-def test_bad_annotation_on_a_stored_cluster_is_reported_as_invalid(manifest, settings):
+def test_bad_annotations_on_a_prepared_cluster_warn_but_change_nothing(manifest, settings):
     cluster = prepare(manifest("raycluster-head-only"), settings).body
-    cluster["metadata"]["annotations"] = {"ray-pixi.io/cache-volume": "nfs"}
-    status = build_cluster_status(cluster, [], settings)
-    assert (status.status, status.type, status.reason) == ("invalid", "Warning", "RayPixiInvalid")
-    assert "ray-pixi.io/cache-volume" in status.message and "'nfs'" in status.message
+    cluster["metadata"]["annotations"]["ray-pixi.io/cache-volume"] = "nfs"
+    outcome = reconcile(cluster, [], settings)
+    assert outcome.repair is None
+    assert outcome.report.status == "injected"
+    assert ("Warning", "RayPixiAnnotationsInvalid") in reasons(outcome)
 
 
 def test_kept_user_values_are_reported_with_the_injected_status(manifest, settings):
     cluster = manifest("raycluster-head-only")
     ray = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     ray["env"] = [{"name": "PIXI_CACHE_DIR", "value": "/mnt/cache"}]
-    cluster = prepare(cluster, settings).body
-    status = build_cluster_status(cluster, [], settings)
-    assert status.status == "injected"
-    assert "env[PIXI_CACHE_DIR] keeps the user's '/mnt/cache'" in status.message
+    prepared = prepare(cluster, settings).body
+    outcome = reconcile(prepared, [], settings)
+    assert "user values kept" in outcome.report.events[0].message
+    assert "PIXI_CACHE_DIR" in outcome.report.events[0].message
 
 
-def test_a_status_is_reported_once_per_change(manifest, settings):
-    cluster = manifest("raycluster-head-only")
-    missing = build_cluster_status(cluster, [], settings)
-    injected = build_cluster_status(prepare(cluster, settings).body, [], settings)
-    # A fresh operator reports what differs from the stored annotation, and only that.
-    assert needs_report(missing, stored=None, last_reported=None)
-    assert not needs_report(injected, stored="injected", last_reported=None)
-    # A running one reports each change, including a new message for the same status.
-    assert not needs_report(injected, stored="not-injected", last_reported=injected)
-    assert needs_report(injected, stored="not-injected", last_reported=missing)
-    reworded = type(injected)(injected.status, injected.type, injected.reason, "other pods")
-    assert needs_report(reworded, stored="injected", last_reported=injected)
+def test_a_report_is_posted_once_per_change(manifest, make_settings):
+    cluster = prepare(manifest("raycluster-head-only"), make_settings()).body
+    report = reconcile(cluster, [], make_settings()).report
+    assert report.reasons == "RayPixiInjected"
+    # A restarted reconciler sees the stored status and reasons and stays quiet...
+    assert not needs_report(report, stored="injected", stored_reasons=report.reasons,
+                            last_reported=None)
+    assert needs_report(report, stored=None, last_reported=None)
+    assert not needs_report(report, stored="injected", last_reported=report)
+    missed = reconcile(manifest("raycluster-head-only"), [], make_settings()).report
+    assert needs_report(report, stored="not-injected", last_reported=missed)
+    # ...but after an operator upgrade it tells once that the cluster keeps its payload.
+    upgraded = reconcile(
+        cluster, [], make_settings(payload_image="ghcr.io/example/ray-pixi:0.2.0")
+    ).report
+    assert upgraded.reasons == "RayPixiInjected,RayPixiPayloadPinned"
+    assert needs_report(upgraded, stored="injected", stored_reasons=report.reasons,
+                        last_reported=None)

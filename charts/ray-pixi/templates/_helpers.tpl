@@ -113,6 +113,14 @@ dry run; see templates/webhook.yaml for what follows from that.
 {{- lookup "v1" "Secret" .Release.Namespace (include "ray-pixi.webhookTLSSecretName" .) | toJson -}}
 {{- end -}}
 
+{{/*
+The installed release's MutatingWebhookConfiguration as JSON ("{}" when absent): on a rotation
+of the generated certificate its caBundle names the CA the running webhook still serves from.
+*/}}
+{{- define "ray-pixi.existingWebhookConfiguration" -}}
+{{- lookup "admissionregistration.k8s.io/v1" "MutatingWebhookConfiguration" "" (include "ray-pixi.fullname" .) | toJson -}}
+{{- end -}}
+
 {{/* Where the webhook certificate is mounted in the operator container. */}}
 {{- define "ray-pixi.webhookTLSDir" -}}
 /etc/ray-pixi/webhook-tls
@@ -121,4 +129,97 @@ dry run; see templates/webhook.yaml for what follows from that.
 {{/* The opt-in label a RayCluster carries to be mutated (ray_pixi_operator.names.ENABLED_LABEL). */}}
 {{- define "ray-pixi.optInLabelKey" -}}
 ray-pixi.io/enabled
+{{- end -}}
+
+{{/* The reconciler's Deployment name (and its ServiceAccount's, when the chart creates it). */}}
+{{- define "ray-pixi.reconcilerName" -}}
+{{- printf "%s-reconciler" (include "ray-pixi.fullname" .) -}}
+{{- end -}}
+
+{{/* Labels that select the reconciler pod; never change them after a release exists. */}}
+{{- define "ray-pixi.reconcilerSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "ray-pixi.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: reconciler
+{{- end -}}
+
+{{/* The reconciler's ServiceAccount: its own when the chart creates them, else the given one. */}}
+{{- define "ray-pixi.reconcilerServiceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- printf "%s-reconciler" (include "ray-pixi.serviceAccountName" .) | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- include "ray-pixi.serviceAccountName" . -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Whether the API server evaluates a webhook's matchConditions: GA in Kubernetes 1.30, beta and
+on by default since 1.28. Older servers would drop the field silently; the UPDATE webhook then
+receives every UPDATE and fails open (failurePolicy Ignore), and the operator applies the same
+rule itself (ray_pixi_operator.admission.needs_admission).
+*/}}
+{{- define "ray-pixi.matchConditionsSupported" -}}
+{{- semverCompare ">=1.28.0-0" .Capabilities.KubeVersion.Version -}}
+{{- end -}}
+
+{{/*
+The ray-pixi.io/* annotations of object (new) and oldObject, minus the reconciler's own
+(status, reported), differ. CEL has no variables in webhook matchConditions, hence the repetition.
+*/}}
+{{- define "ray-pixi.celAnnotationsChanged" -}}
+(has(object.metadata.annotations) ? object.metadata.annotations : {}).exists(k, k.startsWith('ray-pixi.io/') && k != 'ray-pixi.io/status' && k != 'ray-pixi.io/reported' && (!has(oldObject.metadata.annotations) || !(k in oldObject.metadata.annotations) || oldObject.metadata.annotations[k] != object.metadata.annotations[k])) || (has(oldObject.metadata.annotations) ? oldObject.metadata.annotations : {}).exists(k, k.startsWith('ray-pixi.io/') && k != 'ray-pixi.io/status' && k != 'ray-pixi.io/reported' && (!has(object.metadata.annotations) || !(k in object.metadata.annotations)))
+{{- end -}}
+
+{{/* A pod template of object (new) differs from oldObject's. */}}
+{{- define "ray-pixi.celTemplatesChanged" -}}
+object.spec.headGroupSpec.template != oldObject.spec.headGroupSpec.template || (has(object.spec.workerGroupSpecs) ? object.spec.workerGroupSpecs.map(g, g.template) : []) != (has(oldObject.spec.workerGroupSpecs) ? oldObject.spec.workerGroupSpecs.map(g, g.template) : [])
+{{- end -}}
+
+{{/*
+The RAY_PIXI_* env vars of an operator container: exactly what ray_pixi_operator.settings
+reads (an empty value means "not set" there). (dict "root" $ "webhook" bool)
+*/}}
+{{- define "ray-pixi.operatorEnv" -}}
+{{- $ := .root -}}
+{{- $cache := $.Values.injection.cache -}}
+{{- $tlsDir := include "ray-pixi.webhookTLSDir" $ -}}
+- name: RAY_PIXI_PAYLOAD_IMAGE
+  value: {{ include "ray-pixi.payloadImage" $ | quote }}
+- name: RAY_PIXI_PAYLOAD_IMAGE_PULL_POLICY
+  value: {{ $.Values.injection.payloadImage.pullPolicy | quote }}
+- name: RAY_PIXI_PIXI_VERSION
+  value: {{ $.Values.injection.pixiVersion | quote }}
+- name: RAY_PIXI_CACHE_VOLUME
+  value: {{ $cache.volume | quote }}
+# The operator accepts a size limit only for emptyDir.
+- name: RAY_PIXI_CACHE_SIZE_LIMIT
+  value: {{ ternary $cache.sizeLimit "" (eq $cache.volume "emptyDir") | quote }}
+# Also the defaults for RayClusters that pick another kind by annotation.
+- name: RAY_PIXI_CACHE_HOST_PATH
+  value: {{ $cache.hostPath | quote }}
+- name: RAY_PIXI_CACHE_PVC_NAME
+  value: {{ $cache.pvcName | quote }}
+- name: RAY_PIXI_PLUGIN_CACHE_SIZE_GB
+  value: {{ $cache.pluginCacheSizeGB | quote }}
+- name: RAY_PIXI_WEBHOOK_PORT
+  value: {{ $.Values.webhook.port | quote }}
+- name: RAY_PIXI_WEBHOOK_HOST
+  value: {{ ternary (index (include "ray-pixi.webhookDNSNames" $ | fromJsonArray) 2) "" .webhook | quote }}
+- name: RAY_PIXI_WEBHOOK_CERT_FILE
+  value: {{ ternary (printf "%s/tls.crt" $tlsDir) "" .webhook | quote }}
+- name: RAY_PIXI_WEBHOOK_KEY_FILE
+  value: {{ ternary (printf "%s/tls.key" $tlsDir) "" .webhook | quote }}
+# The chart owns the MutatingWebhookConfiguration: kopf must not manage one.
+- name: RAY_PIXI_WEBHOOK_MANAGED
+  value: ""
+- name: RAY_PIXI_WEBHOOK_CERT_RELOAD_SECONDS
+  value: {{ $.Values.webhook.tls.reloadSeconds | quote }}
+- name: RAY_PIXI_WEBHOOK_DRAIN_SECONDS
+  value: {{ ternary $.Values.webhook.drainSeconds 0 .webhook | quote }}
+- name: RAY_PIXI_NAMESPACES
+  value: {{ join "," $.Values.namespaces | quote }}
+- name: RAY_PIXI_HEALTH_PORT
+  value: {{ $.Values.healthPort | quote }}
+- name: RAY_PIXI_LOG_LEVEL
+  value: {{ $.Values.logLevel | quote }}
 {{- end -}}

@@ -1,11 +1,14 @@
 """KubeRay add-on that prepares opted-in RayClusters for Ray's runtime_env "pixi".
 
-The mutation (:func:`prepare`) is pure and importable without kopf; the kopf wiring lives in
-:mod:`ray_pixi_operator.handlers`. Never imports ray.
+The mutation (:func:`prepare`, :func:`restore`, :func:`migrate`) and the webhook's decision
+(:func:`admit`) are pure and importable without kopf; the kopf wiring lives in
+:mod:`ray_pixi_operator.handlers`, :mod:`.webhook` and :mod:`.reconciler`. Never imports ray.
 """
 
 from __future__ import annotations
 
+from .admission import Admission, admit
+from .compat import SUPPORTED
 from .mutation import (
     ClusterOptions,
     InjectionError,
@@ -13,18 +16,31 @@ from .mutation import (
     Preparation,
     build_cluster_options,
     is_opted_in,
+    migrate,
     prepare,
+    restore,
 )
+from .names import OPERATOR_VERSION as __version__
+from .record import Injection, Record, RecordError
 from .settings import Settings, SettingsError
 
 __all__ = [
+    "SUPPORTED",
+    "Admission",
     "ClusterOptions",
+    "Injection",
     "InjectionError",
     "KeptValue",
     "Preparation",
+    "Record",
+    "RecordError",
     "Settings",
     "SettingsError",
+    "__version__",
+    "admit",
     "build_cluster_options",
     "is_opted_in",
+    "migrate",
     "prepare",
+    "restore",
 ]

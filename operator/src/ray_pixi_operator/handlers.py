@@ -1,50 +1,61 @@
-"""kopf wiring: startup settings, the mutating admission handler and the reconciler.
+"""kopf wiring shared by the two roles: startup settings and the registries they run.
 
-The decisions live in :mod:`.mutation` and :mod:`.status`; this module only moves data between
-them and Kubernetes. Run it with ``ray-pixi-operator run`` (or ``kopf run -m
-ray_pixi_operator.handlers``, which reads the same env vars).
+The operator runs as two kinds of processes (the chart's two Deployments):
+
+* the **webhook** (:mod:`.webhook`): admission only, no watches. Any number of replicas serve
+  it side by side, since each request is answered on its own.
+* the **reconciler** (:mod:`.reconciler`): watches opted-in RayClusters and Ray pods, repairs
+  and reports. Exactly one runs: kopf's peering would freeze peers of equal priority rather
+  than elect a leader, so the chart runs it as a single-replica Deployment that is stopped
+  before its replacement starts.
+
+``ray-pixi-operator run`` runs both in one process (development, small installs), as does
+``kopf run -m ray_pixi_operator.handlers``, which registers both on kopf's default registry.
+The decisions live in :mod:`.admission`, :mod:`.mutation` and :mod:`.status`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
 from . import names
-from .mutation import InjectionError, prepare
 from .settings import Settings, SettingsError
-from .status import ClusterStatus, build_cluster_status, needs_report
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "MEMO_KEY",
+    "build_registry",
     "check_webhook_tls",
     "configure",
     "configure_kopf",
-    "inject_raycluster",
-    "reconcile_raycluster",
+    "settings_from",
 ]
 
-# Where the operator's Settings live in kopf's memo (set by `run`, or read from env at startup).
+# Where the operator's Settings live in kopf's memo (set by the CLI, or read from env).
 MEMO_KEY = "ray_pixi_settings"
-# Per-object memo key: the last status reported, so that events are not repeated.
-_LAST_STATUS = "ray_pixi_last_status"
 
-_RAYCLUSTERS = (names.RAY_API_GROUP, names.RAY_API_VERSION, names.RAYCLUSTER_PLURAL)
-_OPTED_IN = {names.ENABLED_LABEL: names.ENABLED_VALUE}
+RAYCLUSTERS = (names.RAY_API_GROUP, names.RAY_API_VERSION, names.RAYCLUSTER_PLURAL)
+# The reconciler's kopf queueing: objects per LIST page, and how long an idle per-object
+# worker lingers.
+LIST_CHUNK = 50
+WORKER_IDLE_SECONDS = 0.5
+OPTED_IN = {names.ENABLED_LABEL: names.ENABLED_VALUE}
 
 
-def _settings(memo: Any) -> Settings:
+def settings_from(memo: Any) -> Settings:
     settings = memo.get(MEMO_KEY)
-    if settings is None:  # `kopf run -m` without `ray-pixi-operator run`
+    if settings is None:  # `kopf run -m` without the CLI
         settings = memo[MEMO_KEY] = Settings.from_env(os.environ)
     return settings  # type: ignore[no-any-return]
+
+
+def watched(settings: Settings, namespace: str | None) -> bool:
+    return not settings.namespaces or namespace in settings.namespaces
 
 
 def check_webhook_tls(settings: Settings) -> None:
@@ -62,17 +73,43 @@ def check_webhook_tls(settings: Settings) -> None:
         ) from None
 
 
-def configure_kopf(operator: kopf.OperatorSettings, settings: Settings) -> None:
-    """Point kopf's webhook server and event posting at the add-on's settings."""
-    check_webhook_tls(settings)
-    operator.admission.server = kopf.WebhookServer(
-        port=settings.webhook_port,
-        host=settings.webhook_host,
-        certfile=settings.webhook_cert_file,
-        pkeyfile=settings.webhook_key_file,
-    )
-    # The chart owns the MutatingWebhookConfiguration unless told to let kopf manage one.
-    operator.admission.managed = settings.webhook_managed
+def configure_kopf(
+    operator: kopf.OperatorSettings,
+    settings: Settings,
+    *,
+    webhook: bool = True,
+    reconciler: bool = True,
+) -> None:
+    """Point kopf at the add-on's settings for the roles this process runs."""
+    from .tls import ReloadingWebhookServer
+
+    if webhook:
+        check_webhook_tls(settings)
+        operator.admission.server = ReloadingWebhookServer(
+            port=settings.webhook_port,
+            host=settings.webhook_host,
+            certfile=settings.webhook_cert_file,
+            pkeyfile=settings.webhook_key_file,
+            reload_interval=settings.webhook_cert_reload_seconds,
+        )
+        # The chart owns the MutatingWebhookConfiguration unless told to let kopf manage one.
+        operator.admission.managed = settings.webhook_managed
+    else:
+        operator.admission.server = None
+    if reconciler:
+        # Server-side filters: only opted-in clusters and Ray pods reach the process at all.
+        operator.watching.label_selectors[names.RAY_API_GROUP, names.RAYCLUSTER_PLURAL] = (
+            f"{names.ENABLED_LABEL}={names.ENABLED_VALUE}"
+        )
+        operator.watching.label_selectors["", "pods"] = names.CLUSTER_LABEL
+        # Memory that stays bounded as clusters grow: list in pages instead of one response of
+        # every pod, and let a per-object worker go soon after its last event (a burst of pod
+        # events otherwise holds a worker and a body per pod for seconds, and the process
+        # keeps that peak). No worker limit: kopf's workers wait, holding their slot, until
+        # every pod is indexed, so a limit below the pod count deadlocks the initial listing.
+        # bench/operator-scale measures the effect.
+        operator.watching.chunk_size = LIST_CHUNK
+        operator.queueing.idle_timeout = WORKER_IDLE_SECONDS
     # Handlers' log lines stay in the log; the reconciler posts its own events.
     operator.posting.level = logging.WARNING
     # In namespaced mode the chart grants Roles only: kopf must not try to list
@@ -80,98 +117,52 @@ def configure_kopf(operator: kopf.OperatorSettings, settings: Settings) -> None:
     operator.scanning.disabled = bool(settings.namespaces)
 
 
-@kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    ray_pixi = _settings(memo)
-    configure_kopf(settings, ray_pixi)
-    logger.info(
-        "ray-pixi webhook on port %d at path %s; payload image %s",
-        ray_pixi.webhook_port,
-        names.WEBHOOK_PATH,
-        ray_pixi.payload_image,
-    )
+def _startup(*, webhook: bool, reconciler: bool) -> Any:
+    def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        ray_pixi = settings_from(memo)
+        configure_kopf(settings, ray_pixi, webhook=webhook, reconciler=reconciler)
+        roles = " and ".join(
+            role for role, on in (("webhook", webhook), ("reconciler", reconciler)) if on
+        )
+        logger.info(
+            "ray-pixi-operator %s: %s; webhook port %d at path %s; payload image %s",
+            names.OPERATOR_VERSION,
+            roles,
+            ray_pixi.webhook_port,
+            names.WEBHOOK_PATH,
+            ray_pixi.payload_image,
+        )
+
+    return configure
 
 
-def _watched(settings: Settings, namespace: str | None) -> bool:
-    return not settings.namespaces or namespace in settings.namespaces
+def build_registry(*, webhook: bool = True, reconciler: bool = True) -> kopf.OperatorRegistry:
+    """A kopf registry with the handlers of the chosen roles and their startup hook."""
+    from . import reconciler as reconciler_module
+    from . import webhook as webhook_module
+
+    registry = kopf.OperatorRegistry()
+    # A registry of one's own has none of kopf's default login handlers. This one also sets up
+    # the kubernetes client, which the reconciler's JSON patches use.
+    kopf.on.login(registry=registry)(kopf.login_via_client)
+    kopf.on.startup(registry=registry)(_startup(webhook=webhook, reconciler=reconciler))
+    if webhook:
+        webhook_module.register(registry)
+    if reconciler:
+        reconciler_module.register(registry)
+    return registry
 
 
-@kopf.on.mutate(
-    *_RAYCLUSTERS,
-    id=names.WEBHOOK_ID,
-    operations=["CREATE", "UPDATE"],
-    labels=_OPTED_IN,
-)
-def inject_raycluster(
-    body: kopf.Body,
-    patch: kopf.Patch,
-    warnings: list[str],
-    memo: kopf.Memo,
-    **_: Any,
-) -> None:
-    """Inject at admission, so that KubeRay builds even the first head pod with it."""
-    settings = _settings(memo)
-    if not _watched(settings, body.metadata.namespace):
-        return
-    try:
-        preparation = prepare(body, settings)
-    except InjectionError as error:
-        raise kopf.AdmissionError(f"ray-pixi: {error}", code=422) from None
-    warnings.extend(f"ray-pixi: {kept}" for kept in preparation.kept)
-    if preparation.changed:
-        prepared_spec = preparation.body["spec"]
-
-        def replace_spec(raw: Any) -> None:
-            raw["spec"] = prepared_spec
-
-        # kopf diffs the result into the JSONPatch it returns to the API server.
-        patch.fns.append(replace_spec)
+# `kopf run -m ray_pixi_operator.handlers`: both roles, on kopf's default registry.
+configure = _startup(webhook=True, reconciler=True)
+kopf.on.startup()(configure)
 
 
-def _list_pods(namespace: str, cluster: str) -> list[Mapping[str, Any]]:
-    import kubernetes  # configured by kopf's login (kubeconfig or in-cluster)
+def _register_defaults() -> None:
+    from . import reconciler, webhook
 
-    api = kubernetes.client.CoreV1Api()
-    pods = api.list_namespaced_pod(namespace, label_selector=f"{names.CLUSTER_LABEL}={cluster}")
-    return [api.api_client.sanitize_for_serialization(pod) for pod in pods.items]
-
-
-@kopf.on.event(*_RAYCLUSTERS, labels=_OPTED_IN)
-async def reconcile_raycluster(
-    type: str | None,
-    body: kopf.Body,
-    patch: kopf.Patch,
-    memo: kopf.Memo,
-    **_: Any,
-) -> None:
-    """Report opted-in clusters that were not injected, or whose pods predate the injection."""
-    if type == "DELETED" or body.metadata.get("deletionTimestamp"):
-        return
-    settings = _settings(memo)
-    namespace, name = str(body.metadata.namespace), str(body.metadata.name)
-    try:
-        pods = await asyncio.to_thread(_list_pods, namespace, name)
-    except Exception as error:  # noqa: BLE001 -- report what we can without the pods
-        logger.warning("ray-pixi cannot list the pods of RayCluster %s: %s", name, error)
-        pods = []
-    status = build_cluster_status(body, pods, settings)
-    current = body.metadata.annotations.get(names.STATUS_ANNOTATION)
-    if needs_report(status, stored=current, last_reported=memo.get(_LAST_STATUS)):
-        _report(body, status)
-    memo[_LAST_STATUS] = status
-    # An invalid cluster cannot be patched while the webhook is up: it would reject the patch.
-    if current != status.status and status.status != names.STATUS_INVALID:
-        patch.metadata.annotations[names.STATUS_ANNOTATION] = status.status
+    webhook.register(kopf.get_default_registry())
+    reconciler.register(kopf.get_default_registry())
 
 
-def _report(body: kopf.Body, status: ClusterStatus) -> None:
-    kopf.event(body, type=status.type, reason=status.reason, message=status.message)
-    # The module logger, not kopf's per-object one: that one would post the line as a 2nd event.
-    log = logger.warning if status.type == "Warning" else logger.info
-    log(
-        "RayCluster %s/%s: %s: %s",
-        body.metadata.namespace,
-        body.metadata.name,
-        status.reason,
-        status.message,
-    )
+_register_defaults()

@@ -1,34 +1,44 @@
 """The mutation: a Ray object + settings -> the same object, prepared for runtime_env "pixi".
 
-Pure: no kopf, no API calls. The admission webhook, the reconciler and ``render`` all call
-:func:`prepare`. Applying it twice equals applying it once.
+Pure: no kopf, no API calls. The admission webhook, the reconciler and ``render`` call it.
+Applying any of it twice equals applying it once.
 
 For the head group and every worker group of an opted-in cluster it adds, to the pod template:
 
 * the volume ``ray-pixi`` (emptyDir, hostPath or an existing PVC), mounted at ``/ray-pixi`` in
-  the Ray container (``containers[0]``) and in the init container;
+  the Ray container (``containers[0]``);
 * the init container ``ray-pixi-payload``, appended after the user's init containers (KubeRay
   appends ``wait-gcs-ready`` after it when it builds the pod), which copies pixi and the plugin
   onto the volume;
 * env vars on the Ray container only: ``RAY_RUNTIME_ENV_PLUGINS`` (merged), ``PYTHONPATH``
-  (prepended), and the plugin's paths and cache cap;
-* the annotation ``ray-pixi.io/injected``, which records what the add-on owns in that template.
+  (prepended), and the plugin's paths and cache cap.
+
+and writes the injection record (:mod:`.record`) on the object's metadata. Three entry points:
+
+* :func:`prepare` (CREATE, ``render``): a new cluster gets the current settings; one that
+  carries a record (rendered offline, re-applied) keeps it; one ray-pixi 0.1.0 prepared is
+  adopted as it is.
+* :func:`restore` (UPDATE): put back only what is missing, from the record.
+* :func:`migrate` (the explicit ``ray-pixi.io/migrate`` action): the current settings replace the
+  add-on's recorded items; the user's own items stay.
 
 A user's env var, volume or init container of the same name wins; it is reported in
-:attr:`Preparation.kept`. The record tells such a value from one the add-on set earlier, so a
-changed setting (a new pixi version, a new payload image) replaces the add-on's old value.
+:attr:`Preparation.kept`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from . import names
+from .compat import IncompatibleRay, check_ray_version
+from .record import Injection, Record, RecordError, read_record, template_key
 from .settings import (
     Settings,
     check_cache_host_path,
@@ -44,15 +54,19 @@ __all__ = [
     "InjectionError",
     "KeptValue",
     "Preparation",
+    "adopt_legacy",
+    "apply_injection",
     "build_cluster_options",
     "build_env",
     "build_init_container",
+    "build_injection",
     "build_volume",
+    "cluster_spec",
     "cluster_spec_path",
     "is_opted_in",
+    "migrate",
     "prepare",
-    "prepare_cluster_spec",
-    "prepare_pod_template",
+    "restore",
     "template_paths",
 ]
 
@@ -82,6 +96,20 @@ class ClusterOptions:
     cache_pvc_name: str | None
     plugin_cache_size_gb: float
 
+    def to_json(self) -> Body:
+        """The record's ``settings``: the values, camelCase, unset ones left out."""
+        values = {
+            "payloadImage": self.payload_image,
+            "payloadImagePullPolicy": self.payload_image_pull_policy,
+            "pixiVersion": self.pixi_version,
+            "cacheVolume": self.cache_volume,
+            "cacheSizeLimit": self.cache_size_limit,
+            "cacheHostPath": self.cache_host_path,
+            "cachePvcName": self.cache_pvc_name,
+            "pluginCacheSizeGB": self.plugin_cache_size_gb,
+        }
+        return {key: value for key, value in values.items() if value is not None}
+
 
 @dataclass(frozen=True)
 class KeptValue:
@@ -100,12 +128,19 @@ class KeptValue:
 
 @dataclass(frozen=True)
 class Preparation:
-    """The result of :func:`prepare`."""
+    """The result of :func:`prepare`, :func:`restore` or :func:`migrate`.
+
+    ``record`` is the injection record the object now carries (None when it is not prepared);
+    ``notes`` are warnings for the user (kept values are in ``kept``).
+    """
 
     body: Body
     opted_in: bool
     changed: bool
     kept: tuple[KeptValue, ...] = ()
+    record: Record | None = None
+    notes: tuple[str, ...] = ()
+    adopted: bool = False
 
 
 # --- Selection ---
@@ -135,12 +170,43 @@ _SPEC_PATHS = {
 }
 
 
+def cluster_spec(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The RayCluster spec inside ``body`` (None for a RayJob on an existing cluster)."""
+    node: Any = body
+    for key in cluster_spec_path(body):
+        node = (node or {}).get(key)
+    return node if isinstance(node, Mapping) else None
+
+
 def template_paths(spec: Mapping[str, Any], prefix: str = "spec") -> list[tuple[str, str | None]]:
     """(path, worker group name or None for the head) of every pod template in a cluster spec."""
     paths: list[tuple[str, str | None]] = [(f"{prefix}.headGroupSpec.template", None)]
     for index, group in enumerate(spec.get("workerGroupSpecs") or []):
-        paths.append((f"{prefix}.workerGroupSpecs[{index}].template", group.get("groupName")))
+        name = group.get("groupName") if isinstance(group, Mapping) else None
+        paths.append((f"{prefix}.workerGroupSpecs[{index}].template", name))
     return paths
+
+
+def _groups(spec: Body, prefix: str) -> Iterator[tuple[str, str, Body]]:
+    """(record key, path, group) of the head group and each worker group, checked."""
+    head = spec.get("headGroupSpec")
+    if not isinstance(head, dict) or not isinstance(head.get("template"), dict):
+        raise InjectionError(f"{prefix}.headGroupSpec.template is missing: a RayCluster needs it")
+    yield template_key(None), f"{prefix}.headGroupSpec.template", head
+    for index, group in enumerate(spec.get("workerGroupSpecs") or []):
+        path = f"{prefix}.workerGroupSpecs[{index}].template"
+        if not isinstance(group, dict) or not isinstance(group.get("template"), dict):
+            raise InjectionError(f"{path} is missing: every worker group needs a pod template")
+        yield template_key(str(group.get("groupName", index))), path, group
+
+
+def _ray_container(template: Mapping[str, Any], path: str) -> Body:
+    containers = (template.get("spec") or {}).get("containers") or []
+    if not containers or not isinstance(containers[0], dict):
+        raise InjectionError(
+            f"{path}.spec.containers is empty: KubeRay runs Ray in containers[0], add it"
+        )
+    return containers[0]
 
 
 # --- Options ---
@@ -156,7 +222,7 @@ def build_cluster_options(settings: Settings, annotations: Mapping[str, str]) ->
     if unknown:
         raise InjectionError(
             f"metadata.annotations has unknown ray-pixi annotation {unknown[0]!r}: "
-            f"use one of {', '.join(names.OVERRIDE_ANNOTATIONS)}"
+            f"use one of {', '.join(names.USER_ANNOTATIONS)}"
         )
 
     def read(key: str, check: Callable[[str], Any]) -> Any:
@@ -229,29 +295,38 @@ def build_volume(options: ClusterOptions) -> Body:
 
 def build_init_container(options: ClusterOptions, ray_container: Mapping[str, Any]) -> Body:
     """The payload installer; it runs as the Ray container's user when that one is explicit."""
-    security: Body = {
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
-        "readOnlyRootFilesystem": True,
-        "runAsNonRoot": True,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-    ray_security = ray_container.get("securityContext") or {}
-    run_as_user = ray_security.get("runAsUser")
-    if isinstance(run_as_user, int) and run_as_user > 0:
-        # So /ray-pixi/store and /ray-pixi/pixi-cache belong to the user that writes them.
-        security["runAsUser"] = run_as_user
-        if isinstance(ray_security.get("runAsGroup"), int):
-            security["runAsGroup"] = ray_security["runAsGroup"]
-    return {
+    init = {
         "name": names.INIT_CONTAINER_NAME,
         "image": options.payload_image,
         "imagePullPolicy": options.payload_image_pull_policy,
         "command": list(names.PAYLOAD_COMMAND),
         "resources": copy.deepcopy(INIT_CONTAINER_RESOURCES),
-        "securityContext": security,
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
         "volumeMounts": [{"name": names.VOLUME_NAME, "mountPath": names.MOUNT_PATH}],
     }
+    return _run_as_ray_user(init, ray_container)
+
+
+def _run_as_ray_user(init: Mapping[str, Any], ray_container: Mapping[str, Any]) -> Body:
+    """The init container as the Ray container's explicit user, so that /ray-pixi/store and
+    /ray-pixi/pixi-cache belong to the user that writes them; the image's user otherwise."""
+    result = copy.deepcopy(dict(init))
+    security = result.setdefault("securityContext", {})
+    security.pop("runAsUser", None)
+    security.pop("runAsGroup", None)
+    ray_security = ray_container.get("securityContext") or {}
+    run_as_user = ray_security.get("runAsUser")
+    if isinstance(run_as_user, int) and run_as_user > 0:
+        security["runAsUser"] = run_as_user
+        if isinstance(ray_security.get("runAsGroup"), int):
+            security["runAsGroup"] = ray_security["runAsGroup"]
+    return result
 
 
 def build_env(options: ClusterOptions) -> list[Body]:
@@ -270,164 +345,134 @@ def build_env(options: ClusterOptions) -> list[Body]:
     return env
 
 
-# --- Preparation ---
-
-
-def prepare(body: Mapping[str, Any], settings: Settings) -> Preparation:
-    """Prepare a RayCluster, or the cluster spec inside a RayJob / RayService, if opted in."""
-    spec_path = cluster_spec_path(body)
-    new = copy.deepcopy(dict(body))
-    if not is_opted_in(new):
-        return Preparation(body=new, opted_in=False, changed=False)
-    annotations = (new.get("metadata") or {}).get("annotations") or {}
-    options = build_cluster_options(settings, annotations)
-
-    parent: Any = new
-    for key in spec_path[:-1]:
-        parent = parent.get(key) or {}
-    spec = parent.get(spec_path[-1])
-    if spec is None:
-        # A RayJob that runs on an existing cluster (clusterSelector) has no cluster spec.
-        return Preparation(body=new, opted_in=True, changed=False)
-    prepared, kept = prepare_cluster_spec(spec, options, prefix=".".join(spec_path))
-    parent[spec_path[-1]] = prepared
-    return Preparation(body=new, opted_in=True, changed=new != body, kept=tuple(kept))
-
-
-def prepare_cluster_spec(
-    spec: Mapping[str, Any], options: ClusterOptions, prefix: str = "spec"
-) -> tuple[Body, list[KeptValue]]:
-    """Prepare the head group's and every worker group's pod template."""
-    new = copy.deepcopy(dict(spec))
-    head = new.get("headGroupSpec")
-    if not isinstance(head, dict) or not isinstance(head.get("template"), dict):
-        raise InjectionError(f"{prefix}.headGroupSpec.template is missing: a RayCluster needs it")
-    kept: list[KeptValue] = []
-    head["template"], head_kept = prepare_pod_template(
-        head["template"], options, f"{prefix}.headGroupSpec.template"
+def build_injection(options: ClusterOptions, ray_container: Mapping[str, Any]) -> Injection:
+    """Everything one pod template gets, for a template whose Ray container is ``ray_container``."""
+    return Injection(
+        volumes=(build_volume(options),),
+        volume_mounts=({"name": names.VOLUME_NAME, "mountPath": names.MOUNT_PATH},),
+        init_containers=(build_init_container(options, ray_container),),
+        runtime_env_plugins=({"class": names.PLUGIN_CLASS},),
+        env=tuple(build_env(options)),
+        python_path=(names.PAYLOAD_PYTHON_DIR,),
     )
-    kept += head_kept
-    for index, group in enumerate(new.get("workerGroupSpecs") or []):
-        path = f"{prefix}.workerGroupSpecs[{index}].template"
-        if not isinstance(group, dict) or not isinstance(group.get("template"), dict):
-            raise InjectionError(f"{path} is missing: every worker group needs a pod template")
-        group["template"], group_kept = prepare_pod_template(group["template"], options, path)
-        kept += group_kept
-    return new, kept
 
 
-def prepare_pod_template(
-    template: Mapping[str, Any], options: ClusterOptions, path: str = "template"
+def _for_new_template(base: Injection, ray_container: Mapping[str, Any]) -> Injection:
+    """A recorded injection for a template the record never saw (a worker group added later)."""
+    return replace(
+        base,
+        init_containers=tuple(
+            _run_as_ray_user(init, ray_container)
+            if init.get("name") == names.INIT_CONTAINER_NAME
+            else copy.deepcopy(init)
+            for init in base.init_containers
+        ),
+    )
+
+
+# --- Putting items into a template ---
+
+
+def apply_injection(
+    template: Mapping[str, Any],
+    injection: Injection,
+    path: str = "template",
+    previous: Injection | None = None,
 ) -> tuple[Body, list[KeptValue]]:
-    """Prepare one pod template; ``path`` names it in errors and reports."""
+    """Add the items of ``injection`` that a pod template lacks; ``path`` names it in messages.
+
+    An item already there is left alone: it equals the injection's, or it is the user's (then
+    reported as kept). With ``previous`` (a migration), an item equal to the previous injection's
+    is the add-on's and is replaced; one the previous injection had and this one has not is
+    removed. The order of additions is fixed, so restoring what a replaced template lost gives
+    back the very same template.
+    """
     new = copy.deepcopy(dict(template))
-    annotations = new.setdefault("metadata", {}).setdefault("annotations", {})
-    record = _read_record(annotations.get(names.INJECTED_ANNOTATION))
-    pod = new.setdefault("spec", {})
-    containers = pod.get("containers") or []
-    if not containers:
-        raise InjectionError(
-            f"{path}.spec.containers is empty: KubeRay runs Ray in containers[0], add it"
-        )
-    ray = containers[0]
+    ray = _ray_container(new, path)
+    pod = new["spec"]
+    before = previous or Injection()
     kept: list[KeptValue] = []
-    new_record: Body = {}
-
-    volumes = pod.setdefault("volumes", [])
-    owned = _upsert(
-        volumes, build_volume(options), record.get("volume"), f"{path}.spec.volumes", kept
-    )
-    if owned:
-        new_record["volume"] = owned
-
-    mounts = ray.setdefault("volumeMounts", [])
-    _ensure_mount(mounts, f"{path}.spec.containers[0].volumeMounts")
-
-    init_containers = pod.setdefault("initContainers", [])
-    owned = _upsert(
-        init_containers,
-        build_init_container(options, ray),
-        record.get("initContainer"),
+    env_path = f"{path}.spec.containers[0].env"
+    _merge_items(pod, "volumes", injection.volumes, before.volumes, f"{path}.spec.volumes", kept)
+    _merge_mounts(ray, injection.volume_mounts, before.volume_mounts, path)
+    _merge_items(
+        pod,
+        "initContainers",
+        injection.init_containers,
+        before.init_containers,
         f"{path}.spec.initContainers",
         kept,
     )
-    if owned:
-        new_record["initContainer"] = owned
-
-    env = ray.setdefault("env", [])
-    env_path = f"{path}.spec.containers[0].env"
-    _merge_plugins(env, env_path)
-    desired_env = build_env(options)
-    recorded_env: Mapping[str, str] = record.get("env") or {}
-    owned_env: dict[str, str] = {}
-    for item in desired_env:
-        owned = _upsert(env, item, recorded_env.get(item["name"]), env_path, kept)
-        if owned:
-            owned_env[item["name"]] = owned
-    # Drop what an earlier injection set and the settings no longer ask for (a pixi version).
-    desired_names = {item["name"] for item in desired_env}
-    env[:] = [
-        item
-        for item in env
-        if item.get("name") in desired_names
-        or recorded_env.get(item.get("name", "")) != _digest(item)
-    ]
-    _merge_pythonpath(env, env_path)
-    if owned_env:
-        new_record["env"] = owned_env
-
-    annotations[names.INJECTED_ANNOTATION] = json.dumps(
-        new_record, sort_keys=True, separators=(",", ":")
-    )
+    _merge_plugins(ray, injection.runtime_env_plugins, before.runtime_env_plugins, env_path)
+    _merge_items(ray, "env", injection.env, before.env, env_path, kept)
+    _merge_pythonpath(ray, injection.python_path, before.python_path, env_path)
+    _merge_annotations(new, injection.annotations, before.annotations)
     return new, kept
 
 
-# --- Helpers ---
-
-
-def _digest(item: Any) -> str:
-    text = json.dumps(item, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _read_record(raw: Any) -> Body:
-    try:
-        record = json.loads(raw) if isinstance(raw, str) else {}
-    except ValueError:
-        record = {}
-    return record if isinstance(record, dict) else {}
-
-
-def _upsert(
-    items: list[Body], desired: Body, recorded: str | None, path: str, kept: list[KeptValue]
-) -> str | None:
-    """Put ``desired`` in the name-keyed list unless a user's item of that name is there.
-
-    An item is the add-on's when it equals ``desired`` or the digest recorded when the add-on
-    last wrote it. Returns the digest to record, or None when the user's item stays.
-    """
-    for index, item in enumerate(items):
-        if isinstance(item, dict) and item.get("name") == desired["name"]:
-            if item == desired or _digest(item) == recorded:
-                items[index] = desired
-                return _digest(desired)
-            kept.append(KeptValue(f"{path}[{desired['name']}]", item, desired))
-            return None
-    items.append(desired)
-    return _digest(desired)
-
-
-def _ensure_mount(mounts: list[Body], path: str) -> None:
-    for mount in mounts:
-        if mount.get("mountPath", "").rstrip("/") == names.MOUNT_PATH:
-            if mount.get("name") != names.VOLUME_NAME:
-                raise InjectionError(
-                    f"{path} mounts volume {mount.get('name')!r} at {names.MOUNT_PATH}, which "
-                    f"ray-pixi reserves for its volume {names.VOLUME_NAME!r}: mount it elsewhere, "
-                    f"or name that volume {names.VOLUME_NAME!r} to use it as the pixi cache"
-                )
+def _merge_items(
+    owner: Body,
+    field: str,
+    desired: tuple[Body, ...],
+    previous: tuple[Body, ...],
+    path: str,
+    kept: list[KeptValue],
+) -> None:
+    """Name-keyed list ``owner[field]``: add what is missing, keep the user's, replace ours."""
+    if not desired and not previous:
+        return
+    items = owner.get(field)
+    if items is None:
+        if not desired:
             return
-    mounts.append({"name": names.VOLUME_NAME, "mountPath": names.MOUNT_PATH})
+        items = owner[field] = []
+    by_name = {item.get("name"): item for item in previous}
+    for want in desired:
+        index = _index(items, want["name"])
+        if index is None:
+            items.append(copy.deepcopy(want))
+        elif items[index] == want:
+            continue
+        elif items[index] == by_name.get(want["name"]):
+            items[index] = copy.deepcopy(want)
+        else:
+            kept.append(KeptValue(f"{path}[{want['name']}]", items[index], want))
+    wanted = {want["name"] for want in desired}
+    for old in previous:
+        index = _index(items, old.get("name"))
+        if old.get("name") not in wanted and index is not None and items[index] == old:
+            del items[index]
+
+
+def _index(items: list[Any], name: Any) -> int | None:
+    return next(
+        (i for i, item in enumerate(items) if isinstance(item, dict) and item.get("name") == name),
+        None,
+    )
+
+
+def _merge_mounts(
+    ray: Body, desired: tuple[Body, ...], previous: tuple[Body, ...], path: str
+) -> None:
+    if not desired and not previous:
+        return
+    mounts = ray.setdefault("volumeMounts", []) if desired else ray.get("volumeMounts") or []
+    where = f"{path}.spec.containers[0].volumeMounts"
+    for want in desired:
+        target = str(want["mountPath"]).rstrip("/")
+        found = next((m for m in mounts if str(m.get("mountPath", "")).rstrip("/") == target), None)
+        if found is None:
+            mounts.append(copy.deepcopy(want))
+        elif found.get("name") != want["name"]:
+            raise InjectionError(
+                f"{where} mounts volume {found.get('name')!r} at {want['mountPath']}, which "
+                f"ray-pixi reserves for its volume {want['name']!r}: mount it elsewhere, "
+                f"or name that volume {want['name']!r} to use it as the pixi cache"
+            )
+    wanted = {str(want["mountPath"]).rstrip("/") for want in desired}
+    for old in previous:
+        if str(old["mountPath"]).rstrip("/") not in wanted and old in mounts:
+            mounts.remove(old)
 
 
 def _find(env: list[Body], name: str) -> Body | None:
@@ -443,14 +488,19 @@ def _plain_value(item: Body, path: str, what: str) -> str:
     return str(item.get("value") or "")
 
 
-def _merge_plugins(env: list[Body], path: str) -> None:
-    """Register the plugin in RAY_RUNTIME_ENV_PLUGINS, keeping the user's plugins."""
-    entry = {"class": names.PLUGIN_CLASS}
+def _merge_plugins(
+    ray: Body, desired: tuple[Body, ...], previous: tuple[Body, ...], path: str
+) -> None:
+    """Register the plugins in RAY_RUNTIME_ENV_PLUGINS, keeping the user's plugins."""
+    if not desired and not previous:
+        return
+    env = ray.setdefault("env", []) if desired else ray.get("env") or []
     item = _find(env, names.RUNTIME_ENV_PLUGINS_ENV)
     if item is None:
-        env.append({"name": names.RUNTIME_ENV_PLUGINS_ENV, "value": json.dumps([entry])})
+        if desired:
+            env.append({"name": names.RUNTIME_ENV_PLUGINS_ENV, "value": json.dumps(list(desired))})
         return
-    raw = _plain_value(item, path, names.PLUGIN_CLASS)
+    raw = _plain_value(item, path, ", ".join(json.dumps(entry) for entry in desired))
     try:
         plugins = json.loads(raw) if raw.strip() else []
     except ValueError:
@@ -459,26 +509,310 @@ def _merge_plugins(env: list[Body], path: str) -> None:
         raise InjectionError(
             f"{path}[{names.RUNTIME_ENV_PLUGINS_ENV}] must be a JSON list of plugins such as "
             f'[{{"class": "my_module.MyPlugin"}}], got {raw!r}: fix it (ray-pixi appends '
-            f"{json.dumps(entry)}) or remove it"
+            f"{', '.join(json.dumps(entry) for entry in desired)}) or remove it"
         )
-    if any(
-        isinstance(plugin, dict) and plugin.get("class") == names.PLUGIN_CLASS for plugin in plugins
-    ):
+    classes = {p.get("class") for p in plugins if isinstance(p, dict)}
+    wanted = {entry.get("class") for entry in desired}
+    merged = [
+        p
+        for p in plugins
+        if not (isinstance(p, dict) and p in previous and p.get("class") not in wanted)
+    ]
+    merged += [entry for entry in desired if entry.get("class") not in classes]
+    if merged != plugins:
+        item["value"] = json.dumps(merged)
+
+
+def _merge_pythonpath(
+    ray: Body, desired: tuple[str, ...], previous: tuple[str, ...], path: str
+) -> None:
+    """Prepend the payload's Python dirs so Ray's runtime_env agent can import ray_pixi."""
+    if not desired and not previous:
         return
-    item["value"] = json.dumps([*plugins, entry])
-
-
-def _merge_pythonpath(env: list[Body], path: str) -> None:
-    """Prepend the payload's Python dir so Ray's runtime_env agent can import ray_pixi."""
+    env = ray.setdefault("env", []) if desired else ray.get("env") or []
     item = _find(env, names.PYTHONPATH_ENV)
     if item is None:
-        env.append({"name": names.PYTHONPATH_ENV, "value": names.PAYLOAD_PYTHON_DIR})
+        if desired:
+            env.append({"name": names.PYTHONPATH_ENV, "value": ":".join(desired)})
         return
-    entries = [
-        entry for entry in _plain_value(item, path, names.PAYLOAD_PYTHON_DIR).split(":") if entry
-    ]
-    if names.PAYLOAD_PYTHON_DIR not in entries:
-        item["value"] = ":".join([names.PAYLOAD_PYTHON_DIR, *entries])
+    value = _plain_value(item, path, ":".join(desired))
+    entries = [entry for entry in value.split(":") if entry]
+    kept = [e for e in entries if e in desired or e not in previous]
+    merged = [d for d in desired if d not in kept] + kept
+    if merged != entries:
+        item["value"] = ":".join(merged)
+
+
+def _merge_annotations(
+    template: Body, desired: Mapping[str, str], previous: Mapping[str, str]
+) -> None:
+    if not desired and not previous:
+        return
+    metadata = template.get("metadata") or {}
+    annotations = metadata.get("annotations") or {}
+    for key, value in previous.items():
+        if key not in desired and annotations.get(key) == value:
+            del annotations[key]
+    missing = {k: v for k, v in desired.items() if k not in annotations}
+    if missing:
+        template.setdefault("metadata", metadata)
+        metadata.setdefault("annotations", annotations)
+        annotations.update(missing)
+
+
+# --- Preparation ---
+
+
+def prepare(body: Mapping[str, Any], settings: Settings) -> Preparation:
+    """Prepare a new RayCluster (or the cluster spec of a RayJob / RayService), if opted in.
+
+    What a CREATE and ``render`` get. An object that already carries a record keeps what the
+    record says (rendering twice equals rendering once); one ray-pixi 0.1.0 prepared is adopted
+    with its templates unchanged. The compatibility gate runs here.
+    """
+    new, spec, prefix = _open(body)
+    if not is_opted_in(new) or spec is None:
+        return Preparation(body=new, opted_in=is_opted_in(new), changed=False)
+    annotations = _annotations(new)
+    options = build_cluster_options(settings, annotations)
+    try:
+        note = check_ray_version(spec, annotations)
+    except IncompatibleRay as error:
+        raise InjectionError(str(error)) from None
+    notes = (note,) if note else ()
+    record = _read(annotations, "metadata.annotations")
+    adopted = False
+    if record is None:
+        record = adopt_legacy(spec, prefix)
+        adopted = record is not None
+    token = annotations.get(names.MIGRATE_ANNOTATION)
+    if record is None:
+        result = _inject(new, spec, prefix, options, previous=None, token=token)
+    elif token is not None and token != record.migration:
+        result = _inject(new, spec, prefix, options, previous=record, token=token)
+    else:
+        result = _restore(new, spec, prefix, record)
+    return replace(result, changed=result.body != body, notes=notes + result.notes, adopted=adopted)
+
+
+def restore(body: Mapping[str, Any], record: Record) -> Preparation:
+    """Put back the recorded items a template lacks, and the record itself; nothing else.
+
+    What an UPDATE gets, whatever the operator's settings are now: a changed setting never
+    changes a prepared cluster's templates. A worker group the record never saw (added later)
+    gets the recorded injection too.
+    """
+    new, spec, prefix = _open(body)
+    if spec is None:
+        return Preparation(body=new, opted_in=is_opted_in(new), changed=False, record=record)
+    result = _restore(new, spec, prefix, record)
+    return replace(result, opted_in=is_opted_in(new), changed=result.body != body)
+
+
+def migrate(
+    body: Mapping[str, Any], settings: Settings, previous: Record | None, token: str
+) -> Preparation:
+    """Prepare a cluster again with the current settings: the explicit move to a new payload.
+
+    The add-on's recorded items are replaced; the user's own values stay. ``token`` (the value
+    of ``ray-pixi.io/migrate``) is recorded so the same value never migrates twice.
+    """
+    new, spec, prefix = _open(body)
+    if spec is None:
+        return Preparation(body=new, opted_in=is_opted_in(new), changed=False)
+    options = build_cluster_options(settings, _annotations(new))
+    result = _inject(new, spec, prefix, options, previous=previous, token=token)
+    return replace(result, changed=result.body != body)
+
+
+def _open(body: Mapping[str, Any]) -> tuple[Body, Body | None, str]:
+    """A copy of ``body``, the cluster spec inside it (mutable) and that spec's path."""
+    spec_path = cluster_spec_path(body)
+    new = copy.deepcopy(dict(body))
+    parent: Any = new
+    for key in spec_path[:-1]:
+        parent = parent.get(key) or {}
+    spec = parent.get(spec_path[-1])
+    return new, spec if isinstance(spec, dict) else None, ".".join(spec_path)
+
+
+def _annotations(body: Body) -> Mapping[str, str]:
+    return (body.get("metadata") or {}).get("annotations") or {}
+
+
+def _read(annotations: Mapping[str, Any], where: str) -> Record | None:
+    try:
+        return read_record(annotations)
+    except RecordError as error:
+        raise InjectionError(
+            f"{where}[{names.INJECTION_ANNOTATION!r}] cannot be read: {error}. ray-pixi writes "
+            "this annotation itself: remove it, or restore the value ray-pixi wrote"
+        ) from None
+
+
+def _write_record(body: Body, record: Record) -> None:
+    text = record.dumps()
+    annotations = body.setdefault("metadata", {}).setdefault("annotations", {})
+    if annotations.get(names.INJECTION_ANNOTATION) != text:
+        annotations[names.INJECTION_ANNOTATION] = text
+
+
+def _inject(
+    body: Body,
+    spec: Body,
+    prefix: str,
+    options: ClusterOptions,
+    *,
+    previous: Record | None,
+    token: str | None,
+) -> Preparation:
+    kept: list[KeptValue] = []
+    per_template: dict[str, Injection] = {}
+    for key, path, group in _groups(spec, prefix):
+        ray = _ray_container(group["template"], path)
+        injection = build_injection(options, ray)
+        before = None
+        if previous is not None:
+            before = previous.injection_for(key) or _for_new_template(previous.injection, ray)
+        group["template"], group_kept = apply_injection(group["template"], injection, path, before)
+        kept += group_kept
+        per_template[key] = injection
+    record = Record.build(
+        options.to_json(),
+        per_template,
+        build_injection(options, {}),
+        prepared_by=names.PREPARED_BY,
+        migration=token,
+    )
+    _write_record(body, record)
+    return Preparation(body=body, opted_in=True, changed=True, kept=tuple(kept), record=record)
+
+
+def _restore(body: Body, spec: Body, prefix: str, record: Record) -> Preparation:
+    kept: list[KeptValue] = []
+    for key, path, group in _groups(spec, prefix):
+        injection = record.injection_for(key)
+        if injection is None:
+            injection = _for_new_template(record.injection, _ray_container(group["template"], path))
+        group["template"], group_kept = apply_injection(group["template"], injection, path)
+        kept += group_kept
+    _write_record(body, record)
+    return Preparation(body=body, opted_in=True, changed=True, kept=tuple(kept), record=record)
+
+
+# --- Clusters prepared by ray-pixi 0.1.0 ---
+
+
+def adopt_legacy(spec: Mapping[str, Any], prefix: str = "spec") -> Record | None:
+    """The record of a cluster spec ray-pixi 0.1.0 prepared, read from its templates; None if
+    no template carries 0.1.0's ``ray-pixi.io/injected`` annotation.
+
+    0.1.0 recorded digests of what it owned in each template; the items with those digests are
+    taken as they are, so restoring from this record gives back exactly those templates.
+    """
+    per_template: dict[str, Injection] = {}
+    for key, path, group in _groups(copy.deepcopy(dict(spec)), prefix):
+        template = group["template"]
+        raw = ((template.get("metadata") or {}).get("annotations") or {}).get(
+            names.LEGACY_TEMPLATE_ANNOTATION
+        )
+        marker = _legacy_marker(raw)
+        if marker is None:
+            continue
+        pod = template.get("spec") or {}
+        ray = _ray_container(template, path)
+        env = ray.get("env") or []
+        owned_env = marker.get("env") or {}
+        plugins_item = _find(env, names.RUNTIME_ENV_PLUGINS_ENV)
+        pythonpath_item = _find(env, names.PYTHONPATH_ENV)
+        per_template[key] = Injection(
+            volumes=_owned(pod.get("volumes"), names.VOLUME_NAME, marker.get("volume")),
+            volume_mounts=tuple(
+                copy.deepcopy(m)
+                for m in ray.get("volumeMounts") or []
+                if m.get("name") == names.VOLUME_NAME
+                and str(m.get("mountPath", "")).rstrip("/") == names.MOUNT_PATH
+            ),
+            init_containers=_owned(
+                pod.get("initContainers"), names.INIT_CONTAINER_NAME, marker.get("initContainer")
+            ),
+            runtime_env_plugins=(
+                ({"class": names.PLUGIN_CLASS},)
+                if plugins_item is not None and names.PLUGIN_CLASS in str(plugins_item.get("value"))
+                else ()
+            ),
+            env=tuple(
+                copy.deepcopy(item)
+                for item in env
+                if isinstance(item, dict)
+                and owned_env.get(item.get("name")) == _legacy_digest(item)
+            ),
+            python_path=(
+                (names.PAYLOAD_PYTHON_DIR,)
+                if pythonpath_item is not None
+                and names.PAYLOAD_PYTHON_DIR in str(pythonpath_item.get("value", "")).split(":")
+                else ()
+            ),
+            annotations={names.LEGACY_TEMPLATE_ANNOTATION: str(raw)},
+        )
+    if not per_template:
+        return None
+    head = per_template.get(template_key(None)) or next(iter(per_template.values()))
+    return Record.build(
+        _legacy_settings(head),
+        per_template,
+        head,
+        prepared_by="ray-pixi-operator 0.1.0",
+        adopted=True,
+    )
+
+
+def _legacy_marker(raw: Any) -> Body | None:
+    try:
+        marker = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
+def _legacy_digest(item: Any) -> str:
+    """0.1.0's digest of an item it owned: sha256 of compact sorted JSON, first 16 hex digits."""
+    text = json.dumps(item, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _owned(items: Any, name: str, digest: Any) -> tuple[Body, ...]:
+    return tuple(
+        copy.deepcopy(item)
+        for item in items or []
+        if isinstance(item, dict) and item.get("name") == name and _legacy_digest(item) == digest
+    )
+
+
+def _legacy_settings(injection: Injection) -> Body:
+    """What an adopted 0.1.0 injection's items say about the settings it was built from."""
+    settings: Body = {}
+    for init in injection.init_containers:
+        settings["payloadImage"] = init.get("image")
+        settings["payloadImagePullPolicy"] = init.get("imagePullPolicy")
+    env = {item.get("name"): item.get("value") for item in injection.env}
+    if env.get(names.PIXI_VERSION_ENV):
+        settings["pixiVersion"] = env[names.PIXI_VERSION_ENV]
+    for volume in injection.volumes:
+        for kind in ("emptyDir", "hostPath", "persistentVolumeClaim"):
+            if kind in volume:
+                settings["cacheVolume"] = kind
+        if (volume.get("emptyDir") or {}).get("sizeLimit"):
+            settings["cacheSizeLimit"] = volume["emptyDir"]["sizeLimit"]
+        if (volume.get("hostPath") or {}).get("path"):
+            settings["cacheHostPath"] = volume["hostPath"]["path"]
+        if (volume.get("persistentVolumeClaim") or {}).get("claimName"):
+            settings["cachePvcName"] = volume["persistentVolumeClaim"]["claimName"]
+    cache_gb = env.get(names.PLUGIN_CACHE_SIZE_GB_ENV)
+    if cache_gb:
+        with contextlib.suppress(ValueError):
+            settings["pluginCacheSizeGB"] = float(cache_gb)
+    return {key: value for key, value in settings.items() if value is not None}
 
 
 def _short(value: Any) -> str:

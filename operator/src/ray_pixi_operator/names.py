@@ -5,6 +5,15 @@ The chart, the image, the plugin and the tests build against these names.
 
 from __future__ import annotations
 
+import importlib.metadata
+
+try:
+    OPERATOR_VERSION = importlib.metadata.version("ray-pixi-operator")
+except importlib.metadata.PackageNotFoundError:  # run from a source tree without installing
+    OPERATOR_VERSION = "unknown"
+# Who prepared a cluster, as its injection record says.
+PREPARED_BY = f"ray-pixi-operator {OPERATOR_VERSION}"
+
 # --- Opt-in ---
 # On a RayCluster, or on the RayJob / RayService whose labels KubeRay copies onto its RayCluster.
 ENABLED_LABEL = "ray-pixi.io/enabled"
@@ -18,12 +27,25 @@ CACHE_SIZE_LIMIT_ANNOTATION = ANNOTATION_PREFIX + "cache-size-limit"
 CACHE_HOST_PATH_ANNOTATION = ANNOTATION_PREFIX + "cache-host-path"
 CACHE_PVC_NAME_ANNOTATION = ANNOTATION_PREFIX + "cache-pvc-name"
 PLUGIN_CACHE_SIZE_GB_ANNOTATION = ANNOTATION_PREFIX + "plugin-cache-size-gb"
-# Written by the reconciler on the RayCluster: one of the STATUS_* values below.
+# The Ray version the cluster's image really runs, vouched for by whoever sets it: the
+# compatibility gate reads it instead of spec.rayVersion (absent or stale in some manifests).
+RAY_VERSION_ANNOTATION = ANNOTATION_PREFIX + "ray-version"
+# Set (to any new value) to move an existing cluster to the operator's current settings: the
+# webhook prepares it again once per distinct value and records the value.
+MIGRATE_ANNOTATION = ANNOTATION_PREFIX + "migrate"
+# Written by the webhook on the RayCluster's metadata: the injection record, as JSON values (what
+# was injected and with which settings). Metadata, not spec, so it is outside KubeRay's spec hash.
+INJECTION_ANNOTATION = ANNOTATION_PREFIX + "injection"
+# Written by the reconciler on the RayCluster: one of the STATUS_* values below, and the
+# reasons of the events it last posted about the cluster (comma-separated), so that a
+# restarted reconciler posts again only what changed.
 STATUS_ANNOTATION = ANNOTATION_PREFIX + "status"
-# Written by the mutation on each pod template (so KubeRay copies it onto every pod): what the
-# add-on owns there, as compact JSON. It tells the add-on's values from a user's on re-mutation,
-# and a pod from before the injection from one built after it.
-INJECTED_ANNOTATION = ANNOTATION_PREFIX + "injected"
+REPORTED_ANNOTATION = ANNOTATION_PREFIX + "reported"
+# The reconciler's own annotations: writing them never needs the webhook.
+RECONCILER_ANNOTATIONS = (STATUS_ANNOTATION, REPORTED_ANNOTATION)
+# Written by ray-pixi-operator 0.1.0 on each pod template (KubeRay copies it onto every pod):
+# digests of what 0.1.0 owned there. Read only to adopt such clusters; never written now.
+LEGACY_TEMPLATE_ANNOTATION = ANNOTATION_PREFIX + "injected"
 
 OVERRIDE_ANNOTATIONS = (
     PIXI_VERSION_ANNOTATION,
@@ -33,12 +55,18 @@ OVERRIDE_ANNOTATIONS = (
     CACHE_PVC_NAME_ANNOTATION,
     PLUGIN_CACHE_SIZE_GB_ANNOTATION,
 )
-KNOWN_ANNOTATIONS = (*OVERRIDE_ANNOTATIONS, STATUS_ANNOTATION, INJECTED_ANNOTATION)
+# What users set on a cluster (or its RayJob / RayService).
+USER_ANNOTATIONS = (*OVERRIDE_ANNOTATIONS, RAY_VERSION_ANNOTATION, MIGRATE_ANNOTATION)
+KNOWN_ANNOTATIONS = (
+    *USER_ANNOTATIONS,
+    INJECTION_ANNOTATION,
+    *RECONCILER_ANNOTATIONS,
+    LEGACY_TEMPLATE_ANNOTATION,
+)
 
 # Values of STATUS_ANNOTATION.
 STATUS_INJECTED = "injected"
 STATUS_NOT_INJECTED = "not-injected"
-STATUS_PODS_PREDATE_INJECTION = "pods-predate-injection"
 STATUS_INVALID = "invalid"
 
 # --- What lands in the pod templates ---

@@ -117,6 +117,23 @@ def _check_port(value: str) -> int:
     return int(value)
 
 
+def _check_seconds(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or number < 0 or number > 3600:
+        raise ValueError("must be a number of seconds between 0 and 3600, such as 10")
+    return number
+
+
+def _check_interval(value: str) -> float:
+    number = _check_seconds(value)
+    if number == 0:
+        raise ValueError("must be a number of seconds greater than 0, such as 10")
+    return number
+
+
 def _check_file(value: str) -> Path:
     if not Path(value).is_file():
         raise ValueError("must be the path of a readable PEM file (mount the webhook's TLS secret)")
@@ -171,6 +188,10 @@ class Settings(BaseModel):
     webhook_key_file: Path | None = None
     webhook_host: str | None = None
     webhook_managed: str | None = None
+    # How often the webhook checks its certificate files for a renewed pair (loaded in place).
+    webhook_cert_reload_seconds: float = 10.0
+    # How long the webhook keeps answering after SIGTERM, while Service endpoints drop it.
+    webhook_drain_seconds: float = 10.0
     namespaces: tuple[str, ...] = ()
     health_port: int = 8080
     log_level: str = "INFO"
@@ -248,6 +269,8 @@ _CHECKS: dict[str, Callable[[str], Any]] = {
     "webhook_key_file": _check_file,
     "webhook_host": _check_host,
     "webhook_managed": _check_managed,
+    "webhook_cert_reload_seconds": _check_interval,
+    "webhook_drain_seconds": _check_seconds,
     "namespaces": _check_namespaces,
     "health_port": _check_port,
     "log_level": _check_log_level,

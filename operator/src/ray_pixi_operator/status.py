@@ -1,9 +1,16 @@
-"""What the reconciler reports about an opted-in RayCluster, as data (no kopf, no API calls).
+"""What the reconciler does about an opted-in RayCluster, as data (no kopf, no API calls).
 
-The webhook injects at admission. This module tells, from the stored RayCluster and its pods,
-whether that happened: a cluster created while the webhook was unreachable (or with
-failurePolicy Ignore) is not injected, and pods created before an injection that arrived on a
-later UPDATE lack it. KubeRay never rebuilds running pods from a changed template.
+The webhook injects at admission. From the stored RayCluster, a summary of its pods and the
+record the reconciler last saw, this module decides:
+
+* a repair: the cluster's templates lack recorded items (an UPDATE that changed them passed
+  while the webhook was unreachable), or its record is gone (a RayService replaced its
+  annotations then), or it was prepared by ray-pixi 0.1.0 and has no record yet (adoption:
+  the record is written, the templates stay as they are);
+* the status annotation and the events that report it. Only what needs the user is a Warning
+  (a labelled cluster that was never prepared, bad annotations). That a cluster or some of its
+  pods run another payload than the operator's current one is informational: they keep working
+  and KubeRay replaces pods on its own schedule.
 """
 
 from __future__ import annotations
@@ -13,108 +20,326 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from . import names
-from .mutation import InjectionError, prepare, template_paths
+from .admission import resolve_record
+from .mutation import (
+    InjectionError,
+    build_cluster_options,
+    restore,
+    template_paths,
+)
+from .record import Record, template_key
 from .settings import Settings
 
-__all__ = ["ClusterStatus", "build_cluster_status", "needs_report", "stale_pods"]
+__all__ = [
+    "ClusterReport",
+    "Event",
+    "PodSummary",
+    "Reconciliation",
+    "needs_report",
+    "reconcile",
+    "summarize_pod",
+]
 
 # Kubernetes caps an event's message at 1024 bytes.
 MAX_MESSAGE = 1000
 
 
 @dataclass(frozen=True)
-class ClusterStatus:
-    """The value of ``ray-pixi.io/status`` and the Kubernetes event that reports it."""
+class PodSummary:
+    """What the reconciler keeps about one Ray pod (a few strings, so 1,000 pods stay small)."""
 
-    status: str
+    name: str
+    template: str  # the record's key of the template it was built from
+    payload_image: str | None  # of its ray-pixi-payload init container; None: not injected
+    deleting: bool = False
+
+
+def summarize_pod(pod: Mapping[str, Any]) -> PodSummary:
+    metadata = pod.get("metadata") or {}
+    labels = metadata.get("labels") or {}
+    if labels.get(names.NODE_TYPE_LABEL) == "head":
+        template = template_key(None)
+    else:
+        template = template_key(str(labels.get(names.GROUP_LABEL, "")))
+    inits = (pod.get("spec") or {}).get("initContainers") or []
+    image = next(
+        (str(c.get("image")) for c in inits if c.get("name") == names.INIT_CONTAINER_NAME), None
+    )
+    return PodSummary(
+        name=str(metadata.get("name")),
+        template=template,
+        payload_image=image,
+        deleting=bool(metadata.get("deletionTimestamp")),
+    )
+
+
+@dataclass(frozen=True)
+class Event:
     type: Literal["Normal", "Warning"]
     reason: str
     message: str
 
 
-def build_cluster_status(
-    body: Mapping[str, Any], pods: Iterable[Mapping[str, Any]], settings: Settings
-) -> ClusterStatus:
-    """Judge a stored, opted-in RayCluster and the pods KubeRay built for it."""
-    try:
-        preparation = prepare(body, settings)
-    except InjectionError as error:
-        return _status(
-            names.STATUS_INVALID,
-            "Warning",
-            "RayPixiInvalid",
-            f"ray-pixi cannot prepare this RayCluster: {error}",
+@dataclass(frozen=True)
+class ClusterReport:
+    """The value of ``ray-pixi.io/status`` and the events that report it."""
+
+    status: str
+    events: tuple[Event, ...]
+
+    @property
+    def reasons(self) -> str:
+        """The events' reasons, comma-separated: what ``ray-pixi.io/reported`` records."""
+        return ",".join(event.reason for event in self.events)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """What must change for the events to be posted again (not counts in messages)."""
+        return self.status, self.reasons
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    report: ClusterReport
+    repair: dict[str, Any] | None  # the body to patch the cluster to, or None
+    record: Record | None  # the record the cluster has (or gets), to remember
+
+
+def reconcile(
+    body: Mapping[str, Any],
+    pods: Iterable[PodSummary],
+    settings: Settings,
+    remembered: Record | None = None,
+) -> Reconciliation:
+    """Judge a stored, opted-in RayCluster; ``remembered`` is the record last seen on it."""
+    annotations = (body.get("metadata") or {}).get("annotations") or {}
+    record, problem = resolve_record(body, None)
+    events: list[Event] = []
+    if record is None and remembered is not None:
+        record = remembered
+    invalid = _invalid_annotations(settings, annotations)
+    if invalid is not None:
+        events.append(
+            Event(
+                "Warning",
+                "RayPixiAnnotationsInvalid",
+                f"{invalid}. The cluster keeps what it was prepared with; the annotation only "
+                "matters when it is prepared again (ray-pixi.io/migrate)",
+            )
         )
-    if preparation.changed:
-        return _status(
-            names.STATUS_NOT_INJECTED,
+    if record is None:
+        if problem is not None:
+            return _done(names.STATUS_INVALID, events, "Warning", "RayPixiInvalid", problem, None)
+        spec = body.get("spec") or {}
+        if _injected_without_record(spec):
+            return _done(
+                names.STATUS_INJECTED,
+                events,
+                "Normal",
+                "RayPixiInjected",
+                "the pod templates carry ray-pixi's injection but no injection record (they "
+                "were prepared by hand or by another tool): nothing can be restored from it",
+                None,
+            )
+        status = names.STATUS_INVALID if invalid is not None else names.STATUS_NOT_INJECTED
+        return _done(
+            status,
+            events,
             "Warning",
             "RayPixiNotInjected",
-            f"labelled {names.ENABLED_LABEL}={names.ENABLED_VALUE}, but its pod templates lack "
-            "what ray-pixi injects (or carry an older injection): it was created or last updated "
-            "while the ray-pixi webhook was unreachable, or before the add-on's settings changed. "
-            "Any update of the RayCluster while the webhook is up injects it; pods created before "
-            "then cannot use runtime_env 'pixi'.",
+            f"labelled {names.ENABLED_LABEL}={names.ENABLED_VALUE}, but ray-pixi never prepared "
+            "its pod templates: it was created while the ray-pixi webhook was unreachable (or "
+            "with failurePolicy Ignore). runtime_env 'pixi' cannot run on it. To prepare it, set "
+            f"the annotation {names.MIGRATE_ANNOTATION} to a new value (ray-pixi-operator "
+            "clusters migrate does that); with upgradeStrategy Recreate KubeRay then recreates "
+            "its pods, otherwise pods created afterwards get it",
+            None,
         )
-    stale = stale_pods(body, pods)
-    if stale:
-        listed = ", ".join(stale[:10]) + (f" and {len(stale) - 10} more" if len(stale) > 10 else "")
-        return _status(
-            names.STATUS_PODS_PREDATE_INJECTION,
+
+    try:
+        restored = restore(body, record)
+    except InjectionError as error:
+        return _done(
+            names.STATUS_INVALID,
+            events,
             "Warning",
-            "RayPixiPodsPredateInjection",
-            f"{len(stale)} pod(s) were created before ray-pixi's injection and cannot use "
-            f"runtime_env 'pixi': {listed}. Delete them so that KubeRay recreates them from the "
-            "injected templates.",
+            "RayPixiInvalid",
+            f"ray-pixi cannot restore this RayCluster's injection: {error}",
+            record,
         )
-    message = "the Ray pods of this cluster are prepared for runtime_env 'pixi'"
-    if preparation.kept:
-        message += "; user values kept: " + "; ".join(str(kept) for kept in preparation.kept)
-    return _status(names.STATUS_INJECTED, "Normal", "RayPixiInjected", message)
+    repair = restored.body if restored.changed else None
+    if repair is not None:
+        events.append(_repair_event(body, repair, record, annotations))
+
+    pods = list(pods)
+    live = sum(1 for pod in pods if not pod.deleting)
+    message = (
+        f"the Ray pods of this cluster ({live} now) are prepared for runtime_env 'pixi' with "
+        f"payload image {record.payload_image}"
+        + (f" and pixi {record.pixi_version}" if record.pixi_version else "")
+    )
+    if restored.kept:
+        message += "; user values kept: " + "; ".join(str(kept) for kept in restored.kept)
+    events.insert(0, Event("Normal", "RayPixiInjected", message))
+
+    pinned = _pinned(settings, annotations, record)
+    if pinned is not None:
+        events.append(Event("Normal", "RayPixiPayloadPinned", pinned))
+    differing = _pods_on_other_payload(repair or body, pods)
+    if differing is not None:
+        events.append(Event("Normal", "RayPixiPodsOnOtherPayload", differing))
+    report = ClusterReport(names.STATUS_INJECTED, tuple(_clip(event) for event in events))
+    return Reconciliation(report=report, repair=repair, record=record)
 
 
 def needs_report(
-    status: ClusterStatus, *, stored: str | None, last_reported: ClusterStatus | None
+    report: ClusterReport,
+    *,
+    stored: str | None,
+    stored_reasons: str | None = None,
+    last_reported: ClusterReport | None,
 ) -> bool:
-    """One event per change: of what this process last reported or, after a restart, of the
-    stored status annotation (so a restarted operator does not repeat every cluster's event)."""
+    """One round of events per change: of what this process last reported or, after a restart,
+    of the stored status and reported annotations (so a restarted reconciler does not repeat
+    every cluster's events, yet posts what an operator upgrade changed)."""
     if last_reported is None:
-        return status.status != stored
-    return status != last_reported
+        return report.key != (stored, stored_reasons)
+    return report.key != last_reported.key
 
 
-def stale_pods(body: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -> list[str]:
-    """Names of live pods whose injection record differs from their pod template's."""
-    spec = body.get("spec") or {}
-    head_record: str | None = None
-    group_records: dict[str, str | None] = {}
-    for path, group in template_paths(spec):
-        template = _at(spec, path.removeprefix("spec."))
-        record = ((template.get("metadata") or {}).get("annotations") or {}).get(
-            names.INJECTED_ANNOTATION
+def _done(
+    status: str,
+    events: list[Event],
+    type_: Literal["Normal", "Warning"],
+    reason: str,
+    message: str,
+    record: Record | None,
+) -> Reconciliation:
+    events = [Event(type_, reason, message), *events]
+    return Reconciliation(
+        report=ClusterReport(status, tuple(_clip(event) for event in events)),
+        repair=None,
+        record=record,
+    )
+
+
+def _invalid_annotations(settings: Settings, annotations: Mapping[str, str]) -> str | None:
+    try:
+        build_cluster_options(settings, annotations)
+    except InjectionError as error:
+        return str(error)
+    return None
+
+
+def _injected_without_record(spec: Mapping[str, Any]) -> bool:
+    head = ((spec.get("headGroupSpec") or {}).get("template") or {}).get("spec") or {}
+    return any(
+        init.get("name") == names.INIT_CONTAINER_NAME for init in head.get("initContainers") or []
+    )
+
+
+def _repair_event(
+    body: Mapping[str, Any],
+    repaired: Mapping[str, Any],
+    record: Record,
+    annotations: Mapping[str, Any],
+) -> Event:
+    changed = [
+        path for path, template, fixed in _template_pairs(body, repaired) if template != fixed
+    ]
+    if not changed and record.adopted:
+        return Event(
+            "Normal",
+            "RayPixiAdopted",
+            f"prepared by {record.prepared_by}, which kept no injection record: its pod "
+            f"templates stay as they are, and the record of what they carry is now in "
+            f"metadata.annotations[{names.INJECTION_ANNOTATION!r}]",
         )
-        if group is None:
-            head_record = record
-        else:
-            group_records[group] = record
-    every_record = {head_record, *group_records.values()}
+    what = f"{len(changed)} pod template(s) ({', '.join(changed)})" if changed else ""
+    if names.INJECTION_ANNOTATION not in annotations:
+        what += (" and " if what else "") + "its injection record"
+    return Event(
+        "Normal",
+        "RayPixiRepaired",
+        f"restored what ray-pixi injected into {what}: an update removed it while the ray-pixi "
+        "webhook was unreachable. Only missing items came back, from the injection record",
+    )
 
-    stale = []
-    for pod in pods:
-        metadata = pod.get("metadata") or {}
-        if metadata.get("deletionTimestamp"):
-            continue
-        labels = metadata.get("labels") or {}
-        record = (metadata.get("annotations") or {}).get(names.INJECTED_ANNOTATION)
-        if labels.get(names.NODE_TYPE_LABEL) == "head":
-            current = record == head_record
-        elif labels.get(names.GROUP_LABEL) in group_records:
-            current = record == group_records[labels[names.GROUP_LABEL]]
-        else:
-            current = record is not None and record in every_record
-        if not current:
-            stale.append(str(metadata.get("name")))
-    return sorted(stale)
+
+def _template_pairs(
+    before: Mapping[str, Any], after: Mapping[str, Any]
+) -> list[tuple[str, Any, Any]]:
+    spec_before, spec_after = before.get("spec") or {}, after.get("spec") or {}
+    pairs = [
+        (
+            "headGroupSpec",
+            (spec_before.get("headGroupSpec") or {}).get("template"),
+            (spec_after.get("headGroupSpec") or {}).get("template"),
+        )
+    ]
+    groups_before = spec_before.get("workerGroupSpecs") or []
+    for index, group in enumerate(spec_after.get("workerGroupSpecs") or []):
+        old = groups_before[index] if index < len(groups_before) else {}
+        pairs.append(
+            (
+                f"workerGroupSpecs[{group.get('groupName')}]",
+                old.get("template"),
+                group.get("template"),
+            )
+        )
+    return pairs
+
+
+def _pinned(settings: Settings, annotations: Mapping[str, str], record: Record) -> str | None:
+    try:
+        current = build_cluster_options(settings, annotations)
+    except InjectionError:
+        return None
+    differences = []
+    if record.payload_image != current.payload_image:
+        differences.append(f"payload image {record.payload_image} (now {current.payload_image})")
+    if record.pixi_version != current.pixi_version:
+        differences.append(
+            f"pixi version {record.pixi_version or 'of the payload'} "
+            f"(now {current.pixi_version or 'of the payload'})"
+        )
+    if not differences:
+        return None
+    return (
+        "prepared with " + " and ".join(differences) + ". It keeps what it was prepared with, "
+        "so running pods are never rebuilt by an operator change. To move it to the current "
+        f"settings, set the annotation {names.MIGRATE_ANNOTATION} to a new value "
+        "(ray-pixi-operator clusters migrate does that)"
+    )
+
+
+def _pods_on_other_payload(body: Mapping[str, Any], pods: Iterable[PodSummary]) -> str | None:
+    spec = body.get("spec") or {}
+    images: dict[str, str | None] = {}
+    for path, group in template_paths(spec):
+        key = template_key(group)
+        inits = (_at(spec, path.removeprefix("spec.")).get("spec") or {}).get("initContainers")
+        images[key] = next(
+            (
+                str(c.get("image"))
+                for c in inits or []
+                if c.get("name") == names.INIT_CONTAINER_NAME
+            ),
+            None,
+        )
+    other = sorted(
+        pod.name
+        for pod in pods
+        if not pod.deleting and pod.template in images and pod.payload_image != images[pod.template]
+    )
+    if not other:
+        return None
+    listed = ", ".join(other[:10]) + (f" and {len(other) - 10} more" if len(other) > 10 else "")
+    return (
+        f"{len(other)} pod(s) were built from an earlier version of the pod templates and run "
+        f"another payload (or none): {listed}. They keep running; KubeRay builds their "
+        "replacements from the current templates"
+    )
 
 
 def _at(spec: Mapping[str, Any], dotted: str) -> Mapping[str, Any]:
@@ -128,9 +353,7 @@ def _at(spec: Mapping[str, Any], dotted: str) -> Mapping[str, Any]:
     return node if isinstance(node, Mapping) else {}
 
 
-def _status(
-    status: str, type_: Literal["Normal", "Warning"], reason: str, message: str
-) -> ClusterStatus:
-    if len(message) > MAX_MESSAGE:
-        message = message[: MAX_MESSAGE - 3] + "..."
-    return ClusterStatus(status=status, type=type_, reason=reason, message=message)
+def _clip(event: Event) -> Event:
+    if len(event.message) <= MAX_MESSAGE:
+        return event
+    return Event(event.type, event.reason, event.message[: MAX_MESSAGE - 3] + "...")
