@@ -25,6 +25,7 @@ from kube.manifests import raycluster, wait_for_pods
 from kube.release import Release, install_release, operator_executable
 from kube.rest import poll
 
+import ray_pixi
 from replay.images import PYTHON_PREFIX_IN_IMAGE, real_pixi
 from replay.runner import Replay, RunningPod
 
@@ -167,14 +168,13 @@ def test_kuberay_pods_run_with_the_payload_and_a_plain_job_succeeds(
         assert where.stdout.split() == [str(RAY_UID), f"{PAYLOAD_PYTHON}/ray_pixi/__init__.py"]
         bare = pod.exec(container, "env", "-u", "PYTHONPATH", "python", "-c", "import ray_pixi")
         assert bare.returncode != 0 and "No module named 'ray_pixi'" in bare.stderr
-        # The runtime_env agent built the plugin at its start: its store exists, made by the
-        # Ray user (the init container only made the empty store directory).
-        store = pod.host_path("ray-pixi") / "store"
-        poll(
-            lambda store=store: [p for p in store.iterdir() if p.stat().st_uid == RAY_UID],
-            timeout=60,
-            what=f"entries made by the Ray user (uid {RAY_UID}) in the plugin's store {store}",
-        )
+        # `ray-pixi doctor` reads the running runtime_env agent's own environment (/proc) and
+        # imports the plugin with it, as the agent did.
+        doctor = pod.exec(container, "python", "-m", "ray_pixi.cli", "doctor")
+        assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+        assert "Checking the runtime_env agent of the running Ray node" in doctor.stdout
+        imported = f"imports ray_pixi {ray_pixi.__version__} from {PAYLOAD_PYTHON}/ray_pixi/"
+        assert imported in doctor.stdout, doctor.stdout
 
     # A plain job through the head's Jobs API, with a task on each node.
     from ray.job_submission import JobStatus, JobSubmissionClient
