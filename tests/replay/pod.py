@@ -563,10 +563,10 @@ def _projection_files(
         elif "downwardAPI" in source:
             for item in source["downwardAPI"].get("items") or []:
                 if "fieldRef" in item:
-                    value = _field_value(pod, item["fieldRef"]["fieldPath"], context, where)
+                    text = _field_value(pod, item["fieldRef"]["fieldPath"], context, where)
                 else:
-                    value = _resource_value(pod, item["resourceFieldRef"], None, context, where)
-                add(item["path"], value.encode(), item.get("mode"))
+                    text = _resource_value(pod, item["resourceFieldRef"], None, context, where)
+                add(item["path"], text.encode(), item.get("mode"))
         else:
             raise ReplayError(f"{where}: projected source {sorted(source)} is not supported")
     return files

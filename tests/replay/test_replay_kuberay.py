@@ -53,6 +53,8 @@ def release(
         kube_cluster,
         tmp_path_factory.mktemp("replay-release"),
         executable=executable,
+        name="ray-pixi-replay",  # its own release, next to any other test's
+        namespace="ray-pixi-replay",
         values={"image": {"repository": repository, "tag": tag, "pullPolicy": "IfNotPresent"}},
     )
     try:
