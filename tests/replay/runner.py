@@ -111,6 +111,13 @@ class RunningPod:
     def running(self, container: str) -> bool:
         return bool(self.inspect(container)["State"]["Running"])
 
+    def restart(self, container: str) -> None:
+        """Restart one container in place (same sandbox, same volume directories), as the
+        kubelet restarts a container that exited; `docker restart` stops it with SIGTERM and
+        the Pod's grace period first."""
+        grace = str((self.pod.get("spec") or {}).get("terminationGracePeriodSeconds", 30))
+        _docker("restart", "-t", grace, self.docker_name(container), timeout=float(grace) + 60)
+
 
 class Replay:
     """Pods run with Docker on one network of their own; use as a context manager."""

@@ -6,6 +6,7 @@ import subprocess
 from typing import Any
 
 import pytest
+from kube.rest import poll
 
 from replay.images import BASE_IMAGE
 from replay.pod import ReplayError
@@ -121,6 +122,28 @@ def test_pods_reach_each_other_through_a_headless_service_and_nothing_else(repla
     # No resolver: a name outside /etc/hosts fails at once instead of leaving the host.
     assert "nameserver 127.0.0.1" in client_pod.exec("main", "cat", "/etc/resolv.conf").stdout
     assert client_pod.exec("main", "getent", "hosts", "pypi.org").returncode != 0
+
+
+def test_a_restarted_container_keeps_its_volume_and_pod_ip(replay):
+    volume = [{"name": "work", "mountPath": "/work"}]
+    spec = pod(
+        "restarted",
+        [sh("main", "echo started:$(hostname -i) >> /work/starts; exec sleep infinity",
+            volumeMounts=volume)],
+        volumes=[{"name": "work", "emptyDir": {}}],
+        terminationGracePeriodSeconds=1,
+    )  # fmt: skip
+    (running,) = replay.start([spec])
+    starts = running.host_path("work") / "starts"
+    poll(lambda: starts.exists() and starts.read_text(), timeout=30, what=f"{starts} written")
+    running.restart("main")
+    assert running.running("main")
+    lines = poll(
+        lambda: len(text := starts.read_text().split()) == 2 and text,
+        timeout=30,
+        what="the restarted container's line",
+    )
+    assert lines == [f"started:{running.ip}"] * 2
 
 
 def test_teardown_removes_every_container_and_the_network(tmp_path):
