@@ -99,7 +99,6 @@ __all__ = [
 Obj = Mapping[str, Any]
 
 CLUSTER_DOMAIN = "cluster.local"
-SERVICE_ACCOUNT_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
 class ReplayError(ValueError):
