@@ -1,0 +1,42 @@
+"""Build the replay tests' images by hand or from .ci/setup-docker.
+
+PYTHONPATH=tests python -m replay image            # the Ray image (what .ci/setup-docker runs)
+PYTHONPATH=tests python -m replay image --operator # also the add-on's image with the real pixi
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from .images import ImageError, ensure_operator_image, ensure_ray_image
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m replay",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("command", choices=["image"])
+    parser.add_argument("--operator", action="store_true", help="also build the add-on's image")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    try:
+        print(ensure_ray_image(_log))
+        if args.operator:
+            print(ensure_operator_image(_log))
+    except ImageError as error:
+        _log(f"replay: {error}")
+        return 2
+    _log(f"replay: images ready in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Fixtures for replaying Pods with Docker: the images (built once per machine) and a `Replay`.
+
+Without a Docker daemon or the base image the docker tests skip with the reason that
+.ci/setup-docker recorded; on CI (`CI=true`) after a setup that said `ready`, a missing
+image or a failed build fails them instead, so a broken build cannot hide behind a skip.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from replay.images import BASE_IMAGE, ImageError, ensure_operator_image, ensure_ray_image
+from replay.runner import Replay
+
+SETUP_STATUS = (
+    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    / "ray-pixi"
+    / "docker-setup.status"
+)
+
+
+def _setup_said() -> str:
+    try:
+        said = SETUP_STATUS.read_text().strip()
+    except OSError:
+        return ".ci/setup-docker has not run"
+    return f".ci/setup-docker said: {said}" if said else ".ci/setup-docker did not finish"
+
+
+@functools.lru_cache(maxsize=1)
+def docker_unavailable() -> str | None:
+    if shutil.which("docker") is None:
+        return f"no docker CLI on PATH ({_setup_said()})"
+    try:
+        info = subprocess.run(
+            ["docker", "info", "--format", "{{.ServerVersion}}"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return f"docker info timed out ({_setup_said()})"
+    if info.returncode != 0:
+        return f"Docker daemon not reachable: {info.stderr.strip()[:200]} ({_setup_said()})"
+    found = subprocess.run(["docker", "image", "inspect", BASE_IMAGE], capture_output=True)
+    if found.returncode != 0:
+        return f"base image {BASE_IMAGE} missing: run .ci/setup-docker ({_setup_said()})"
+    return None
+
+
+def _need_docker() -> None:
+    reason = docker_unavailable()
+    if reason is None:
+        return
+    if os.environ.get("CI", "").lower() == "true" and _setup_said().endswith("ready"):
+        pytest.fail(f"CI=true and .ci/setup-docker said ready, yet: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def _image(build: object, what: str, request: pytest.FixtureRequest) -> str:
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+
+    def log(message: str) -> None:
+        if reporter is None or capture is None:
+            print(message)
+            return
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(message)
+
+    try:
+        return str(build(log))  # type: ignore[operator]
+    except ImageError as error:
+        pytest.fail(f"{what}: {error}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def ray_image(request: pytest.FixtureRequest) -> str:
+    """The Ray image: this process's CPython and Ray version, nothing of ray-pixi."""
+    _need_docker()
+    return _image(ensure_ray_image, "the replay's Ray image", request)
+
+
+@pytest.fixture(scope="session")
+def operator_image(request: pytest.FixtureRequest) -> str:
+    """images/Dockerfile of this checkout, with the real pixi as its air-gapped PIXI_FILE."""
+    _need_docker()
+    return _image(ensure_operator_image, "the add-on's image", request)
+
+
+@pytest.fixture
+def replay(tmp_path: Path) -> Iterator[Replay]:
+    """A Replay on a network of its own; everything it started is removed afterwards."""
+    _need_docker()
+    with Replay(tmp_path / "replay", sandbox_image=BASE_IMAGE) as running:
+        yield running
