@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+import ray_pixi
 from kube.cluster import KubeCluster
 from kube.manifests import raycluster, wait_for_pods
 from kube.release import Release, install_release, operator_executable
 from kube.rest import poll
-
-import ray_pixi
 from replay.images import PYTHON_PREFIX_IN_IMAGE, real_pixi
 from replay.runner import Replay, RunningPod
 

@@ -6,8 +6,8 @@ import subprocess
 from typing import Any
 
 import pytest
-from kube.rest import poll
 
+from kube.rest import poll
 from replay.images import BASE_IMAGE
 from replay.pod import ReplayError
 from replay.runner import SESSION_LABEL, PodStartError, Replay
