@@ -116,11 +116,11 @@ def pixi_cluster(tmp: Path, pixi_node_env: Mapping[str, str], nodes: int = 1, cp
         for name in ("RAY_PIXI_PIXI_VERSION", "RAY_ADDRESS"):
             if name not in extra:
                 mp.delenv(name, raising=False)
-        # A dashboard (and so a Jobs API) of its own on a free port: other clusters on this
-        # machine may hold Ray's default 8265.
+        # A dashboard and a dashboard agent (which runs submitted jobs) on ports of their
+        # own: other clusters on this machine may hold Ray's defaults, 8265 and 52365.
         cluster = Cluster(initialize_head=True, head_node_args={
             "num_cpus": cpus, "temp_dir": str(temp_dir), "include_dashboard": True,
-            "dashboard_port": free_port()})
+            "dashboard_port": free_port(), "dashboard_agent_listen_port": free_port()})
         for _ in range(nodes - 1):
             cluster.add_node(num_cpus=cpus, temp_dir=str(temp_dir))
         cluster.wait_for_nodes()
