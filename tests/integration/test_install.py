@@ -219,3 +219,16 @@ def test_a_stale_lock_points_at_pixi_lock(store: Store, tmp_path: Path,
     assert "lock file not up-to-date with the workspace" in str(e.value)
     assert "Run `pixi lock --manifest-path pixi.toml`" in str(e.value)
 
+
+
+def test_a_node_without_bash_is_told_so(store: Store, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """pixi captures activation with bash; without it the install stops with that reason
+    instead of pixi's "An activation error occurred: IoError(... NotFound)"."""
+    empty = tmp_path / "no-bash"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))  # RAY_PIXI_EXE is absolute
+    key, coro = install(store, {"dependencies": {"six": "*"}, "pypi_dependencies": {}})
+    with pytest.raises(PixiInstallError, match="There is no bash on this node's PATH"):
+        asyncio.run(coro)
+    assert not store.workspace(key).exists()
