@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,6 +32,22 @@ def persistent_cache(name: str) -> Path:
     path = root / "ray-pixi-tests" / name
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def hold_flock(path: Path, shared: bool = False) -> subprocess.Popen[str]:
+    """Another process (another Ray agent, or `ray-pixi envs rm`) holding an flock on
+    `path` until its stdin closes (`child.communicate("")`)."""
+    code = textwrap.dedent(f"""
+        import fcntl, os, sys
+        fd = os.open({str(path)!r}, os.O_RDONLY | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_SH if {shared} else fcntl.LOCK_EX)
+        print("held", flush=True)
+        sys.stdin.read()
+    """)
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdout.readline().strip() == "held"
+    return child
 
 
 INSTALLED_LINE = "[ray-pixi: installed "

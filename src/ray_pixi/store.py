@@ -55,39 +55,9 @@ _SHARED_BITS = stat.S_IWGRP | stat.S_IWOTH
 _SHELL_EXPANDED = "$`\\\"'\n"
 
 
-def directory_size(path: Path) -> int:
-    """Bytes that deleting `path` frees: each inode once, and no file that is hard-linked
-    from outside `path`. pixi (and uv) hard-link packages from the shared package cache,
-    which deleting an environment does not free; counting those files would make Ray's
-    cache cap evict environments long before the disk holds that much."""
-    files: dict[tuple[int, int], list[int]] = {}  # inode -> [links under path, st_nlink, bytes]
-    total = 0
-    stack = [str(path)]
-    while stack:
-        try:
-            with os.scandir(stack.pop()) as it:
-                for entry in it:
-                    try:
-                        st = entry.stat(follow_symlinks=False)
-                    except OSError:
-                        continue
-                    size = getattr(st, "st_blocks", 0) * 512 or st.st_size
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
-                        total += size
-                        continue
-                    seen = files.setdefault((st.st_dev, st.st_ino), [0, st.st_nlink, size])
-                    seen[0] += 1
-        except OSError:
-            continue
-    return total + sum(size for here, nlink, size in files.values() if here >= nlink)
-
-
-def disk_usage(*roots: Path) -> int:
-    """Bytes the trees under `roots` occupy together: each inode once, however many links
-    it has inside them (a package linked from pixi's cache into an environment counts once)."""
-    seen: set[tuple[int, int]] = set()
-    total = 0
+def _walk(*roots: Path) -> Iterator[tuple[os.stat_result, bool]]:
+    """(stat, is a directory) of every entry under `roots`, never following symlinks;
+    what vanishes or cannot be read meanwhile is skipped."""
     stack = [str(r) for r in roots]
     while stack:
         try:
@@ -97,15 +67,45 @@ def disk_usage(*roots: Path) -> int:
                         st = entry.stat(follow_symlinks=False)
                     except OSError:
                         continue
-                    if entry.is_dir(follow_symlinks=False):
+                    is_dir = entry.is_dir(follow_symlinks=False)
+                    if is_dir:
                         stack.append(entry.path)
-                    elif (st.st_dev, st.st_ino) in seen:
-                        continue
-                    else:
-                        seen.add((st.st_dev, st.st_ino))
-                    total += getattr(st, "st_blocks", 0) * 512 or st.st_size
+                    yield st, is_dir
         except OSError:
             continue
+
+
+def _bytes(st: os.stat_result) -> int:
+    return getattr(st, "st_blocks", 0) * 512 or st.st_size
+
+
+def directory_size(path: Path) -> int:
+    """Bytes that deleting `path` frees: each inode once, and no file that is hard-linked
+    from outside `path`. pixi (and uv) hard-link packages from the shared package cache,
+    which deleting an environment does not free; counting those files would make Ray's
+    cache cap evict environments long before the disk holds that much."""
+    files: dict[tuple[int, int], list[int]] = {}  # inode -> [links under path, st_nlink, bytes]
+    total = 0
+    for st, is_dir in _walk(path):
+        if is_dir:
+            total += _bytes(st)
+            continue
+        seen = files.setdefault((st.st_dev, st.st_ino), [0, st.st_nlink, _bytes(st)])
+        seen[0] += 1
+    return total + sum(size for here, nlink, size in files.values() if here >= nlink)
+
+
+def disk_usage(*roots: Path) -> int:
+    """Bytes the trees under `roots` occupy together: each inode once, however many links
+    it has inside them (a package linked from pixi's cache into an environment counts once)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for st, is_dir in _walk(*roots):
+        if not is_dir:
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+        total += _bytes(st)
     return total
 
 

@@ -14,7 +14,6 @@ import shlex
 import subprocess
 import sys
 import tarfile
-import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -28,7 +27,7 @@ from ray_pixi import PixiSpecError, pixi
 from ray_pixi.errors import PixiNotFoundError
 from ray_pixi.plugin import PixiPlugin
 from ray_pixi.store import Store
-from support import installs
+from support import hold_flock, installs
 
 pytestmark = pytest.mark.integration
 HERE = Path(__file__).parent
@@ -193,21 +192,6 @@ def test_a_bad_node_pin_is_reported_with_its_value(node_env: Path,
         setup(PixiPlugin(), SPEC)
 
 
-def hold(path: Path, shared: bool = False) -> subprocess.Popen[str]:
-    """Another process (another agent, or `ray-pixi envs rm`) holding an flock."""
-    code = textwrap.dedent(f"""
-        import fcntl, os, sys
-        fd = os.open({str(path)!r}, os.O_RDONLY | os.O_CREAT)
-        fcntl.flock(fd, fcntl.LOCK_SH if {shared} else fcntl.LOCK_EX)
-        print("held", flush=True)
-        sys.stdin.read()
-    """)
-    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
-    assert child.stdout is not None and child.stdout.readline().strip() == "held"
-    return child
-
-
 def test_the_agents_loop_serves_other_setups_while_a_lock_is_held_elsewhere(
     node_env: Path,
 ) -> None:
@@ -222,8 +206,8 @@ def test_the_agents_loop_serves_other_setups_while_a_lock_is_held_elsewhere(
 
     async def scenario() -> None:
         node = plugin._impl()
-        install_holder = hold(store.install_lock(await node.key_for(OTHER)).path)
-        delete_holder = hold(store.use_lock(await node.key_for(third)).path)
+        install_holder = hold_flock(store.install_lock(await node.key_for(OTHER)).path)
+        delete_holder = hold_flock(store.use_lock(await node.key_for(third)).path)
         a = asyncio.ensure_future(plugin.create(plugin.get_uris(OTHER)[0], OTHER,
                                                 RuntimeEnvContext()))
         b = asyncio.ensure_future(plugin.create(plugin.get_uris(third)[0], third,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import textwrap
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from ray_pixi.store import FileLock, Store, directory_size
+from support import hold_flock
 
 KEY = "k" * 32
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -24,21 +24,6 @@ def make_ready(store: Store, key: str = KEY) -> None:
     store.workspace(key).mkdir(parents=True)
     (store.workspace(key) / "f").write_bytes(b"x" * 10_000)
     store.write_ready(key, {"size_bytes": 10_000})
-
-
-def hold_lock_in_child(path: Path, shared: bool) -> subprocess.Popen[str]:
-    """A separate process (as another Ray agent would be) holding an flock on `path`."""
-    code = textwrap.dedent(f"""
-        import fcntl, os, sys
-        fd = os.open({str(path)!r}, os.O_RDWR | os.O_CREAT)
-        fcntl.flock(fd, fcntl.LOCK_SH if {shared} else fcntl.LOCK_EX)
-        print("held", flush=True)
-        sys.stdin.read()
-    """)
-    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
-    assert child.stdout is not None and child.stdout.readline().strip() == "held"
-    return child
 
 
 def test_only_a_marked_workspace_is_ready(tmp_path: Path) -> None:
@@ -65,7 +50,7 @@ def test_sweep_removes_unmarked_workspaces_nobody_is_installing(tmp_path: Path) 
     store.workspace("b" * 32).mkdir()  # crashed install: no marker, lock free
     store.workspace("c" * 32).mkdir()  # install under way in another process
     (store.trash / "old").mkdir()
-    child = hold_lock_in_child(store.install_lock("c" * 32).path, shared=False)
+    child = hold_flock(store.install_lock("c" * 32).path, shared=False)
     try:
         assert store.sweep() == ["b" * 32]
     finally:
@@ -80,7 +65,7 @@ def test_an_entry_another_agent_uses_is_not_deleted(tmp_path: Path) -> None:
     store = Store(tmp_path)
     store.ensure()
     make_ready(store)
-    child = hold_lock_in_child(store.use_lock(KEY).path, shared=True)
+    child = hold_flock(store.use_lock(KEY).path, shared=True)
     try:
         assert store.delete_if_unused(KEY, background=False) is False
         assert store.read_ready(KEY) is not None
@@ -103,7 +88,7 @@ def test_deleting_what_is_already_gone_does_not_raise(tmp_path: Path) -> None:
 
 def test_the_lock_is_released_when_its_holder_dies(tmp_path: Path) -> None:
     lock = FileLock(tmp_path / "x.lock")
-    child = hold_lock_in_child(lock.path, shared=False)
+    child = hold_flock(lock.path, shared=False)
     assert lock.try_acquire() is None
     child.kill()
     child.wait()
@@ -189,7 +174,7 @@ def test_the_cap_evicts_least_recently_used_environments_nobody_holds(tmp_path: 
     make_sized(store, held, 400, age=300)  # oldest but one, yet another agent holds it
     make_sized(store, old, 400, age=200)
     make_sized(store, new, 400, age=0)
-    child = hold_lock_in_child(store.use_lock(held).path, shared=True)
+    child = hold_flock(store.use_lock(held).path, shared=True)
     try:
         evicted = store.evict_over_cap(1000, keep=frozenset({new}))
     finally:
@@ -266,7 +251,7 @@ def test_many_waiters_do_not_starve_the_loops_executor(tmp_path: Path) -> None:
     import asyncio
 
     locks = [FileLock(tmp_path / f"{i}.lock") for i in range(16)]
-    children = [hold_lock_in_child(lock.path, shared=False) for lock in locks]
+    children = [hold_flock(lock.path, shared=False) for lock in locks]
 
     async def scenario() -> int:
         waiters = [asyncio.ensure_future(lock.acquire_async()) for lock in locks]
@@ -287,7 +272,7 @@ def test_a_cancelled_waiter_leaves_the_lock_free(tmp_path: Path) -> None:
     import asyncio
 
     lock = FileLock(tmp_path / "c.lock")
-    child = hold_lock_in_child(lock.path, shared=False)
+    child = hold_flock(lock.path, shared=False)
 
     async def scenario() -> None:
         waiter = asyncio.ensure_future(lock.acquire_async())
