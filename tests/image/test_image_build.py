@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from support import FAKE_PIXI, REPO, persistent_cache
+from support import REPO, persistent_cache, session_pixi
 
 pytestmark = pytest.mark.docker
 
@@ -112,8 +112,8 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     reason = docker_unavailable()
     if reason:
         pytest.skip(reason)
-    ctx = build_context(tmp_path_factory.mktemp("image"), FAKE_PIXI)
-    sha = hashlib.sha256(FAKE_PIXI.read_bytes()).hexdigest()
+    ctx = build_context(tmp_path_factory.mktemp("image"), session_pixi())
+    sha = hashlib.sha256(session_pixi().read_bytes()).hexdigest()
     result = docker_build(ctx, IMAGE, PIXI_FILE="pixi", PIXI_SHA256=sha, PIXI_VERSION=PIXI_VERSION)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     yield IMAGE
@@ -121,7 +121,7 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def context_dir(tmp_path_factory: pytest.TempPathFactory, image: str) -> Path:
-    return build_context(tmp_path_factory.mktemp("image-bad"), FAKE_PIXI)
+    return build_context(tmp_path_factory.mktemp("image-bad"), session_pixi())
 
 
 def run(
@@ -214,7 +214,7 @@ def test_payload_layout_and_permissions(installed):
     # The very file the air-gapped build was given (and checked against its sha256).
     assert (
         hashlib.sha256(pixi.read_bytes()).digest()
-        == hashlib.sha256(FAKE_PIXI.read_bytes()).digest()
+        == hashlib.sha256(session_pixi().read_bytes()).digest()
     )
     version = subprocess.run([pixi, "--version"], capture_output=True, text=True, check=True)
     assert version.stdout.strip() == f"pixi {PIXI_VERSION}"
@@ -350,7 +350,7 @@ def test_build_refuses_a_local_pixi_file_without_its_sha256(context_dir):
 
 
 def test_build_fails_when_the_pixi_file_is_another_version(context_dir):
-    sha = hashlib.sha256(FAKE_PIXI.read_bytes()).hexdigest()
+    sha = hashlib.sha256(session_pixi().read_bytes()).hexdigest()
     result = docker_build(
         context_dir,
         "ray-pixi-test:wrong-version",
