@@ -6,10 +6,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import tomli_w
-
 from ray_pixi.cluster import ClusterInfo
 from ray_pixi.spec import PixiSpec
+from ray_pixi.tomlread import vendored
+
+try:
+    import tomli_w
+except ImportError:  # the KubeRay payload: vendored inside ray_pixi, never on sys.path
+    tomli_w = vendored("tomli_w")
 
 __all__ = ["INLINE_WORKSPACE_NAME", "build_inline_manifest", "declares_ray", "ray_requirement"]
 

@@ -139,9 +139,23 @@ def test_chart_constants_match_the_operator_names():
         / "ray_pixi_operator"
         / "payload.py"
     ).read_text()
-    assert names.PAYLOAD_COMMAND[0] == "ray-pixi-payload" and names.PAYLOAD_COMMAND[1] == "install"
     assert 'SHARED_DIRS = ("store", "pixi-cache")' in payload
     assert names.STORE_DIR == names.MOUNT_PATH + "/store"
     assert names.PIXI_CACHE_DIR == names.MOUNT_PATH + "/pixi-cache"
-    assert names.PIXI_EXE_PATH == names.PAYLOAD_DIR + "/bin/pixi"
-    assert names.PAYLOAD_PYTHON_DIR == names.PAYLOAD_DIR + "/python"
+    assert names.PAYLOADS_DIR == names.MOUNT_PATH + "/payloads"
+    assert names.payload_dir("ghcr.io/x/ray-pixi:0.2.0").startswith(names.PAYLOADS_DIR + "/0.2.0-")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [names.PAYLOAD_ADD_COMMAND, names.PREPARE_VOLUME_COMMAND, names.LEGACY_PAYLOAD_COMMAND[:2]],
+)
+def test_the_init_containers_commands_are_the_payload_clis(command, capsys):
+    """What the mutation runs in the init containers is a command of ray-pixi-payload."""
+    from ray_pixi_operator.payload import main
+
+    assert command[0] == "ray-pixi-payload"
+    with pytest.raises(SystemExit) as exited:
+        main([command[1], "--help"])
+    assert exited.value.code == 0
+    assert command[1] in capsys.readouterr().out

@@ -330,8 +330,9 @@ def running_webhook(cert_file: Path, key_file: Path, port: int):  # type: ignore
         thread.join(10)
 
 
-def test_helm_test_hook_gets_an_answer_from_the_operator_webhook(tmp_path):
-    """The hook's script, run as in its pod, verifies TLS against the chart's CA and is answered."""
+def _run_hook(tmp_path: Path, path: str | None = None) -> subprocess.CompletedProcess[str]:
+    """The hook's script, run as in its pod, against the operator's webhook server over TLS
+    with the chart's certificate (on another URL path when `path` is given)."""
     objects = render()
     data, _ = _tls(objects)
     for key in ("ca.crt", "tls.crt", "tls.key"):
@@ -346,6 +347,8 @@ def test_helm_test_hook_gets_an_answer_from_the_operator_webhook(tmp_path):
     script = script.replace(mount + "/ca.crt", str(tmp_path / "ca.crt"))
     port = _free_port()
     url = re.sub(r":443/", f":{port}/", env["WEBHOOK_URL"])
+    if path is not None:
+        url = url.rsplit("/", 1)[0] + path
     service_host = url.split("/")[2].split(":")[0]
     # The pod resolves the Service name through cluster DNS; here it resolves to loopback.
     resolver = (
@@ -355,13 +358,33 @@ def test_helm_test_hook_gets_an_answer_from_the_operator_webhook(tmp_path):
         "else host, *a, **k)\n"
     )
     with running_webhook(tmp_path / "tls.crt", tmp_path / "tls.key", port):
-        result = subprocess.run(
+        return subprocess.run(
             [sys.executable, "-c", resolver + script],
             env={**os.environ, **env, "WEBHOOK_URL": url},
             capture_output=True,
             text=True,
             timeout=60,
         )
+
+
+def test_helm_test_hook_gets_an_answer_from_the_operator_webhook(tmp_path):
+    """The hook verifies TLS against the chart's CA and gets the injection as a JSON patch."""
+    result = _run_hook(tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     answer = json.loads(result.stdout.strip().splitlines()[-1])
-    assert answer == {"uid_matches": True, "allowed": True, "patchType": "JSONPatch"}
+    assert answer == {
+        "uid_matches": True,
+        "allowed": True,
+        "patchType": "JSONPatch",
+        "injects": True,
+    }
+
+
+def test_helm_test_hook_fails_when_the_webhook_returns_no_patch(tmp_path):
+    """kopf answers a request on any other path "allowed" without a patch (a webhook
+    configuration with a wrong path): `helm test` must fail, saying so."""
+    result = _run_hook(tmp_path, path="/not-the-handler")
+    assert result.returncode == 1, result.stdout + result.stderr
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    assert answer["allowed"] is True and answer["injects"] is False
+    assert "without a patch that adds the ray-pixi-payload init container" in result.stderr

@@ -1,9 +1,13 @@
 """images/Dockerfile built for real: the air-gapped pixi path, the payload, and who can import it.
 
 Needs a Docker daemon and the local base image that .ci/setup-docker makes (no image registry is
-reachable on the build machines); skips with the reason otherwise. The build takes its pixi from
-a local file (the FAKE pixi stand-in) with its sha256, as an air-gapped build does, and reaches
-PyPI for the Python packages (with this machine's CA certificates, kept out of the final image).
+reachable on the build machines); skips with the reason otherwise. The image is the one the
+replay tests run (`replay.images.ensure_operator_image`, built once per checkout): its pixi is
+the real pixi the tests use (`../shared/pixi/pixi`, checked against its sha256), given as an
+air-gapped build gives it (PIXI_FILE), its non-release checksum added to the table with
+PIXI_SHA256; the Python packages come from PyPI (with this machine's CA certificates, kept out
+of the final image). amd64 only: the same Dockerfile builds arm64 (its row is in the table),
+but this machine cannot run one.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -26,8 +31,8 @@ from support import REPO, persistent_cache, session_pixi
 pytestmark = pytest.mark.docker
 
 BASE_IMAGE = "ray-pixi-test-base:bookworm"
-IMAGE = "ray-pixi-test:latest"
-PIXI_VERSION = "0.77.0"  # what the FAKE pixi reports by default
+PIXI_VERSION = "0.77.0"  # what the real pixi reports
+PAYLOAD = "/ray-pixi/payloads/0.2.0-0123456789ab"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 SETUP_STATUS = (
     Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
@@ -81,7 +86,7 @@ def build_context(root: Path, pixi_file: Path) -> Path:
         shutil.copy2(REPO / "operator" / name, ctx / "operator" / name)
     shutil.copytree(REPO / "operator" / "src", ctx / "operator" / "src", ignore=ignore)
     (ctx / "images" / "build-inputs").mkdir(parents=True)
-    for name in ("Dockerfile", "install_pixi.py"):
+    for name in ("Dockerfile", "install_pixi.py", "pixi-checksums.txt"):
         shutil.copy2(REPO / "images" / name, ctx / "images" / name)
     shutil.copy2(pixi_file, ctx / "images" / "build-inputs" / "pixi")
     if HOST_CA_BUNDLE.is_file():  # TLS to the registries is intercepted on the build machines
@@ -108,15 +113,14 @@ def docker_build(ctx: Path, tag: str, **build_args: str) -> subprocess.Completed
 
 
 @pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def image() -> Iterator[str]:
     reason = docker_unavailable()
     if reason:
         pytest.skip(reason)
-    ctx = build_context(tmp_path_factory.mktemp("image"), session_pixi())
-    sha = hashlib.sha256(session_pixi().read_bytes()).hexdigest()
-    result = docker_build(ctx, IMAGE, PIXI_FILE="pixi", PIXI_SHA256=sha, PIXI_VERSION=PIXI_VERSION)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    yield IMAGE
+    session_pixi()
+    from replay.images import ensure_operator_image
+
+    yield ensure_operator_image()
 
 
 @pytest.fixture(scope="module")
@@ -160,8 +164,12 @@ def test_image_is_non_root_small_and_free_of_build_inputs(image):
     base_mb = (
         json.loads(_docker("image", "inspect", BASE_IMAGE, check=True).stdout)[0]["Size"] / 1e6
     )
-    print(f"image {image}: {size_mb:.0f} MB ({size_mb - base_mb:.0f} MB over the base image)")
-    assert size_mb - base_mb < 150, "the layers over the base image grew"
+    pixi_mb = session_pixi().stat().st_size / 1e6  # 112 MB: a source build, not a release's
+    print(
+        f"image {image}: {size_mb:.0f} MB ({size_mb - base_mb:.0f} MB over the base image, "
+        f"{pixi_mb:.0f} MB of it pixi)"
+    )
+    assert size_mb - base_mb - pixi_mb < 120, "the layers over the base image grew"
     probe = run(
         image,
         "sh",
@@ -186,6 +194,28 @@ def test_operator_entry_point_runs_on_a_read_only_root(image):
     assert "Invalid RAY_PIXI_PAYLOAD_IMAGE=''" in started.stderr
 
 
+def test_the_payloads_pixi_runs_in_the_image_and_is_the_file_the_build_was_given(image):
+    version = run(image, "/opt/ray-pixi/payload/bin/pixi", "--version")
+    assert version.returncode == 0, version.stderr
+    assert version.stdout.strip() == f"pixi {PIXI_VERSION}"
+    digest = run(image, "sha256sum", "/opt/ray-pixi/payload/bin/pixi")
+    assert digest.stdout.split()[0] == hashlib.sha256(session_pixi().read_bytes()).hexdigest()
+
+
+def test_only_ray_pixi_is_on_the_payloads_path_with_its_vendored_toml_packages(image):
+    listing = run(
+        image,
+        "sh",
+        "-c",
+        "cd /opt/ray-pixi/payload/python && ls; echo ---; ls ray_pixi/_vendor",
+    )
+    top, vendor = listing.stdout.split("---")
+    assert [n for n in top.split() if not n.endswith(".dist-info")] == ["ray_pixi"]
+    names = vendor.split()
+    assert {"tomli_w", "tomli"} <= set(names)
+    assert any(n.startswith("tomli_w-") and n.endswith(".dist-info") for n in names)  # license
+
+
 # --- the payload ---------------------------------------------------------------------------------
 
 
@@ -194,55 +224,64 @@ def installed(image: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """/ray-pixi after the init container ran (an emptyDir volume: mode 0777, owned by root)."""
     volume = tmp_path_factory.mktemp("ray-pixi")
     volume.chmod(0o777)
-    first = run(image, "ray-pixi-payload", "install", "/ray-pixi/payload", volume=volume)
+    first = run(image, "ray-pixi-payload", "add", PAYLOAD, volume=volume)
     assert first.returncode == 0, first.stderr
-    assert " copied; /ray-pixi/payload -> .payload-" in first.stdout
+    assert "for x86_64: added python, lib, bin, x86_64" in first.stdout
     return volume
 
 
-def test_payload_install_is_idempotent_in_the_container(image, installed):
-    again = run(image, "ray-pixi-payload", "install", "/ray-pixi/payload", volume=installed)
+def test_payload_add_is_idempotent_in_the_container(image, installed):
+    again = run(image, "ray-pixi-payload", "add", PAYLOAD, volume=installed)
     assert again.returncode == 0, again.stderr
-    assert " already present; " in again.stdout
+    assert "added nothing; already present: python, lib, bin, x86_64" in again.stdout
 
 
 def test_payload_layout_and_permissions(installed):
-    payload = installed / "payload"
-    assert payload.is_symlink()
-    pixi = payload / "bin" / "pixi"
+    payload = installed / PAYLOAD.removeprefix("/ray-pixi/")
+    pixi = payload / "x86_64" / "pixi"
     assert os.access(pixi, os.X_OK)
     # The very file the air-gapped build was given (and checked against its sha256).
-    assert (
-        hashlib.sha256(pixi.read_bytes()).digest()
-        == hashlib.sha256(session_pixi().read_bytes()).digest()
+    assert hashlib.sha256(pixi.read_bytes()).digest() == (
+        hashlib.sha256(session_pixi().read_bytes()).digest()
     )
-    version = subprocess.run([pixi, "--version"], capture_output=True, text=True, check=True)
+    version = subprocess.run(
+        [payload / "bin" / "pixi", "--version"], capture_output=True, text=True, check=True
+    )
     assert version.stdout.strip() == f"pixi {PIXI_VERSION}"
-    top = sorted(p.name for p in (payload / "python").iterdir())
-    assert [n for n in top if not n.endswith(".dist-info")] == ["ray_pixi", "tomli_w"]
+    top = sorted(p.name for p in (payload / "python").iterdir() if not p.name.startswith("."))
+    assert [n for n in top if not n.endswith(".dist-info")] == ["ray_pixi"]
     assert not list((payload / "python").rglob("*.so")) and not list(
         (payload / "python").rglob("*.pyc")
     )
-    for shared in ("store", "pixi-cache"):
+    for shared in ("store", "pixi-cache", "payloads"):
         assert (installed / shared).stat().st_mode & 0o7777 == 0o1777
 
 
 def test_ray_user_can_use_the_payload_and_write_the_store(image, installed):
-    """The Ray container runs as uid 1000, not as the init container's 65532."""
+    """The Ray container runs as uid 1000, not as the init container's 65532; its Python
+    (the image's Debian python3, not a venv) finds ray_pixi through the user site, and
+    ray_pixi writes TOML with its vendored tomli-w (none is installed there)."""
+    code = (
+        "import ray_pixi.errors; from ray_pixi.tomlread import vendored; "
+        "print(vendored('tomli_w').dumps({'a': 1}).strip())"
+    )
     probe = run(
         image,
         "sh",
         "-c",
-        "set -e; /ray-pixi/payload/bin/pixi --version; "
-        "PYTHONPATH=/ray-pixi/payload/python python -c 'import tomli_w, ray_pixi.errors'; "
+        f"set -e; {PAYLOAD}/bin/pixi --version; "
+        f"PYTHONUSERBASE={PAYLOAD} /usr/bin/python3 -c {shlex.quote(code)}; "
+        "/usr/bin/python3 -c 'import tomli_w' 2>/dev/null && echo tomli_w-on-path || "
+        "echo no-tomli_w-on-path; "
         "mkdir /ray-pixi/store/env-a /ray-pixi/pixi-cache/pkgs; "
-        "touch /ray-pixi/payload/python/x 2>/dev/null && echo payload-writable || "
+        f"touch {PAYLOAD}/python/x 2>/dev/null && echo payload-writable || "
         "echo payload-read-only",
         volume=installed,
         user="1000:100",
     )
     assert probe.returncode == 0, probe.stderr
-    assert probe.stdout.split()[-1] == "payload-read-only"
+    assert "a = 1" in probe.stdout
+    assert probe.stdout.split()[-2:] == ["no-tomli_w-on-path", "payload-read-only"]
 
 
 def _image_python(image: str) -> tuple[int, int]:
@@ -296,10 +335,11 @@ def test_payload_imports_with_a_different_python_than_the_image(image, installed
             f"no second Python other than the image's {image_version} under {PYENV_VERSIONS}"
         )
     python = _ray_like_venv(pythons[which])
-    payload_python = installed / "payload" / "python"
+    payload_python = installed / PAYLOAD.removeprefix("/ray-pixi/") / "python"
     code = (
-        "import sys, pathlib, ray_pixi, tomli_w\n"
+        "import sys, pathlib, ray_pixi\n"
         "from ray_pixi import pixi, PixiSpec\n"
+        "from ray_pixi.manifest import tomli_w  # the vendored copy: none installed here\n"
         "assert tomli_w.dumps({'name': 'demo'}) == 'name = \"demo\"\\n'\n"
         # Every module of the plugin parses under this Python (some import ray lazily).
         "for path in pathlib.Path(ray_pixi.__file__).parent.rglob('*.py'):\n"
@@ -329,31 +369,35 @@ def test_payload_imports_with_a_different_python_than_the_image(image, installed
 def test_build_fails_when_the_pixi_file_does_not_match_its_sha256(context_dir):
     result = docker_build(
         context_dir,
-        "ray-pixi-test:bad-sha",
+        "ray-pixi-test-build-fails:bad-sha",
         PIXI_FILE="pixi",
         PIXI_SHA256="0" * 64,
         PIXI_VERSION=PIXI_VERSION,
     )
     assert result.returncode != 0
     assert re.search(
-        r"sha256 mismatch for /build/inputs/pixi: expected 0{64}, got [0-9a-f]{64}",
+        r"sha256 mismatch for /build/inputs/pixi: expected 0{64} \(--build-arg PIXI_SHA256\), "
+        r"got [0-9a-f]{64}",
         result.stdout + result.stderr,
     )
 
 
-def test_build_refuses_a_local_pixi_file_without_its_sha256(context_dir):
+def test_build_refuses_a_local_pixi_file_the_table_does_not_list(context_dir):
     result = docker_build(
-        context_dir, "ray-pixi-test:no-sha", PIXI_FILE="pixi", PIXI_VERSION=PIXI_VERSION
+        context_dir, "ray-pixi-test-build-fails:no-sha", PIXI_FILE="pixi", PIXI_VERSION=PIXI_VERSION
     )
     assert result.returncode != 0
-    assert "PIXI_FILE needs PIXI_SHA256" in result.stdout + result.stderr
+    assert (
+        "no checksum for pixi (pixi 0.77.0, x86_64) in images/pixi-checksums.txt"
+        in result.stdout + result.stderr
+    )
 
 
 def test_build_fails_when_the_pixi_file_is_another_version(context_dir):
     sha = hashlib.sha256(session_pixi().read_bytes()).hexdigest()
     result = docker_build(
         context_dir,
-        "ray-pixi-test:wrong-version",
+        "ray-pixi-test-build-fails:wrong-version",
         PIXI_FILE="pixi",
         PIXI_SHA256=sha,
         PIXI_VERSION="0.40.0",

@@ -310,6 +310,63 @@ def test_cluster_created_while_down_with_ignore_is_reported_and_never_changed(
     assert RECORD not in reported["metadata"]["annotations"]
 
 
+def test_guaranteed_ray_pods_stay_guaranteed(release: Release, kube_namespace: str) -> None:
+    """The API server sets each Pod's QoS class: a cluster whose Ray containers ask for what
+    they are limited to keeps Guaranteed Pods with the payload init container (and KubeRay's
+    wait-gcs-ready) added, since both init containers' requests equal their limits."""
+    admin = release.admin
+    manifest = raycluster("guaranteed", labels=LABELS, workers=1)
+    for template in _templates(manifest["spec"]).values():
+        resources = template["spec"]["containers"][0]["resources"]
+        assert resources["requests"] == resources["limits"]
+    release.cluster.apply(copy.deepcopy(manifest), kube_namespace)
+    pods = wait_for_pods(admin, kube_namespace, "guaranteed", 2)
+    for pod in pods:
+        assert PAYLOAD in _names(pod["spec"]["initContainers"])
+        assert pod["status"]["qosClass"] == "Guaranteed", pod["metadata"]["name"]
+
+
+def _granted(release: Release, role: str) -> set[tuple[str, str, str]]:
+    """(group, resource, verb) the chart's (Cluster)Roles bound to a role's account allow."""
+    account = getattr(release, role).service_account
+    admin = release.admin
+    granted = set()
+    for kind, binding_kind in (("clusterroles", "clusterrolebindings"),):
+        for binding in admin.get(f"/apis/rbac.authorization.k8s.io/v1/{binding_kind}")["items"]:
+            if not any(s.get("name") == account and s.get("namespace") == release.namespace
+                       for s in binding.get("subjects") or []):  # fmt: skip
+                continue
+            rules = admin.get(
+                f"/apis/rbac.authorization.k8s.io/v1/{kind}/{binding['roleRef']['name']}"
+            )["rules"]
+            for rule in rules:
+                for group in rule["apiGroups"]:
+                    for resource in rule["resources"]:
+                        for verb in rule["verbs"]:
+                            granted.add((group, resource, verb))
+    return granted
+
+
+def _used(release: Release, role: str) -> set[tuple[str, str, str]]:
+    events, _ = release.cluster.audit_events(getattr(release, role).username)
+    return {
+        (e["objectRef"].get("apiGroup", ""), e["objectRef"]["resource"], e["verb"])
+        for e in events
+        if e.get("objectRef") and e["objectRef"].get("resource")
+        and e["objectRef"].get("subresource") is None
+    }  # fmt: skip
+
+
+def test_each_role_uses_every_verb_it_is_granted(release: Release) -> None:
+    """Least privilege, measured: over this module's clusters (injection, scaling, status,
+    events, an outage), the API server's audit log shows each role using every verb its
+    Roles grant. (Self-reviews and discovery are not RBAC rules of the chart.)"""
+    for role in ("webhook", "reconciler"):
+        granted, used = _granted(release, role), _used(release, role)
+        unused = sorted(granted - used)
+        assert unused == [], f"{role}: granted but never used: {unused}; used: {sorted(used)}"
+
+
 def test_operator_log_shows_no_permission_errors(release: Release) -> None:
     """Run last: both roles, on the chart's RBAC alone, were never refused anything."""
     log = release.logs()

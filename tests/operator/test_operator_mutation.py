@@ -21,6 +21,7 @@ from ray_pixi_operator import InjectionError, Settings, migrate, names, prepare,
 from ray_pixi_operator.record import Record, read_record
 
 PLUGIN = {"class": "ray_pixi.PixiPlugin"}
+PAYLOAD_DIR = names.payload_dir(PAYLOAD_IMAGE)
 
 
 def prepared(body: dict[str, Any], settings: Settings) -> dict[str, Any]:
@@ -60,10 +61,14 @@ def assert_prepared_template(template: dict[str, Any], original: dict[str, Any])
 
     init = pod["initContainers"][-1]
     assert init["name"] == "ray-pixi-payload"
-    assert init["command"] == ["ray-pixi-payload", "install", "/ray-pixi/payload"]
+    assert init["command"] == ["ray-pixi-payload", "add", PAYLOAD_DIR]
     assert init["volumeMounts"] == [{"name": "ray-pixi", "mountPath": "/ray-pixi"}]
+    # Requests equal limits for cpu and memory, as for KubeRay's wait-gcs-ready.
+    assert init["resources"]["requests"] == init["resources"]["limits"]
+    assert set(init["resources"]["limits"]) == {"cpu", "memory"}
     security = init["securityContext"]
     assert security["runAsNonRoot"] is True
+    assert isinstance(security["runAsUser"], int) and security["runAsUser"] > 0
     assert security["allowPrivilegeEscalation"] is False
     assert security["readOnlyRootFilesystem"] is True
     assert security["capabilities"] == {"drop": ["ALL"]}
@@ -72,10 +77,12 @@ def assert_prepared_template(template: dict[str, Any], original: dict[str, Any])
 
     env = env_of(ray)
     assert PLUGIN in json.loads(env["RAY_RUNTIME_ENV_PLUGINS"])
-    assert env["RAY_PIXI_EXE"] == "/ray-pixi/payload/bin/pixi"
+    assert env["RAY_PIXI_EXE"] == f"{PAYLOAD_DIR}/bin/pixi"
     assert env["RAY_PIXI_STORE_DIR"] == "/ray-pixi/store"
     assert env["PIXI_CACHE_DIR"] == "/ray-pixi/pixi-cache"
-    assert env["PYTHONPATH"].split(":")[0] == "/ray-pixi/payload/python"
+    # The payload reaches Python through the user site; the image's PYTHONPATH is untouched.
+    assert env["PYTHONUSERBASE"] == PAYLOAD_DIR
+    assert env.get("PYTHONPATH") == env_of(original["spec"]["containers"][0]).get("PYTHONPATH")
     assert float(env["RAY_RUNTIME_ENV_PIXI_CACHE_SIZE_GB"]) > 0
 
     # Other containers (sidecars) and the Ray container's command are untouched.
@@ -134,7 +141,7 @@ def test_head_only_cluster_gets_the_default_emptydir_and_payload_image(manifest,
     env = env_of(template["spec"]["containers"][0])
     assert env["RAY_RUNTIME_ENV_PIXI_CACHE_SIZE_GB"] == "10"
     assert "RAY_PIXI_PIXI_VERSION" not in env
-    assert env["PYTHONPATH"] == "/ray-pixi/payload/python"
+    assert "PYTHONPATH" not in env and env["PYTHONUSERBASE"] == PAYLOAD_DIR
     # The user's own volume and mount stay.
     assert template["spec"]["volumes"][0] == {"name": "ray-logs", "emptyDir": {}}
     assert template["spec"]["containers"][0]["volumeMounts"][0] == {
@@ -150,11 +157,11 @@ def test_worker_groups_keep_their_init_containers_pythonpath_and_user(manifest, 
     # The payload runs as the Ray container's explicit user, so the files it makes are writable.
     security = cpu["spec"]["initContainers"][-1]["securityContext"]
     assert (security["runAsUser"], security["runAsGroup"]) == (1000, 100)
-    assert "runAsUser" not in gpu["spec"]["initContainers"][-1]["securityContext"]
-    assert (
-        env_of(gpu["spec"]["containers"][0])["PYTHONPATH"]
-        == "/ray-pixi/payload/python:/opt/team/lib"
-    )
+    # Without a user in the pod, the image's uid, explicitly (the pod's may be root).
+    gpu_security = gpu["spec"]["initContainers"][-1]["securityContext"]
+    assert (gpu_security["runAsUser"], gpu_security["runAsGroup"]) == (65532, 65532)
+    # The group's own PYTHONPATH stays as it was: the payload comes through the user site.
+    assert env_of(gpu["spec"]["containers"][0])["PYTHONPATH"] == "/opt/team/lib"
     # The log-shipping sidecar of the head gets nothing.
     sidecar = head["spec"]["containers"][1]
     assert env_of(sidecar) == {"FLUENT_LOG_LEVEL": "info"}
@@ -453,6 +460,7 @@ def test_the_record_holds_the_values_that_were_injected(manifest, make_settings)
     assert record.settings == {
         "payloadImage": PAYLOAD_IMAGE,
         "payloadImagePullPolicy": "IfNotPresent",
+        "payloadDir": PAYLOAD_DIR,
         "pixiVersion": "0.40.3",
         "cacheVolume": "hostPath",
         "cacheHostPath": "/var/cache/ray-pixi",
@@ -660,7 +668,7 @@ def test_rayservice_cluster_config_is_prepared_with_its_annotation(manifest, set
 def test_other_kinds_are_refused(settings):
     deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}}
     with pytest.raises(
-        InjectionError, match="'Deployment'.*not a RayCluster, RayJob or RayService"
+        InjectionError, match="'Deployment'.*not a RayCluster, RayJob, RayService or RayCronJob"
     ):
         prepare(deployment, settings)
 

@@ -138,7 +138,7 @@ def test_non_ray_kind_is_a_clear_error(capsys, tmp_path: Path):
     code, docs, err = run_render(capsys, str(source))
     assert code == 1 and docs == []
     assert "document 2 (Deployment 'web')" in err
-    assert "not a RayCluster, RayJob or RayService" in err
+    assert "not a RayCluster, RayJob, RayService or RayCronJob" in err
 
 
 def test_a_list_document_is_a_clear_error(capsys, tmp_path: Path):

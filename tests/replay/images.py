@@ -328,6 +328,7 @@ _OPERATOR_INPUTS = (
     "operator/src",
     "images/Dockerfile",
     "images/install_pixi.py",
+    "images/pixi-checksums.txt",
 )
 
 

@@ -35,7 +35,6 @@ LABELS = {"ray-pixi.io/enabled": "true"}
 PAYLOAD = "ray-pixi-payload"
 PAYLOAD_UID = 65532  # images/Dockerfile's USER
 RAY_UID = 1000  # the Ray image's user, as in Ray's own images
-PAYLOAD_PYTHON = "/ray-pixi/payload/python"
 DASHBOARD_PORT = 8265
 RAY_UP_TIMEOUT = 180
 JOB_TIMEOUT = 240
@@ -135,11 +134,13 @@ def test_kuberay_pods_run_with_the_payload_and_a_plain_job_succeeds(
         assert config["HostConfig"]["ReadonlyRootfs"] is True
         assert config["HostConfig"]["CapDrop"] == ["ALL"]
         assert "no-new-privileges" in config["HostConfig"]["SecurityOpt"]
-        assert " copied; /ray-pixi/payload -> .payload-" in pod.logs(PAYLOAD)
+        (payload_dir,) = [c for c in pod.pod["spec"]["initContainers"]
+                          if c["name"] == PAYLOAD][0]["command"][2:]  # fmt: skip
+        assert f"{payload_dir} for x86_64: added python, lib, bin, x86_64" in pod.logs(PAYLOAD)
         volume = pod.host_path("ray-pixi")
-        payload = volume / "payload"
-        assert (payload / "bin" / "pixi").resolve().stat().st_uid == PAYLOAD_UID
-        digest = hashlib.sha256((payload / "bin" / "pixi").read_bytes()).hexdigest()
+        payload = volume / payload_dir.removeprefix("/ray-pixi/")
+        assert (payload / "x86_64" / "pixi").stat().st_uid == PAYLOAD_UID
+        digest = hashlib.sha256((payload / "x86_64" / "pixi").read_bytes()).hexdigest()
         assert digest == pixi_sha, f"the payload's pixi is not {pixi}"
         assert (payload / "python" / "ray_pixi" / "__init__.py").is_file()
 
@@ -161,21 +162,25 @@ def test_kuberay_pods_run_with_the_payload_and_a_plain_job_succeeds(
     assert " 1 headgroup\n" in status.stdout and " 1 cpu\n" in status.stdout, status.stdout
     assert "/2.0 CPU" in status.stdout, status.stdout
 
-    # Each node's Ray user imports the plugin from the payload on the volume, and only there.
+    # Each node's Ray user imports the plugin from the payload on the volume, and only there
+    # (through the user site: PYTHONUSERBASE names the payload's directory).
     for pod, container in ((head, "ray-head"), (worker, "ray-worker")):
+        env = {e["name"]: e.get("value") for e in pod.pod["spec"]["containers"][0]["env"]}
+        payload_python = f"{env['PYTHONUSERBASE']}/python"
         where = pod.exec(
             container, "python", "-c", "import os, ray_pixi; print(os.getuid(), ray_pixi.__file__)"
         )
         assert where.returncode == 0, where.stderr
-        assert where.stdout.split() == [str(RAY_UID), f"{PAYLOAD_PYTHON}/ray_pixi/__init__.py"]
-        bare = pod.exec(container, "env", "-u", "PYTHONPATH", "python", "-c", "import ray_pixi")
+        assert where.stdout.split() == [str(RAY_UID), f"{payload_python}/ray_pixi/__init__.py"]
+        bare = pod.exec(container, "env", "-u", "PYTHONUSERBASE", "python", "-c",
+                        "import ray_pixi")  # fmt: skip
         assert bare.returncode != 0 and "No module named 'ray_pixi'" in bare.stderr
         # `ray-pixi doctor` reads the running runtime_env agent's own environment (/proc) and
         # imports the plugin with it, as the agent did.
         doctor = pod.exec(container, "python", "-m", "ray_pixi.cli", "doctor")
         assert doctor.returncode == 0, doctor.stdout + doctor.stderr
         assert "Checking the runtime_env agent of the running Ray node" in doctor.stdout
-        imported = f"imports ray_pixi {ray_pixi.__version__} from {PAYLOAD_PYTHON}/ray_pixi/"
+        imported = f"imports ray_pixi {ray_pixi.__version__} from {payload_python}/ray_pixi/"
         assert imported in doctor.stdout, doctor.stdout
 
     # A plain job through the head's Jobs API, with a task on each node.

@@ -34,3 +34,38 @@ def test_a_pythonpath_the_user_sets_wins() -> None:
     env = worker_env_vars(ACTIVATION, {"PYTHONPATH": "/mine"},
                           inherited={"PYTHONPATH": str(payload_dir())})
     assert env["PYTHONPATH"] == "/mine"
+
+
+def _user_base(tmp_path, payload, minors=("3.11", "3.12")):  # type: ignore[no-untyped-def]
+    """A payload's user base as ray-pixi-payload writes it: a .pth per Python minor."""
+    base = tmp_path / "payloads" / "key"
+    for minor in minors:
+        site = base / "lib" / f"python{minor}" / "site-packages"
+        site.mkdir(parents=True)
+        relative = os.path.relpath(payload, site)
+        (site / "ray-pixi.pth").write_text(
+            f"# ray-pixi\n{relative}\nimport os, site; os.path.isdir('/x') and None\n")
+    return base
+
+
+def test_a_payload_user_base_is_neutralised_for_workers(tmp_path) -> None:
+    """Python would add the payload's user site to a pixi environment's sys.path too: the
+    worker gets an empty PYTHONUSERBASE, Python's default user base."""
+    base = _user_base(tmp_path, payload_dir())
+    env = worker_env_vars(ACTIVATION, {}, inherited={"PYTHONUSERBASE": str(base)})
+    assert env["PYTHONUSERBASE"] == ""
+
+
+def test_a_user_base_of_someone_else_is_left_alone(tmp_path) -> None:
+    other = _user_base(tmp_path, tmp_path / "not-the-payload")
+    env = worker_env_vars(ACTIVATION, {}, inherited={"PYTHONUSERBASE": str(other)})
+    assert "PYTHONUSERBASE" not in env
+    env = worker_env_vars(ACTIVATION, {}, inherited={"PYTHONUSERBASE": str(tmp_path / "none")})
+    assert "PYTHONUSERBASE" not in env
+
+
+def test_a_user_base_the_user_sets_wins(tmp_path) -> None:
+    base = _user_base(tmp_path, payload_dir())
+    env = worker_env_vars(ACTIVATION, {"PYTHONUSERBASE": "/mine"},
+                          inherited={"PYTHONUSERBASE": str(base)})
+    assert env["PYTHONUSERBASE"] == "/mine"

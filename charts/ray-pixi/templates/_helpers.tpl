@@ -183,10 +183,16 @@ reads (an empty value means "not set" there). (dict "root" $ "webhook" bool)
 {{- $ := .root -}}
 {{- $cache := $.Values.injection.cache -}}
 {{- $tlsDir := include "ray-pixi.webhookTLSDir" $ -}}
+{{- $pullSecrets := list -}}
+{{- range $.Values.injection.payloadImage.pullSecrets -}}
+{{- $pullSecrets = append $pullSecrets .name -}}
+{{- end -}}
 - name: RAY_PIXI_PAYLOAD_IMAGE
   value: {{ include "ray-pixi.payloadImage" $ | quote }}
 - name: RAY_PIXI_PAYLOAD_IMAGE_PULL_POLICY
   value: {{ $.Values.injection.payloadImage.pullPolicy | quote }}
+- name: RAY_PIXI_PAYLOAD_IMAGE_PULL_SECRETS
+  value: {{ join "," $pullSecrets | quote }}
 - name: RAY_PIXI_PIXI_VERSION
   value: {{ $.Values.injection.pixiVersion | quote }}
 - name: RAY_PIXI_CACHE_VOLUME
@@ -197,10 +203,18 @@ reads (an empty value means "not set" there). (dict "root" $ "webhook" bool)
 # Also the defaults for RayClusters that pick another kind by annotation.
 - name: RAY_PIXI_CACHE_HOST_PATH
   value: {{ $cache.hostPath | quote }}
+- name: RAY_PIXI_CACHE_HOST_PATH_PREPARE
+  value: {{ $cache.prepareHostPath | default false | quote }}
 - name: RAY_PIXI_CACHE_PVC_NAME
   value: {{ $cache.pvcName | quote }}
 - name: RAY_PIXI_PLUGIN_CACHE_SIZE_GB
   value: {{ $cache.pluginCacheSizeGB | quote }}
+- name: RAY_PIXI_DISK_BUDGET_GB
+  value: {{ ternary "" (toString $cache.diskBudgetGB) (kindIs "invalid" $cache.diskBudgetGB) | quote }}
+- name: RAY_PIXI_PIXI_CONFIG_MAP
+  value: {{ $.Values.injection.pixiConfig.configMap | quote }}
+- name: RAY_PIXI_PIXI_AUTH_SECRET
+  value: {{ $.Values.injection.pixiConfig.authSecret | quote }}
 - name: RAY_PIXI_WEBHOOK_PORT
   value: {{ $.Values.webhook.port | quote }}
 - name: RAY_PIXI_WEBHOOK_HOST

@@ -67,7 +67,10 @@ def needs_admission(new: Mapping[str, Any], old: Mapping[str, Any] | None) -> bo
 
 
 def _templates(body: Mapping[str, Any]) -> tuple[Any, ...]:
-    spec = body.get("spec") or {}
+    try:
+        spec = cluster_spec(body) or {}
+    except InjectionError:  # not a kind ray-pixi prepares: compare what a RayCluster has
+        spec = body.get("spec") or {}
     head = (spec.get("headGroupSpec") or {}).get("template")
     workers = tuple(
         group.get("template") if isinstance(group, Mapping) else None

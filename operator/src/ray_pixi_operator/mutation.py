@@ -32,6 +32,7 @@ import contextlib
 import copy
 import hashlib
 import json
+import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -44,9 +45,14 @@ from .settings import (
     check_cache_host_path,
     check_cache_size_limit,
     check_cache_volume,
+    check_config_map_name,
+    check_disk_budget_gb,
+    check_image_pythonpath,
     check_pixi_version,
     check_plugin_cache_size_gb,
     check_pvc_name,
+    check_secret_name,
+    quantity_bytes,
 )
 
 __all__ = [
@@ -57,26 +63,37 @@ __all__ = [
     "adopt_legacy",
     "apply_injection",
     "build_cluster_options",
+    "build_config_volumes",
     "build_env",
-    "build_init_container",
+    "build_init_containers",
     "build_injection",
+    "build_mounts",
     "build_volume",
     "cluster_spec",
     "cluster_spec_path",
     "is_opted_in",
     "migrate",
     "prepare",
+    "python_path_mechanism",
+    "ray_identity",
     "restore",
     "template_paths",
 ]
 
 Body = dict[str, Any]
 
-# Requests/limits for the init container: it only copies files.
+# Resources of the init containers: what KubeRay gives its own wait-gcs-ready, requests equal
+# to limits. A pod's init phase requests the largest init container's, so on worker pods (which
+# have wait-gcs-ready) this adds nothing to what the pod asks the scheduler for; a Guaranteed
+# pod stays Guaranteed; a namespace quota on limits.cpu or limits.memory admits the pod.
 INIT_CONTAINER_RESOURCES = {
-    "requests": {"cpu": "50m", "memory": "64Mi"},
-    "limits": {"memory": "256Mi"},
+    "requests": {"cpu": "200m", "memory": "256Mi"},
+    "limits": {"cpu": "200m", "memory": "256Mi"},
 }
+# Without an explicit budget, an emptyDir with a sizeLimit gets this share of it as the disk
+# budget of the store and pixi's package cache: the rest holds the payloads, the install logs
+# and an install in progress (pixi downloads and links before the plugin prunes).
+DISK_BUDGET_FRACTION = 0.75
 
 
 class InjectionError(ValueError):
@@ -95,18 +112,31 @@ class ClusterOptions:
     cache_host_path: str | None
     cache_pvc_name: str | None
     plugin_cache_size_gb: float
+    payload_image_pull_secrets: tuple[str, ...] = ()
+    cache_host_path_prepare: bool = False
+    disk_budget_gb: float | None = None
+    pixi_config_map: str | None = None
+    pixi_auth_secret: str | None = None
+    image_pythonpath: str | None = None
 
     def to_json(self) -> Body:
         """The record's ``settings``: the values, camelCase, unset ones left out."""
         values = {
             "payloadImage": self.payload_image,
             "payloadImagePullPolicy": self.payload_image_pull_policy,
+            "payloadImagePullSecrets": list(self.payload_image_pull_secrets) or None,
+            "payloadDir": names.payload_dir(self.payload_image),
             "pixiVersion": self.pixi_version,
             "cacheVolume": self.cache_volume,
             "cacheSizeLimit": self.cache_size_limit,
             "cacheHostPath": self.cache_host_path,
+            "cacheHostPathPrepare": self.cache_host_path_prepare or None,
             "cachePvcName": self.cache_pvc_name,
             "pluginCacheSizeGB": self.plugin_cache_size_gb,
+            "diskBudgetGB": self.disk_budget_gb,
+            "pixiConfigMap": self.pixi_config_map,
+            "pixiAuthSecret": self.pixi_auth_secret,
+            "imagePythonPath": self.image_pythonpath,
         }
         return {key: value for key, value in values.items() if value is not None}
 
@@ -157,8 +187,8 @@ def cluster_spec_path(body: Mapping[str, Any]) -> tuple[str, ...]:
     api_version = str(body.get("apiVersion", ""))
     if api_version.split("/")[0] != names.RAY_API_GROUP or kind not in _SPEC_PATHS:
         raise InjectionError(
-            f"kind {kind!r} (apiVersion {api_version!r}) is not a RayCluster, RayJob or "
-            "RayService of ray.io; ray-pixi prepares only those"
+            f"kind {kind!r} (apiVersion {api_version!r}) is not a RayCluster, RayJob, "
+            "RayService or RayCronJob of ray.io; ray-pixi prepares only those"
         )
     return _SPEC_PATHS[kind]
 
@@ -167,6 +197,10 @@ _SPEC_PATHS = {
     names.RAYCLUSTER_KIND: ("spec",),
     names.RAYJOB_KIND: ("spec", "rayClusterSpec"),
     names.RAYSERVICE_KIND: ("spec", "rayClusterConfig"),
+    # KubeRay copies a RayCronJob's jobTemplate, not its labels or annotations, into each
+    # RayJob it creates: the template itself is prepared, and the record stays on the
+    # RayCronJob.
+    names.RAYCRONJOB_KIND: ("spec", "jobTemplate", "rayClusterSpec"),
 }
 
 
@@ -198,6 +232,19 @@ def _groups(spec: Body, prefix: str) -> Iterator[tuple[str, str, Body]]:
         if not isinstance(group, dict) or not isinstance(group.get("template"), dict):
             raise InjectionError(f"{path} is missing: every worker group needs a pod template")
         yield template_key(str(group.get("groupName", index))), path, group
+
+
+def _list(owner: Mapping[str, Any], field: str) -> list[Any]:
+    """A list field of a manifest, ``[]`` where it is absent or left empty (``env:``)."""
+    value = owner.get(field)
+    return value if isinstance(value, list) else []
+
+
+def _ensure_list(owner: Body, field: str) -> list[Any]:
+    """The list ``owner[field]``, created when absent or null, to add to."""
+    if not isinstance(owner.get(field), list):
+        owner[field] = []
+    return owner[field]  # type: ignore[no-any-return]
 
 
 def _ray_container(template: Mapping[str, Any], path: str) -> Body:
@@ -242,6 +289,10 @@ def build_cluster_options(settings: Settings, annotations: Mapping[str, str]) ->
     host_path = read(names.CACHE_HOST_PATH_ANNOTATION, check_cache_host_path)
     pvc_name = read(names.CACHE_PVC_NAME_ANNOTATION, check_pvc_name)
     cache_gb = read(names.PLUGIN_CACHE_SIZE_GB_ANNOTATION, check_plugin_cache_size_gb)
+    budget = read(names.DISK_BUDGET_GB_ANNOTATION, check_disk_budget_gb)
+    config_map = read(names.PIXI_CONFIG_MAP_ANNOTATION, check_config_map_name)
+    auth_secret = read(names.PIXI_AUTH_SECRET_ANNOTATION, check_secret_name)
+    image_pythonpath = read(names.IMAGE_PYTHONPATH_ANNOTATION, check_image_pythonpath)
 
     kind = kind or settings.cache_volume
     for key, value, wanted in (
@@ -263,16 +314,66 @@ def build_cluster_options(settings: Settings, annotations: Mapping[str, str]) ->
                 "persistentVolumeClaim but no claim is named: add the annotation "
                 f"{names.CACHE_PVC_NAME_ANNOTATION} with an existing ReadWriteMany claim"
             )
+    size_limit = (size_limit or settings.cache_size_limit) if kind == "emptyDir" else None
+    budget, cache_gb = _disk_numbers(settings, size_limit, budget, cache_gb)
     return ClusterOptions(
         payload_image=settings.payload_image,
         payload_image_pull_policy=settings.payload_image_pull_policy,
+        payload_image_pull_secrets=settings.payload_image_pull_secrets,
         pixi_version=pixi_version or settings.pixi_version,
         cache_volume=kind,
-        cache_size_limit=(size_limit or settings.cache_size_limit) if kind == "emptyDir" else None,
+        cache_size_limit=size_limit,
         cache_host_path=(host_path or settings.cache_host_path) if kind == "hostPath" else None,
+        cache_host_path_prepare=settings.cache_host_path_prepare and kind == "hostPath",
         cache_pvc_name=pvc_name if kind == "persistentVolumeClaim" else None,
-        plugin_cache_size_gb=cache_gb or settings.plugin_cache_size_gb,
+        plugin_cache_size_gb=cache_gb,
+        disk_budget_gb=budget,
+        pixi_config_map=config_map or settings.pixi_config_map,
+        pixi_auth_secret=auth_secret or settings.pixi_auth_secret,
+        image_pythonpath=image_pythonpath,
     )
+
+
+def _disk_numbers(
+    settings: Settings,
+    size_limit: str | None,
+    budget: float | None,
+    cache_gb: float | None,
+) -> tuple[float | None, float]:
+    """The disk budget and the store's cap for one cluster.
+
+    An explicit budget (annotation, else setting) must leave room below the emptyDir's size
+    limit; without one, an emptyDir with a size limit gets DISK_BUDGET_FRACTION of it. The
+    store's cap never exceeds the budget: the settings' default is lowered to it, while a cap
+    the cluster's annotation asks for above it is refused.
+    """
+    explicit = budget if budget is not None else settings.disk_budget_gb
+    limit_gib = quantity_bytes(size_limit) / 2**30 if size_limit else None
+    if explicit is not None and limit_gib is not None and explicit >= limit_gib:
+        source = (
+            f"metadata.annotations[{names.DISK_BUDGET_GB_ANNOTATION!r}]"
+            if budget is not None
+            else Settings.env_name("disk_budget_gb")
+        )
+        raise InjectionError(
+            f"{source} is {format(explicit, 'g')} GiB, not less than the cache volume's "
+            f"sizeLimit {size_limit}: the volume also holds the payload and an install in "
+            "progress; lower it, or remove it to derive the budget from the size limit"
+        )
+    effective = explicit
+    if effective is None and limit_gib is not None:
+        effective = math.floor(limit_gib * DISK_BUDGET_FRACTION * 100) / 100
+    cap = cache_gb if cache_gb is not None else settings.plugin_cache_size_gb
+    if effective is not None and cap > effective:
+        if cache_gb is not None:
+            raise InjectionError(
+                f"metadata.annotations[{names.PLUGIN_CACHE_SIZE_GB_ANNOTATION!r}] is "
+                f"{format(cache_gb, 'g')} GB, more than the disk budget of "
+                f"{format(effective, 'g')} GiB that the store and pixi's package cache share: "
+                "lower it, or raise the budget"
+            )
+        cap = effective
+    return effective, cap
 
 
 # --- Builders ---
@@ -293,46 +394,161 @@ def build_volume(options: ClusterOptions) -> Body:
     return {"name": names.VOLUME_NAME, "emptyDir": empty_dir}
 
 
-def build_init_container(options: ClusterOptions, ray_container: Mapping[str, Any]) -> Body:
-    """The payload installer; it runs as the Ray container's user when that one is explicit."""
-    init = {
-        "name": names.INIT_CONTAINER_NAME,
+def build_config_volumes(options: ClusterOptions) -> list[Body]:
+    """pixi's configuration (a ConfigMap) and channel credentials (a Secret), read-only."""
+    volumes = []
+    if options.pixi_config_map:
+        volumes.append(
+            {
+                "name": names.PIXI_CONFIG_VOLUME,
+                "configMap": {"name": options.pixi_config_map, "defaultMode": 0o444},
+            }
+        )
+    if options.pixi_auth_secret:
+        volumes.append(
+            {
+                "name": names.PIXI_AUTH_VOLUME,
+                "secret": {"secretName": options.pixi_auth_secret, "defaultMode": 0o444},
+            }
+        )
+    return volumes
+
+
+def build_mounts(options: ClusterOptions) -> list[Body]:
+    """The Ray container's mounts: the volume, and the pixi configuration when there is one."""
+    mounts: list[Body] = [{"name": names.VOLUME_NAME, "mountPath": names.MOUNT_PATH}]
+    if options.pixi_config_map:
+        mounts.append(
+            {"name": names.PIXI_CONFIG_VOLUME, "mountPath": names.PIXI_CONFIG_MOUNT,
+             "readOnly": True}
+        )  # fmt: skip
+    if options.pixi_auth_secret:
+        mounts.append(
+            {"name": names.PIXI_AUTH_VOLUME, "mountPath": names.PIXI_AUTH_MOUNT, "readOnly": True}
+        )
+    return mounts
+
+
+def _restricted(run_as_user: int, run_as_group: int | None = None) -> Body:
+    """A container securityContext that the "restricted" Pod Security level admits."""
+    security: Body = {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "runAsUser": run_as_user,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    if run_as_group is not None:
+        security["runAsGroup"] = run_as_group
+    return security
+
+
+def ray_identity(pod: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """The uid and gid the Ray container runs as, where the pod says so: its own
+    securityContext first, then the pod's (None: the image's USER decides)."""
+    ray = ((pod.get("containers") or [{}])[0]) or {}
+    container = ray.get("securityContext") or {}
+    pod_level = pod.get("securityContext") or {}
+
+    def pick(key: str) -> int | None:
+        for source in (container, pod_level):
+            value = source.get(key)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+        return None
+
+    return pick("runAsUser"), pick("runAsGroup")
+
+
+def build_init_containers(options: ClusterOptions, pod: Mapping[str, Any]) -> list[Body]:
+    """The init containers: the opt-in hostPath preparation, then the payload installer.
+
+    The installer runs as the Ray container's user when the pod names a non-root one (so what
+    it creates belongs to the user that writes it), else as the image's uid: never as root,
+    whatever the pod's own securityContext says. Requests equal limits, as for KubeRay's own
+    wait-gcs-ready, so a Guaranteed pod stays Guaranteed and a limits quota admits it.
+    """
+    uid, gid = ray_identity(pod)
+    if uid is None or uid == 0:
+        uid, gid = names.PAYLOAD_UID, names.PAYLOAD_UID
+    common: Body = {
         "image": options.payload_image,
         "imagePullPolicy": options.payload_image_pull_policy,
-        "command": list(names.PAYLOAD_COMMAND),
         "resources": copy.deepcopy(INIT_CONTAINER_RESOURCES),
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
         "volumeMounts": [{"name": names.VOLUME_NAME, "mountPath": names.MOUNT_PATH}],
     }
-    return _run_as_ray_user(init, ray_container)
+    inits = []
+    if options.cache_host_path_prepare:
+        inits.append(
+            {
+                "name": names.PREPARE_CONTAINER_NAME,
+                **copy.deepcopy(common),
+                "command": [*names.PREPARE_VOLUME_COMMAND, names.MOUNT_PATH],
+                # Root, but with no capability at all: it can change only what root owns (the
+                # directory kubelet created), nothing it does not own.
+                "securityContext": {**_restricted(0, 0), "runAsNonRoot": False},
+            }
+        )
+    inits.append(
+        {
+            "name": names.INIT_CONTAINER_NAME,
+            **copy.deepcopy(common),
+            "command": [*names.PAYLOAD_ADD_COMMAND, names.payload_dir(options.payload_image)],
+            "securityContext": _restricted(uid, gid),
+        }
+    )
+    return inits
 
 
-def _run_as_ray_user(init: Mapping[str, Any], ray_container: Mapping[str, Any]) -> Body:
-    """The init container as the Ray container's explicit user, so that /ray-pixi/store and
-    /ray-pixi/pixi-cache belong to the user that writes them; the image's user otherwise."""
-    result = copy.deepcopy(dict(init))
-    security = result.setdefault("securityContext", {})
-    security.pop("runAsUser", None)
-    security.pop("runAsGroup", None)
-    ray_security = ray_container.get("securityContext") or {}
-    run_as_user = ray_security.get("runAsUser")
-    if isinstance(run_as_user, int) and run_as_user > 0:
-        security["runAsUser"] = run_as_user
-        if isinstance(ray_security.get("runAsGroup"), int):
-            security["runAsGroup"] = ray_security["runAsGroup"]
-    return result
+def python_path_mechanism(
+    options: ClusterOptions, ray: Mapping[str, Any]
+) -> tuple[bool, tuple[str, ...], str | None]:
+    """How the payload reaches the runtime_env agent's sys.path in one Ray container:
+    (through the user site, PYTHONPATH entries to prepend, a note for the user).
+
+    A container's PYTHONPATH replaces the image's ENV PYTHONPATH, and the webhook cannot read
+    an image; Python's user site adds to sys.path without replacing anything, so it is the
+    default. Where the user site cannot work (the container sets PYTHONUSERBASE or
+    PYTHONNOUSERSITE; the image's Python is a venv, declared with the image-pythonpath
+    annotation), the payload goes on PYTHONPATH, merged with the container's own value or the
+    image's as declared.
+    """
+    payload_python = f"{names.payload_dir(options.payload_image)}/{names.PAYLOAD_PYTHON}"
+    env = {item.get("name"): item for item in _list(ray, "env") if isinstance(item, Mapping)}
+    blocking = [n for n in (names.PYTHONUSERBASE_ENV, names.PYTHONNOUSERSITE_ENV) if n in env]
+    if options.image_pythonpath is None and not blocking:
+        return True, (), None
+    own = names.PYTHONPATH_ENV in env
+    if options.image_pythonpath is not None and not own:
+        declared = tuple(e for e in options.image_pythonpath.split(":") if e)
+        note = (
+            f"ray-pixi sets PYTHONPATH to its payload ({payload_python}) plus the image's "
+            f"own value as {names.IMAGE_PYTHONPATH_ANNOTATION} declares it "
+            f"({options.image_pythonpath or 'none'}): a container's PYTHONPATH replaces the "
+            "image's ENV PYTHONPATH, and ray-pixi cannot read the image. Keep the annotation "
+            "equal to the image's ENV PYTHONPATH when the image changes"
+        )
+        return False, (payload_python, *declared), note
+    if own:
+        return False, (payload_python,), None
+    return (
+        False,
+        (payload_python,),
+        (
+            f"containers[0] sets {' and '.join(blocking)}, so Python's user site cannot carry "
+            f"ray-pixi's payload: it goes on PYTHONPATH ({payload_python}), which replaces "
+            "the image's own ENV PYTHONPATH. If the image sets one, declare it with the "
+            f"annotation {names.IMAGE_PYTHONPATH_ANNOTATION}"
+        ),
+    )
 
 
-def build_env(options: ClusterOptions) -> list[Body]:
+def build_env(options: ClusterOptions, user_site: bool = True) -> list[Body]:
     """The Ray container's env vars that the add-on sets whole (a user's value wins)."""
+    payload = names.payload_dir(options.payload_image)
     env = [
-        {"name": names.PIXI_EXE_ENV, "value": names.PIXI_EXE_PATH},
+        {"name": names.PIXI_EXE_ENV, "value": f"{payload}/{names.PAYLOAD_PIXI_LAUNCHER}"},
         {"name": names.STORE_DIR_ENV, "value": names.STORE_DIR},
         {"name": names.PIXI_CACHE_DIR_ENV, "value": names.PIXI_CACHE_DIR},
         {
@@ -340,34 +556,71 @@ def build_env(options: ClusterOptions) -> list[Body]:
             "value": format(options.plugin_cache_size_gb, "g"),
         },
     ]
+    if options.disk_budget_gb is not None:
+        env.append({"name": names.DISK_BUDGET_GB_ENV, "value": format(options.disk_budget_gb, "g")})
     if options.pixi_version is not None:
         env.append({"name": names.PIXI_VERSION_ENV, "value": options.pixi_version})
+    if options.pixi_config_map:
+        env.append(
+            {
+                "name": names.PIXI_CONFIG_FILE_ENV,
+                "value": f"{names.PIXI_CONFIG_MOUNT}/{names.PIXI_CONFIG_KEY}",
+            }
+        )
+    if options.pixi_auth_secret:
+        env.append(
+            {
+                "name": names.RATTLER_AUTH_FILE_ENV,
+                "value": f"{names.PIXI_AUTH_MOUNT}/{names.PIXI_AUTH_KEY}",
+            }
+        )
+    if user_site:
+        env.append({"name": names.PYTHONUSERBASE_ENV, "value": payload})
     return env
 
 
-def build_injection(options: ClusterOptions, ray_container: Mapping[str, Any]) -> Injection:
-    """Everything one pod template gets, for a template whose Ray container is ``ray_container``."""
+def build_injection(options: ClusterOptions, pod: Mapping[str, Any]) -> Injection:
+    """Everything one pod template gets, for a template whose pod spec is ``pod``."""
+    ray = (pod.get("containers") or [{}])[0] or {}
+    user_site, python_path, _ = python_path_mechanism(options, ray)
     return Injection(
-        volumes=(build_volume(options),),
-        volume_mounts=({"name": names.VOLUME_NAME, "mountPath": names.MOUNT_PATH},),
-        init_containers=(build_init_container(options, ray_container),),
+        volumes=(build_volume(options), *build_config_volumes(options)),
+        volume_mounts=tuple(build_mounts(options)),
+        init_containers=tuple(build_init_containers(options, pod)),
         runtime_env_plugins=({"class": names.PLUGIN_CLASS},),
-        env=tuple(build_env(options)),
-        python_path=(names.PAYLOAD_PYTHON_DIR,),
+        env=tuple(build_env(options, user_site)),
+        python_path=python_path,
+        image_pull_secrets=tuple({"name": name} for name in options.payload_image_pull_secrets),
     )
 
 
-def _for_new_template(base: Injection, ray_container: Mapping[str, Any]) -> Injection:
-    """A recorded injection for a template the record never saw (a worker group added later)."""
+def _for_new_template(base: Injection, pod: Mapping[str, Any]) -> Injection:
+    """A recorded injection for a template the record never saw (a worker group added later):
+    its payload installer runs as that template's Ray user."""
+    uid, gid = ray_identity(pod)
     return replace(
         base,
         init_containers=tuple(
-            _run_as_ray_user(init, ray_container)
-            if init.get("name") == names.INIT_CONTAINER_NAME
+            _run_as(init, uid, gid) if init.get("name") == names.INIT_CONTAINER_NAME
             else copy.deepcopy(init)
             for init in base.init_containers
         ),
-    )
+    )  # fmt: skip
+
+
+def _run_as(init: Mapping[str, Any], uid: int | None, gid: int | None) -> Body:
+    result = copy.deepcopy(dict(init))
+    security = result.setdefault("securityContext", {})
+    if uid is not None and uid > 0:
+        security["runAsUser"] = uid
+        if gid is not None:
+            security["runAsGroup"] = gid
+        else:
+            security.pop("runAsGroup", None)
+    elif "runAsUser" in security:  # a record of this version: the image's uid, explicitly
+        security["runAsUser"] = names.PAYLOAD_UID
+        security["runAsGroup"] = names.PAYLOAD_UID
+    return result
 
 
 # --- Putting items into a template ---
@@ -403,6 +656,14 @@ def apply_injection(
         f"{path}.spec.initContainers",
         kept,
     )
+    _merge_items(
+        pod,
+        "imagePullSecrets",
+        injection.image_pull_secrets,
+        before.image_pull_secrets,
+        f"{path}.spec.imagePullSecrets",
+        kept,
+    )
     _merge_plugins(ray, injection.runtime_env_plugins, before.runtime_env_plugins, env_path)
     _merge_items(ray, "env", injection.env, before.env, env_path, kept)
     _merge_pythonpath(ray, injection.python_path, before.python_path, env_path)
@@ -422,7 +683,7 @@ def _merge_items(
     if not desired and not previous:
         return
     items = owner.get(field)
-    if items is None:
+    if not isinstance(items, list):
         if not desired:
             return
         items = owner[field] = []
@@ -456,7 +717,7 @@ def _merge_mounts(
 ) -> None:
     if not desired and not previous:
         return
-    mounts = ray.setdefault("volumeMounts", []) if desired else ray.get("volumeMounts") or []
+    mounts = _ensure_list(ray, "volumeMounts") if desired else _list(ray, "volumeMounts")
     where = f"{path}.spec.containers[0].volumeMounts"
     for want in desired:
         target = str(want["mountPath"]).rstrip("/")
@@ -494,7 +755,7 @@ def _merge_plugins(
     """Register the plugins in RAY_RUNTIME_ENV_PLUGINS, keeping the user's plugins."""
     if not desired and not previous:
         return
-    env = ray.setdefault("env", []) if desired else ray.get("env") or []
+    env = _ensure_list(ray, "env") if desired else _list(ray, "env")
     item = _find(env, names.RUNTIME_ENV_PLUGINS_ENV)
     if item is None:
         if desired:
@@ -529,7 +790,7 @@ def _merge_pythonpath(
     """Prepend the payload's Python dirs so Ray's runtime_env agent can import ray_pixi."""
     if not desired and not previous:
         return
-    env = ray.setdefault("env", []) if desired else ray.get("env") or []
+    env = _ensure_list(ray, "env") if desired else _list(ray, "env")
     item = _find(env, names.PYTHONPATH_ENV)
     if item is None:
         if desired:
@@ -539,7 +800,11 @@ def _merge_pythonpath(
     entries = [entry for entry in value.split(":") if entry]
     kept = [e for e in entries if e in desired or e not in previous]
     merged = [d for d in desired if d not in kept] + kept
-    if merged != entries:
+    if not merged and previous:
+        # Only the add-on's entries were in it (a migration to the user site): an empty
+        # PYTHONPATH would still replace the image's own, so the variable goes.
+        env.remove(item)
+    elif merged != entries:
         item["value"] = ":".join(merged)
 
 
@@ -555,8 +820,8 @@ def _merge_annotations(
             del annotations[key]
     missing = {k: v for k, v in desired.items() if k not in annotations}
     if missing:
-        template.setdefault("metadata", metadata)
-        metadata.setdefault("annotations", annotations)
+        template["metadata"] = metadata
+        metadata["annotations"] = annotations
         annotations.update(missing)
 
 
@@ -652,7 +917,11 @@ def _read(annotations: Mapping[str, Any], where: str) -> Record | None:
 
 def _write_record(body: Body, record: Record) -> None:
     text = record.dumps()
-    annotations = body.setdefault("metadata", {}).setdefault("annotations", {})
+    if not isinstance(body.get("metadata"), dict):
+        body["metadata"] = {}
+    if not isinstance(body["metadata"].get("annotations"), dict):
+        body["metadata"]["annotations"] = {}
+    annotations = body["metadata"]["annotations"]
     if annotations.get(names.INJECTION_ANNOTATION) != text:
         annotations[names.INJECTION_ANNOTATION] = text
 
@@ -667,13 +936,18 @@ def _inject(
     token: str | None,
 ) -> Preparation:
     kept: list[KeptValue] = []
+    notes: list[str] = []
     per_template: dict[str, Injection] = {}
     for key, path, group in _groups(spec, prefix):
         ray = _ray_container(group["template"], path)
-        injection = build_injection(options, ray)
+        pod = group["template"]["spec"]
+        injection = build_injection(options, pod)
+        note = python_path_mechanism(options, ray)[2]
+        if note and note not in notes:
+            notes.append(note)
         before = None
         if previous is not None:
-            before = previous.injection_for(key) or _for_new_template(previous.injection, ray)
+            before = previous.injection_for(key) or _for_new_template(previous.injection, pod)
         group["template"], group_kept = apply_injection(group["template"], injection, path, before)
         kept += group_kept
         per_template[key] = injection
@@ -685,7 +959,14 @@ def _inject(
         migration=token,
     )
     _write_record(body, record)
-    return Preparation(body=body, opted_in=True, changed=True, kept=tuple(kept), record=record)
+    return Preparation(
+        body=body,
+        opted_in=True,
+        changed=True,
+        kept=tuple(kept),
+        record=record,
+        notes=tuple(notes),
+    )
 
 
 def _restore(body: Body, spec: Body, prefix: str, record: Record) -> Preparation:
@@ -693,7 +974,8 @@ def _restore(body: Body, spec: Body, prefix: str, record: Record) -> Preparation
     for key, path, group in _groups(spec, prefix):
         injection = record.injection_for(key)
         if injection is None:
-            injection = _for_new_template(record.injection, _ray_container(group["template"], path))
+            _ray_container(group["template"], path)
+            injection = _for_new_template(record.injection, group["template"]["spec"])
         group["template"], group_kept = apply_injection(group["template"], injection, path)
         kept += group_kept
     _write_record(body, record)
@@ -748,9 +1030,10 @@ def adopt_legacy(spec: Mapping[str, Any], prefix: str = "spec") -> Record | None
                 and owned_env.get(item.get("name")) == _legacy_digest(item)
             ),
             python_path=(
-                (names.PAYLOAD_PYTHON_DIR,)
+                (names.LEGACY_PAYLOAD_PYTHON_DIR,)
                 if pythonpath_item is not None
-                and names.PAYLOAD_PYTHON_DIR in str(pythonpath_item.get("value", "")).split(":")
+                and names.LEGACY_PAYLOAD_PYTHON_DIR
+                in str(pythonpath_item.get("value", "")).split(":")
                 else ()
             ),
             annotations={names.LEGACY_TEMPLATE_ANNOTATION: str(raw)},

@@ -53,7 +53,8 @@ class Injection:
     Lists are keyed like Kubernetes keys them: volumes, init containers and env vars by name,
     mounts by mountPath. ``runtime_env_plugins`` are entries merged into the Ray container's
     ``RAY_RUNTIME_ENV_PLUGINS`` list, ``python_path`` directories prepended to its
-    ``PYTHONPATH``; ``annotations`` go on the template's metadata.
+    ``PYTHONPATH``; ``annotations`` go on the template's metadata; ``image_pull_secrets`` (by
+    name) on the pod spec, for the payload image.
     """
 
     volumes: tuple[Body, ...] = ()
@@ -63,6 +64,7 @@ class Injection:
     env: tuple[Body, ...] = ()
     python_path: tuple[str, ...] = ()
     annotations: Mapping[str, str] = field(default_factory=dict)
+    image_pull_secrets: tuple[Body, ...] = ()
 
     def to_json(self, *, empty: bool = False) -> Body:
         """The record's JSON; kinds with nothing in them are left out unless ``empty``."""
@@ -112,6 +114,7 @@ _JSON_KEYS = {
     "env": "env",
     "python_path": "pythonPath",
     "annotations": "annotations",
+    "image_pull_secrets": "imagePullSecrets",
 }
 
 

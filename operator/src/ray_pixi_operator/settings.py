@@ -23,9 +23,14 @@ __all__ = [
     "check_cache_host_path",
     "check_cache_size_limit",
     "check_cache_volume",
+    "check_config_map_name",
+    "check_disk_budget_gb",
+    "check_image_pythonpath",
     "check_pixi_version",
     "check_plugin_cache_size_gb",
     "check_pvc_name",
+    "check_secret_name",
+    "quantity_bytes",
 ]
 
 ENV_PREFIX = "RAY_PIXI_"
@@ -63,6 +68,23 @@ def check_cache_size_limit(value: str) -> str:
     return value
 
 
+_SUFFIXES = {
+    "": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+}  # fmt: skip
+
+
+def quantity_bytes(value: str) -> int:
+    """Bytes in a quantity that check_cache_size_limit accepted (``20Gi``, ``1.5G``, ``1e9``)."""
+    match = _QUANTITY.match(check_cache_size_limit(value))
+    assert match is not None  # noqa: S101 -- checked above
+    number = float(match["number"])
+    suffix = value[match.end("number") :]
+    if suffix[:1] in ("e", "E") and suffix[1:].isdigit():
+        return int(number * 10 ** int(suffix[1:]))
+    return int(number * _SUFFIXES[suffix])
+
+
 def check_cache_host_path(value: str) -> str:
     parts = value.split("/")
     if not value.startswith("/") or value.rstrip("/") == "" or ".." in parts:
@@ -95,6 +117,63 @@ def check_plugin_cache_size_gb(value: str | float) -> float:
     if not math.isfinite(number) or number <= 0:
         raise ValueError("must be a number of gigabytes greater than 0, such as 10 or 2.5")
     return number
+
+
+def check_disk_budget_gb(value: str | float) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(
+            "must be a number of GiB greater than 0 that the store and pixi's package cache "
+            "stay under, such as 40"
+        )
+    return number
+
+
+def check_config_map_name(value: str) -> str:
+    if len(value) > 253 or not _DNS_SUBDOMAIN.match(value):
+        raise ValueError(
+            "must be the name of a ConfigMap in the cluster's namespace holding pixi's "
+            "config.toml (lowercase letters, digits, '-' and '.')"
+        )
+    return value
+
+
+def check_secret_name(value: str) -> str:
+    if len(value) > 253 or not _DNS_SUBDOMAIN.match(value):
+        raise ValueError(
+            "must be the name of a Secret in the cluster's namespace holding rattler's "
+            "credentials.json (lowercase letters, digits, '-' and '.')"
+        )
+    return value
+
+
+def check_image_pythonpath(value: str) -> str:
+    entries = [entry for entry in value.split(":") if entry]
+    if any(not entry.startswith("/") for entry in entries) or "\n" in value:
+        raise ValueError(
+            "must be the Ray image's own PYTHONPATH as its Dockerfile sets it: absolute "
+            "directories separated by ':' (or empty when the image sets none)"
+        )
+    return ":".join(entries)
+
+
+def _check_pull_secrets(value: str) -> tuple[str, ...]:
+    secrets = tuple(name.strip() for name in value.split(",") if name.strip())
+    if not all(len(name) <= 253 and _DNS_SUBDOMAIN.match(name) for name in secrets):
+        raise ValueError(
+            "must be a comma-separated list of image pull Secret names in the clusters' "
+            "namespaces, such as regcred"
+        )
+    return secrets
+
+
+def _check_bool(value: str) -> bool:
+    if value.lower() not in ("true", "false"):
+        raise ValueError("must be true or false")
+    return value.lower() == "true"
 
 
 def _check_image(value: str) -> str:
@@ -176,12 +255,25 @@ class Settings(BaseModel):
     # What the mutation injects.
     payload_image: str
     payload_image_pull_policy: str = "IfNotPresent"
+    # Secrets (in each cluster's namespace) for pulling the payload image, added to the pods'
+    # imagePullSecrets.
+    payload_image_pull_secrets: tuple[str, ...] = ()
     pixi_version: str | None = None
     cache_volume: CacheVolumeKind = "emptyDir"
     cache_size_limit: str | None = None
     cache_host_path: str = "/var/cache/ray-pixi"
+    # Opt in to a root init container without capabilities that makes a hostPath directory
+    # kubelet created (root-owned 0755) writable for the payload installer (mode 1777).
+    cache_host_path_prepare: bool = False
     cache_pvc_name: str | None = None
     plugin_cache_size_gb: float = 10.0
+    # GiB the store and pixi's package cache stay under (RAY_PIXI_DISK_BUDGET_GB in Ray pods);
+    # unset: derived from an emptyDir's sizeLimit, none otherwise.
+    disk_budget_gb: float | None = None
+    # pixi's configuration for Ray nodes: a ConfigMap with config.toml and a Secret with
+    # rattler's credentials.json, in each cluster's namespace.
+    pixi_config_map: str | None = None
+    pixi_auth_secret: str | None = None
     # How the operator serves the webhook and what it watches.
     webhook_port: int = 9443
     webhook_cert_file: Path | None = None
@@ -241,6 +333,17 @@ class Settings(BaseModel):
                 f"applies only to {self.env_name('cache_volume')}=emptyDir, "
                 f"not {self.cache_volume}; unset it",
             )
+        if (
+            self.disk_budget_gb is not None
+            and self.cache_size_limit is not None
+            and self.disk_budget_gb * 2**30 >= quantity_bytes(self.cache_size_limit)
+        ):
+            fail(
+                "disk_budget_gb",
+                f"must be less than {self.env_name('cache_size_limit')}="
+                f"{self.cache_size_limit}: the volume also holds the payload and an install in "
+                "progress; lower it, or unset it to derive it from the size limit",
+            )
         if self.cache_volume == "persistentVolumeClaim" and self.cache_pvc_name is None:
             fail(
                 "cache_pvc_name",
@@ -258,12 +361,17 @@ class Settings(BaseModel):
 _CHECKS: dict[str, Callable[[str], Any]] = {
     "payload_image": _check_image,
     "payload_image_pull_policy": _check_pull_policy,
+    "payload_image_pull_secrets": _check_pull_secrets,
     "pixi_version": check_pixi_version,
     "cache_volume": check_cache_volume,
     "cache_size_limit": check_cache_size_limit,
     "cache_host_path": check_cache_host_path,
+    "cache_host_path_prepare": _check_bool,
     "cache_pvc_name": check_pvc_name,
     "plugin_cache_size_gb": check_plugin_cache_size_gb,
+    "disk_budget_gb": check_disk_budget_gb,
+    "pixi_config_map": check_config_map_name,
+    "pixi_auth_secret": check_secret_name,
     "webhook_port": _check_port,
     "webhook_cert_file": _check_file,
     "webhook_key_file": _check_file,
