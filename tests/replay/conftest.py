@@ -23,9 +23,12 @@ from replay.images import (
     BASE_IMAGE,
     UNSUPPORTED_RAY,
     ImageError,
+    PythonSource,
     ensure_operator_image,
     ensure_ray_image,
+    ray_version,
 )
+from replay.kuberay import E2E_RAY_IMAGE
 from replay.runner import Replay
 
 SETUP_STATUS = (
@@ -139,3 +142,13 @@ def release(
     finally:
         installed.uninstall()
 
+
+
+@pytest.fixture(scope="session")
+def e2e_images(ray_image: str, unsupported_ray_image: str) -> dict[str, str]:
+    """The Ray images e2e/'s manifests name -> the local images that stand in for them."""
+    python = "".join(PythonSource.current().version.split(".")[:2])
+    return {
+        E2E_RAY_IMAGE.format(ray=ray_version(), python=python): ray_image,
+        E2E_RAY_IMAGE.format(ray=UNSUPPORTED_RAY, python=python): unsupported_ray_image,
+    }

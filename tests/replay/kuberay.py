@@ -1,10 +1,11 @@
 """A labelled RayCluster on the harness, its Pods replayed, and jobs through the head's Jobs API.
 
-The shared steps of the KubeRay replay tests: the RayCluster a user writes (the harness's
-realistic manifest with the local Ray image), the Pods KubeRay builds for it after the
-add-on's webhook, started with Docker (`Replay`), the Ray nodes they form, and jobs submitted
-with `ray job submit` from this process, as a user submits them to a cluster's dashboard.
-Where the add-on put things (volume, store, pixi) is read from the Pods, not assumed.
+The shared steps of the KubeRay replay tests: the RayCluster a user writes (the manifests the
+kind flow applies, `e2e/raycluster*.yaml`, with local images standing in for Docker Hub's),
+the Pods KubeRay builds for it after the add-on's webhook, started with Docker (`Replay`),
+the Ray nodes they form, and jobs submitted with `ray job submit` from this process, as a
+user submits them to a cluster's dashboard. Where the add-on put things (volume, store,
+pixi) is read from the Pods, not assumed.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import yaml
 from ray_pixi_operator import names
 
 from kube.cluster import KubeCluster
-from kube.manifests import raycluster, wait_for_pods
+from kube.manifests import wait_for_pods
 from kube.release import Release
 from kube.rest import poll
 
@@ -30,7 +32,9 @@ from .runner import Replay, RunningPod
 
 __all__ = [
     "DASHBOARD_PORT",
+    "E2E_RAY_IMAGE",
     "JOBS_DIR",
+    "E2E_DIR",
     "LABELS",
     "Job",
     "alive_nodes",
@@ -40,7 +44,8 @@ __all__ = [
     "install_logs",
     "kube_root_ca",
     "process_ids",
-    "ray_cluster",
+    "cluster_templates",
+    "e2e_cluster",
     "ray_container",
     "start_cluster",
     "store_dir",
@@ -50,6 +55,9 @@ __all__ = [
 
 LABELS = {names.ENABLED_LABEL: names.ENABLED_VALUE}
 JOBS_DIR = Path(__file__).resolve().parent / "jobs"  # the jobs' scripts: a working_dir
+E2E_DIR = Path(__file__).resolve().parents[2] / "e2e"  # the kind flow's manifests
+# The Ray images the kind flow pulls, for which the replay uses its own (tests/replay/images.py).
+E2E_RAY_IMAGE = "rayproject/ray:{ray}-py{python}"
 DASHBOARD_PORT = 8265
 RAY_UP_TIMEOUT = 240
 JOB_TIMEOUT = 600
@@ -60,28 +68,32 @@ Obj = dict[str, Any]
 Log = Callable[[str], None]
 
 
-def ray_cluster(
-    name: str, ray_image: str, *, workers: int = 1, cpu: str = "1", memory: str = "3Gi"
-) -> Obj:
-    """The harness's realistic RayCluster with the local Ray image, labelled for ray-pixi.
+def e2e_cluster(manifest: str, images: Mapping[str, str]) -> Obj:
+    """`e2e/<manifest>`, a RayCluster the kind flow applies, as the replay runs it: each image
+    it names replaced by the local image that stands in for it (`images`; nothing is pulled
+    here), and Ray's usage stats off (a user's own settings: with them off, Ray's dashboard
+    still tells usage-stats.ray.io once that they are, so the report goes to a closed port)."""
+    cluster: Obj = yaml.safe_load((E2E_DIR / manifest).read_text())
+    for template in cluster_templates(cluster):
+        for container in template["spec"]["containers"]:
+            image = container["image"]
+            if image not in images:
+                raise AssertionError(f"e2e/{manifest} names image {image}: no local stand-in "
+                                     f"in {sorted(images)}")  # fmt: skip
+            container["image"] = images[image]
+            container["imagePullPolicy"] = "IfNotPresent"
+            container.setdefault("env", []).extend([
+                {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
+                {"name": "RAY_USAGE_STATS_REPORT_URL", "value": "http://127.0.0.1:9/"},
+            ])  # fmt: skip
+    return cluster
 
-    `memory` is each Ray container's request and limit: an install of an environment with
-    Ray from PyPI next to a running Ray node needs more than the harness's 1Gi worker.
-    """
-    manifest = raycluster(name, labels=LABELS, workers=workers)
-    spec = manifest["spec"]
-    for template in (spec["headGroupSpec"]["template"], spec["workerGroupSpecs"][0]["template"]):
-        ray = template["spec"]["containers"][0]
-        ray["image"] = ray_image
-        ray["imagePullPolicy"] = "IfNotPresent"
-        ray["resources"] = {"limits": {"cpu": cpu, "memory": memory},
-                            "requests": {"cpu": cpu, "memory": memory}}
-        # Ray's usage stats would try to reach the internet: a user's own settings. With them
-        # off, Ray's dashboard still tells usage-stats.ray.io once that they are off (the
-        # site's proxy refuses and records it): the report goes to a closed port instead.
-        ray["env"] += [{"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
-                       {"name": "RAY_USAGE_STATS_REPORT_URL", "value": "http://127.0.0.1:9/"}]
-    return manifest
+
+def cluster_templates(cluster: Mapping[str, Any]) -> list[Obj]:
+    """The pod templates of a RayCluster: the head group's, then each worker group's."""
+    spec = cluster["spec"]
+    return [spec["headGroupSpec"]["template"],
+            *(group["template"] for group in spec.get("workerGroupSpecs") or [])]  # fmt: skip
 
 
 def kube_root_ca(cluster: KubeCluster, namespace: str) -> Obj:

@@ -1,9 +1,10 @@
 """What a cluster user meets when ray-pixi cannot work on a replayed Ray Pod: the Ray node
 stays up, jobs without `runtime_env["pixi"]` run, and pixi jobs fail with the reason.
 
-Each test replays the head Pod KubeRay built for a labelled, head-only RayCluster (after the
-add-on's webhook) and submits one job through the head's Jobs API: a plain task, and a task
-and an actor with an inline pixi environment, each reporting what happened.
+Each test replays the head Pod KubeRay built for a labelled, head-only RayCluster of e2e/
+(after the add-on's webhook; the kind flow applies the same manifests) and submits one job
+through the head's Jobs API: a plain task, and a task and an actor with an inline pixi
+environment, each reporting what happened.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from replay.kuberay import (
     JOBS_DIR,
     alive_nodes,
     container_env,
-    ray_cluster,
+    e2e_cluster,
     ray_container,
     start_cluster,
     submit_job,
@@ -56,12 +57,12 @@ def _prepared(pod: RunningPod) -> None:
 
 
 def test_a_ray_the_plugin_cannot_run_on_keeps_its_node_up_and_fails_pixi_jobs_with_the_reason(
-    release: Release, kube_namespace: str, unsupported_ray_image: str, replay: Replay
+    release: Release, kube_namespace: str, e2e_images: dict[str, str], replay: Replay
 ) -> None:
     """Ray 2.40 (the plugin supports >= 2.60) with `rayVersion` absent, so admission cannot
     know: the node starts with the plugin registered, and only pixi requests fail."""
-    manifest = ray_cluster("old-ray", unsupported_ray_image, workers=0)
-    del manifest["spec"]["rayVersion"]
+    manifest = e2e_cluster("raycluster-unsupported-ray.yaml", e2e_images)
+    assert "rayVersion" not in manifest["spec"]
     head = _head_only(release, kube_namespace, manifest, replay)
     _prepared(head)
     (node_before,) = alive_nodes(head)
@@ -77,18 +78,18 @@ def test_a_ray_the_plugin_cannot_run_on_keeps_its_node_up_and_fails_pixi_jobs_wi
     # The same Ray node is still alive, its container running: nothing crashed.
     assert [n["node_id"] for n in alive_nodes(head)] == [node_before["node_id"]]
     assert head.running(ray_container(head))
+    assert head.inspect(ray_container(head))["RestartCount"] == 0
 
 
 def test_a_read_only_store_fails_pixi_jobs_naming_the_path_and_plain_jobs_run(
-    release: Release, kube_namespace: str, ray_image: str, replay: Replay
+    release: Release, kube_namespace: str, e2e_images: dict[str, str], replay: Replay
 ) -> None:
     """The Ray container mounts the add-on's volume read-only (a user's mount, which the
     add-on keeps): the payload imports, the store cannot be written."""
-    manifest = ray_cluster("ro-store", ray_image, workers=0)
+    manifest = e2e_cluster("raycluster-read-only-store.yaml", e2e_images)
     ray = manifest["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
-    ray["volumeMounts"].append(
-        {"name": names.VOLUME_NAME, "mountPath": names.MOUNT_PATH, "readOnly": True}
-    )
+    assert {"name": names.VOLUME_NAME, "mountPath": names.MOUNT_PATH,
+            "readOnly": True} in ray["volumeMounts"]  # fmt: skip
     head = _head_only(release, kube_namespace, manifest, replay)
     _prepared(head)
     mounts = head.inspect(ray_container(head))["Mounts"]
@@ -103,3 +104,4 @@ def test_a_read_only_store_fails_pixi_jobs_naming_the_path_and_plain_jobs_run(
         assert "it is on a read-only filesystem" in error
         assert "jobs without runtime_env['pixi'] are not affected" in error
     assert head.running(ray_container(head))
+    assert head.inspect(ray_container(head))["RestartCount"] == 0

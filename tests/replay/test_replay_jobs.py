@@ -39,10 +39,10 @@ from replay.kuberay import (
     Job,
     completed_installs,
     container_env,
+    e2e_cluster,
     host_path_of,
     install_logs,
     process_ids,
-    ray_cluster,
     ray_container,
     start_cluster,
     store_dir,
@@ -209,19 +209,19 @@ def _install_logs(scenario_pods: Mapping[str, RunningPod]) -> dict[str, list[Pat
 def scenario(
     kube_cluster: KubeCluster,
     release: Release,
-    ray_image: str,
+    e2e_images: dict[str, str],
     conda_channel: Channel,
     project: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Scenario]:
-    """A labelled RayCluster (head + one worker) replayed on the site's network, and the
+    """e2e/raycluster.yaml (head + one worker) replayed on the site's network, and the
     scenario run on it once: the inline and the project job, both again, then the worker's
     Ray container restarted and the inline job once more. The tests below assert on it."""
     namespace = kube_cluster.create_namespace(f"replay-jobs-{secrets.token_hex(3)}")
     try:
         with Replay(tmp_path_factory.mktemp("replay-jobs-pods"), sandbox_image=BASE_IMAGE) \
                 as replay, open_site(replay, conda_channel) as site:
-            yield _run_scenario(release, namespace, ray_image, replay, site, project)
+            yield _run_scenario(release, namespace, e2e_images, replay, site, project)
             assert not site.proxy.refused, (
                 f"the replayed Pods asked the proxy for hosts other than PyPI: "
                 f"{site.proxy.refused}"
@@ -230,10 +230,10 @@ def scenario(
         kube_cluster.delete_namespace(namespace)
 
 
-def _run_scenario(release: Release, namespace: str, ray_image: str, replay: Replay, site: Site,
-                  project: Path) -> Scenario:
+def _run_scenario(release: Release, namespace: str, e2e_images: Mapping[str, str],
+                  replay: Replay, site: Site, project: Path) -> Scenario:
     took = Timings(replay)
-    manifest = site.apply_to(ray_cluster("jobs", ray_image))
+    manifest = site.apply_to(e2e_cluster("raycluster.yaml", e2e_images))
     head, worker = start_cluster(release, namespace, manifest, replay,
                                  config_maps=site.config_maps(namespace))  # fmt: skip
     pods = {"head": head, "worker": worker}
@@ -300,7 +300,9 @@ def test_the_pods_run_as_the_webhook_and_kuberay_prepared_them(scenario: Scenari
         assert uid == str(RAY_UID) and PurePosixPath(module).is_relative_to(names.MOUNT_PATH)
     status = scenario.head.exec(ray_container(scenario.head), "ray", "status")
     assert status.returncode == 0, status.stderr
-    assert " 1 headgroup\n" in status.stdout and " 1 cpu\n" in status.stdout, status.stdout
+    for pod in scenario.pods.values():
+        group = pod.pod["metadata"]["labels"]["ray.io/group"]
+        assert f" 1 {group}\n" in status.stdout, status.stdout
 
 
 def test_the_channels_python_is_the_ray_images(scenario: Scenario, conda_channel: Channel) -> None:

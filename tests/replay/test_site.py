@@ -13,10 +13,11 @@ from ray_pixi_operator import Settings
 from ray_pixi_operator.mutation import prepare
 
 from realpixi.config import build_config_toml
-from replay.kuberay import ray_cluster
+from replay.kuberay import e2e_cluster
 from replay.pod import PodContext, build_pod_plan
 from replay.site import add_site, build_config_maps, build_no_proxy
 
+IMAGES = {"rayproject/ray:2.60.0-py311": "ray:test"}
 PROXY = "http://172.30.0.1:40000"
 NO_PROXY = build_no_proxy(ipaddress.ip_network("172.30.0.0/16"))
 CONFIG = build_config_toml("http://172.30.0.1:40001/conda-forge",
@@ -41,7 +42,7 @@ def test_every_ray_container_gets_the_settings_and_the_webhook_keeps_them(monkey
     for name in Settings.env_names():
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("RAY_PIXI_PAYLOAD_IMAGE", "ray-pixi:test")
-    cluster = add_site(ray_cluster("c", "ray:test"), PROXY, NO_PROXY)
+    cluster = add_site(e2e_cluster("raycluster.yaml", IMAGES), PROXY, NO_PROXY)
     prepared = prepare(cluster, Settings.from_env(os.environ)).body
     for template in _templates(prepared):
         env = _env(template)
@@ -59,7 +60,7 @@ def test_every_ray_container_gets_the_settings_and_the_webhook_keeps_them(monkey
 def test_a_pod_of_the_cluster_reads_the_config_and_ca_at_the_paths_its_env_names(
     tmp_path: Path,
 ) -> None:
-    cluster = add_site(ray_cluster("c", "ray:test"), PROXY, NO_PROXY)
+    cluster = add_site(e2e_cluster("raycluster.yaml", IMAGES), PROXY, NO_PROXY)
     template = cluster["spec"]["headGroupSpec"]["template"]
     pod = {
         "apiVersion": "v1",
