@@ -58,8 +58,8 @@ def worker_env_vars(
 ) -> dict[str, str]:
     """The env_vars Ray sets for a worker: activation, then the user's own (which win).
 
-    When the node's PYTHONPATH carries the plugin's payload directory, the worker gets that
-    PYTHONPATH without it (anything else the image put there stays). When the node's
+    When the node's PYTHONPATH, or the one Ray composed for this runtime_env, carries the
+    plugin's payload directory, the worker gets that PYTHONPATH without it (anything else the image put there stays). When the node's
     PYTHONUSERBASE is the payload's, the worker gets an empty one: Python then uses its
     default user base (~/.local), as on a node without ray-pixi.
     """
@@ -75,4 +75,11 @@ def worker_env_vars(
     if user_base and "PYTHONUSERBASE" not in env and payload_user_base(user_base, payload):
         env["PYTHONUSERBASE"] = ""
     env.update(user_env_vars)
+    # Ray's working_dir and py_modules plugins run before this one and compose the context's
+    # PYTHONPATH from the node's, payload included: strip it there too.
+    composed = user_env_vars.get("PYTHONPATH")
+    if composed:
+        stripped = _without(composed, payload)
+        if stripped is not None:
+            env["PYTHONPATH"] = stripped
     return env

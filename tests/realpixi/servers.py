@@ -10,7 +10,9 @@
 - `ConnectRecorder`: an `HTTPS_PROXY` that tunnels (CONNECT) only to the PyPI hosts and
   refuses and records everything else, so a test can show no other host was asked for.
 
-Both bind 127.0.0.1 on a free port, serve from daemon threads, and stop on `close()`.
+Both bind 127.0.0.1 on a free port by default, serve from daemon threads, and stop on
+`close()`. `host=` binds another address of this machine instead, e.g. the host's address on
+a Docker bridge, so containers on that network (tests/replay) reach them; nothing else can.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ __all__ = ["CHANNEL_ROUTE", "ConnectRecorder", "MAPPING_ROUTE", "Mirror", "PYPI_
            "Stall"]
 
 CHANNEL_ROUTE = "/conda-forge"
+LOOPBACK = "127.0.0.1"
 MAPPING_ROUTE = "/conda-mapping"
 PYPI_HOSTS = ("pypi.org", "files.pythonhosted.org")
 
@@ -45,6 +48,7 @@ class Request:
     method: str
     path: str
     status: int
+    client: str = ""  # the address the request came from
 
 
 class Stall:
@@ -90,7 +94,7 @@ class Mirror:
     """The loopback mirror (see the module docstring). `url` is its base URL;
     `channel_url` the conda-forge mirror, `mapping_url` the mapping service's."""
 
-    def __init__(self, channel: Channel) -> None:
+    def __init__(self, channel: Channel, host: str = LOOPBACK) -> None:
         self.channel = channel
         self._lock = threading.Lock()
         self._requests: list[Request] = []
@@ -100,7 +104,8 @@ class Mirror:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def send_response(self, code: int, message: str | None = None) -> None:
-                mirror._record(Request(self.command, self.path, int(code)))
+                mirror._record(Request(self.command, self.path, int(code),
+                                       str(self.client_address[0])))
                 super().send_response(code, message)
 
             def log_message(self, format: str, *args: object) -> None:
@@ -136,7 +141,7 @@ class Mirror:
                 if self.command == "GET":
                     self.wfile.write(body)
 
-        self._server = _Server(("127.0.0.1", 0), Handler)
+        self._server = _Server((host, 0), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         name="realpixi-mirror", daemon=True)
         self._thread.start()
@@ -243,6 +248,7 @@ class Attempt:
     method: str
     target: str
     allowed: bool
+    client: str = ""  # the address the request came from
 
 
 def _connect_target(target: str) -> tuple[str, int] | None:
@@ -252,11 +258,19 @@ def _connect_target(target: str) -> tuple[str, int] | None:
     return host.strip("[]").lower(), int(port)
 
 
-class ConnectRecorder:
-    """`HTTPS_PROXY` on loopback: tunnels CONNECT to `allowed_hosts` port 443, answers
-    403 to anything else, and records every attempt. `url` is what `HTTPS_PROXY` names."""
+def _peer(sock: socket.socket) -> str:
+    try:
+        return str(sock.getpeername()[0])
+    except OSError:  # already gone
+        return ""
 
-    def __init__(self, allowed_hosts: tuple[str, ...] = PYPI_HOSTS) -> None:
+
+class ConnectRecorder:
+    """`HTTPS_PROXY` on loopback (or `host`): tunnels CONNECT to `allowed_hosts` port 443,
+    answers 403 to anything else, and records every attempt. `url` is what `HTTPS_PROXY` names."""
+
+    def __init__(self, allowed_hosts: tuple[str, ...] = PYPI_HOSTS,
+                 host: str = LOOPBACK) -> None:
         self.allowed_hosts = allowed_hosts
         self._lock = threading.Lock()
         self._attempts: list[Attempt] = []
@@ -267,7 +281,7 @@ class ConnectRecorder:
             def handle(self) -> None:
                 recorder._handle(self.request)
 
-        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self._server = socketserver.ThreadingTCPServer((host, 0), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         name="realpixi-connect-recorder", daemon=True)
@@ -306,7 +320,7 @@ class ConnectRecorder:
         parsed = _connect_target(target) if method == "CONNECT" else None
         allowed = parsed is not None and parsed[0] in self.allowed_hosts and parsed[1] == 443
         with self._lock:
-            self._attempts.append(Attempt(method, target, allowed))
+            self._attempts.append(Attempt(method, target, allowed, _peer(client)))
         if not allowed or parsed is None:
             client.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n"
                            b"Connection: close\r\n\r\n")

@@ -2,6 +2,8 @@
 
 PYTHONPATH=tests python -m replay image            # the Ray image (what .ci/setup-docker runs)
 PYTHONPATH=tests python -m replay image --operator # also the add-on's image with the real pixi
+PYTHONPATH=tests python -m replay image --unsupported-ray  # also the Ray 2.40 image (failures)
+PYTHONPATH=tests python -m replay image --ray 2.50.0   # also the Ray image at another version
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import argparse
 import sys
 import time
 
-from .images import ImageError, ensure_operator_image, ensure_ray_image
+from .images import UNSUPPORTED_RAY, ImageError, ensure_operator_image, ensure_ray_image
 
 
 def _log(message: str) -> None:
@@ -25,10 +27,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("command", choices=["image"])
     parser.add_argument("--operator", action="store_true", help="also build the add-on's image")
+    parser.add_argument("--ray", action="append", default=[], metavar="VERSION",
+                        help="also the Ray image at this Ray version (repeatable)")
+    parser.add_argument("--unsupported-ray", action="store_true",
+                        help=f"also the Ray {UNSUPPORTED_RAY} image the failure tests use")
     args = parser.parse_args(argv)
     started = time.monotonic()
     try:
         print(ensure_ray_image(_log))
+        for version in [*args.ray, *([UNSUPPORTED_RAY] if args.unsupported_ray else [])]:
+            print(ensure_ray_image(_log, ray=version))
         if args.operator:
             print(ensure_operator_image(_log))
     except ImageError as error:

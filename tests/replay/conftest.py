@@ -1,4 +1,5 @@
-"""Fixtures for replaying Pods with Docker: the images (built once per machine) and a `Replay`.
+"""Fixtures for replaying Pods with Docker: the images (built once per machine), a `Replay`,
+and the add-on's chart on the harness (installed once per session).
 
 Without a Docker daemon or the base image the docker tests skip with the reason that
 .ci/setup-docker recorded; on CI (`CI=true`) after a setup that said `ready`, a missing
@@ -16,7 +17,18 @@ from pathlib import Path
 
 import pytest
 
-from replay.images import BASE_IMAGE, ImageError, ensure_operator_image, ensure_ray_image
+from kube.cluster import KubeCluster
+from kube.release import Release, install_release, operator_executable
+from replay.images import (
+    BASE_IMAGE,
+    UNSUPPORTED_RAY,
+    ImageError,
+    PythonSource,
+    ensure_operator_image,
+    ensure_ray_image,
+    ray_version,
+)
+from replay.kuberay import E2E_RAY_IMAGE
 from replay.runner import Replay
 
 SETUP_STATUS = (
@@ -87,6 +99,14 @@ def ray_image(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
+def unsupported_ray_image(request: pytest.FixtureRequest) -> str:
+    """The Ray image at Ray 2.40 (same Python, nothing of ray-pixi)."""
+    _need_docker()
+    return _image(lambda log: ensure_ray_image(log, ray=UNSUPPORTED_RAY),
+                  f"the replay's Ray {UNSUPPORTED_RAY} image", request)
+
+
+@pytest.fixture(scope="session")
 def operator_image(request: pytest.FixtureRequest) -> str:
     """images/Dockerfile of this checkout, with the real pixi as its air-gapped PIXI_FILE."""
     _need_docker()
@@ -99,3 +119,36 @@ def replay(tmp_path: Path) -> Iterator[Replay]:
     _need_docker()
     with Replay(tmp_path / "replay", sandbox_image=BASE_IMAGE) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def release(
+    kube_cluster: KubeCluster, operator_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Release]:
+    """The chart, installed once per session with the add-on's image built from this checkout."""
+    executable = operator_executable()
+    assert executable is not None, "no ray-pixi-operator executable (pip install -e operator)"
+    repository, tag = operator_image.rsplit(":", 1)
+    installed = install_release(
+        kube_cluster,
+        tmp_path_factory.mktemp("replay-release"),
+        executable=executable,
+        name="ray-pixi-replay",  # its own release, next to any other test's
+        namespace="ray-pixi-replay",
+        values={"image": {"repository": repository, "tag": tag, "pullPolicy": "IfNotPresent"}},
+    )
+    try:
+        yield installed
+    finally:
+        installed.uninstall()
+
+
+
+@pytest.fixture(scope="session")
+def e2e_images(ray_image: str, unsupported_ray_image: str) -> dict[str, str]:
+    """The Ray images e2e/'s manifests name -> the local images that stand in for them."""
+    python = "".join(PythonSource.current().version.split(".")[:2])
+    return {
+        E2E_RAY_IMAGE.format(ray=ray_version(), python=python): ray_image,
+        E2E_RAY_IMAGE.format(ray=UNSUPPORTED_RAY, python=python): unsupported_ray_image,
+    }

@@ -7,7 +7,8 @@ into it (a changed input builds a new tag; an unchanged one is found and reused)
 - the Ray image (`ray-pixi-test-ray:<key>`): ray-image/Dockerfile with the exact CPython the
   tests run (the interpreter behind this process, without its site-packages) and
   `ray[default]` at this process's Ray version. Nothing of ray-pixi.
-- a thin layer over it for failure cases, e.g. `pydantic<2` (`ray_image_with`).
+- the same image at another Ray version (`ensure_ray_image(ray="2.40.0")`: a Ray the plugin
+  does not support), and a thin layer over it for other failure cases (`ray_image_with`).
 - the add-on's image (`ray-pixi-replay-operator:<key>`): images/Dockerfile from this checkout
   with a real pixi as the air-gapped PIXI_FILE, as a cluster operator builds it.
 
@@ -37,6 +38,7 @@ __all__ = [
     "BASE_IMAGE",
     "ImageError",
     "PythonSource",
+    "UNSUPPORTED_RAY",
     "build_ray_image",
     "ensure_operator_image",
     "ensure_ray_image",
@@ -52,6 +54,9 @@ RAY_REPOSITORY = "ray-pixi-test-ray"
 OPERATOR_REPOSITORY = "ray-pixi-replay-operator"
 PYTHON_PREFIX_IN_IMAGE = "/opt/python"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+# A Ray older than the plugin supports (>= 2.60), on the same Python: the plugin's entry point
+# imports there, and ray-pixi refuses to run.
+UNSUPPORTED_RAY = "2.40.0"
 # What the Pod's Python does not need from the source prefix: installed packages (the image
 # installs its own), the test suite and the static library (build-time only).
 PYTHON_EXCLUDES = ("site-packages", "test", "libpython*.a", "*.opt-1.pyc", "*.opt-2.pyc")
@@ -225,10 +230,11 @@ def build_ray_image(python: PythonSource, ray: str, tag: str, log: Log) -> None:
         )
 
 
-def ensure_ray_image(log: Log = print) -> str:
-    """The Ray image for this machine's Python and Ray; built once, then found by its tag."""
+def ensure_ray_image(log: Log = print, *, ray: str | None = None) -> str:
+    """The Ray image for this machine's Python and Ray (or `ray`, another Ray version on the
+    same Python: a cluster the plugin does not support); built once, then found by its tag."""
     python = PythonSource.current()
-    ray = ray_version()
+    ray = ray or ray_version()
     tag = ray_image_tag(python, ray)
     with _build_lock("ray-image"):
         if image_exists(tag):

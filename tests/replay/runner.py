@@ -112,11 +112,15 @@ class RunningPod:
         return bool(self.inspect(container)["State"]["Running"])
 
     def restart(self, container: str) -> None:
-        """Restart one container in place (same sandbox, same volume directories), as the
-        kubelet restarts a container that exited; `docker restart` stops it with SIGTERM and
-        the Pod's grace period first."""
+        """Restart one container as the kubelet does: stop it (SIGTERM, then SIGKILL after the
+        Pod's grace period), then start a new container from its image in the same sandbox
+        with the same volume directories. Nothing written outside the volumes survives (a
+        `docker restart` would keep the old container's filesystem)."""
         grace = str((self.pod.get("spec") or {}).get("terminationGracePeriodSeconds", 30))
-        _docker("restart", "-t", grace, self.docker_name(container), timeout=float(grace) + 60)
+        name = self.docker_name(container)
+        _docker("stop", "-t", grace, name, timeout=float(grace) + 60)
+        _docker("rm", name)
+        _docker(*self.plan.container(container).argv)
 
 
 class Replay:

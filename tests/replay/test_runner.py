@@ -124,11 +124,12 @@ def test_pods_reach_each_other_through_a_headless_service_and_nothing_else(repla
     assert client_pod.exec("main", "getent", "hosts", "pypi.org").returncode != 0
 
 
-def test_a_restarted_container_keeps_its_volume_and_pod_ip(replay):
+def test_a_restarted_container_keeps_its_volume_and_pod_ip_but_not_its_filesystem(replay):
     volume = [{"name": "work", "mountPath": "/work"}]
     spec = pod(
         "restarted",
-        [sh("main", "echo started:$(hostname -i) >> /work/starts; exec sleep infinity",
+        [sh("main", "echo started:$(hostname -i):$(cat /tmp/mark 2>/dev/null) >> /work/starts;"
+                    " echo here > /tmp/mark; exec sleep infinity",
             volumeMounts=volume)],
         volumes=[{"name": "work", "emptyDir": {}}],
         terminationGracePeriodSeconds=1,
@@ -143,7 +144,8 @@ def test_a_restarted_container_keeps_its_volume_and_pod_ip(replay):
         timeout=30,
         what="the restarted container's line",
     )
-    assert lines == [f"started:{running.ip}"] * 2
+    # The second container started from the image again: the first one's /tmp/mark is gone.
+    assert lines == [f"started:{running.ip}:"] * 2
 
 
 def test_teardown_removes_every_container_and_the_network(tmp_path):

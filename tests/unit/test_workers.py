@@ -36,6 +36,17 @@ def test_a_pythonpath_the_user_sets_wins() -> None:
     assert env["PYTHONPATH"] == "/mine"
 
 
+def test_the_payload_is_dropped_from_the_pythonpath_ray_composed() -> None:
+    """Ray's working_dir plugin runs first and writes `<working_dir>:<node PYTHONPATH>` into
+    the context's env_vars: the payload goes from that value too, the rest stays in order."""
+    composed = os.pathsep.join(["/tmp/ray/session/runtime_resources/working_dir_files/x",
+                                str(payload_dir()), "/opt/app/lib"])
+    env = worker_env_vars(ACTIVATION, {"PYTHONPATH": composed},
+                          inherited={"PYTHONPATH": str(payload_dir())})
+    assert env["PYTHONPATH"] == os.pathsep.join(
+        ["/tmp/ray/session/runtime_resources/working_dir_files/x", "/opt/app/lib"])
+
+
 def _user_base(tmp_path, payload, minors=("3.11", "3.12")):  # type: ignore[no-untyped-def]
     """A payload's user base as ray-pixi-payload writes it: a .pth per Python minor."""
     base = tmp_path / "payloads" / "key"

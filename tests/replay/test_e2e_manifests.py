@@ -1,0 +1,51 @@
+"""The kind flow's RayClusters (e2e/) are the ones the replay runs: labelled for the add-on,
+on the Ray images the replay stands in for (this Ray version and the unsupported one, on this
+Python), each failure manifest with the property its test relies on. What can be checked of
+e2e/ on a machine without kind; the replay tests run these manifests through KubeRay."""
+
+from __future__ import annotations
+
+import sys
+
+import ray
+import yaml
+from ray_pixi_operator import names
+
+from replay.images import UNSUPPORTED_RAY
+from replay.kuberay import E2E_DIR, E2E_RAY_IMAGE, LABELS, cluster_templates
+
+PYTHON = f"{sys.version_info[0]}{sys.version_info[1]}"
+
+
+def _load(name: str) -> dict:
+    return dict(yaml.safe_load((E2E_DIR / name).read_text()))
+
+
+def _images(cluster: dict) -> set[str]:
+    return {c["image"] for t in cluster_templates(cluster) for c in t["spec"]["containers"]}
+
+
+def test_the_scenarios_cluster_runs_this_ray_with_a_head_and_one_worker() -> None:
+    cluster = _load("raycluster.yaml")
+    assert cluster["metadata"]["labels"] == LABELS
+    assert cluster["spec"]["rayVersion"] == ray.__version__
+    assert _images(cluster) == {E2E_RAY_IMAGE.format(ray=ray.__version__, python=PYTHON)}
+    assert [g["replicas"] for g in cluster["spec"]["workerGroupSpecs"]] == [1]
+
+
+def test_the_unsupported_ray_cluster_hides_its_version_from_admission() -> None:
+    cluster = _load("raycluster-unsupported-ray.yaml")
+    assert cluster["metadata"]["labels"] == LABELS
+    assert "rayVersion" not in cluster["spec"]
+    assert names.RAY_VERSION_ANNOTATION not in (cluster["metadata"].get("annotations") or {})
+    assert _images(cluster) == {E2E_RAY_IMAGE.format(ray=UNSUPPORTED_RAY, python=PYTHON)}
+
+
+def test_the_read_only_store_cluster_mounts_the_add_ons_volume_read_only() -> None:
+    cluster = _load("raycluster-read-only-store.yaml")
+    assert cluster["metadata"]["labels"] == LABELS
+    (template,) = cluster_templates(cluster)
+    mounts = template["spec"]["containers"][0]["volumeMounts"]
+    assert mounts == [{"name": names.VOLUME_NAME, "mountPath": names.MOUNT_PATH,
+                       "readOnly": True}]  # fmt: skip
+    assert _images(cluster) == {E2E_RAY_IMAGE.format(ray=ray.__version__, python=PYTHON)}
