@@ -1,27 +1,48 @@
-"""What every benchmark shares: the node environment (pixi or the FAKE stand-in, the store,
-the package cache), statistics, and tables."""
+"""What every benchmark shares: the node (real pixi, its world, the store, the package
+cache), local Ray clusters on it, statistics, and tables."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-FAKE_PIXI = REPO / "tests" / "fake_pixi" / "pixi"
+TESTS = REPO / "tests"
+# The offline world and the bulk channel come from the test suite (tests/realpixi).
+if str(TESTS) not in sys.path:
+    sys.path.append(str(TESTS))
 PLUGINS = json.dumps([{"class": "ray_pixi.PixiPlugin"}])
 CLUSTER_PYTHON = "{}.{}.{}".format(*sys.version_info[:3])
+CONDA_FORGE_PROBE = "https://conda.anaconda.org/conda-forge/noarch/repodata.json"
+# Ray keeps spare idle workers (prestarted, or left over from a start it no longer needed);
+# a sample that lands on one measures no worker start at all. These make the raylet kill
+# idle workers at once and never prestart, so every sample is a fresh process (checked).
+FRESH_WORKERS = {
+    "RAY_num_workers_soft_limit": "0",
+    "RAY_idle_worker_killing_time_threshold_ms": "50",
+    "RAY_kill_idle_workers_interval_ms": "50",
+    "RAY_enable_worker_prestart": "0",
+    "RAY_prestart_worker_first_driver": "0",
+}
+# Node variables the run owns: cleared from this process before it sets its own.
+_OWNED = ("RAY_PIXI_EXE", "RAY_PIXI_PIXI_VERSION", "RAY_ADDRESS", "RAY_PIXI_STORE_DIR",
+          "RAY_RUNTIME_ENV_PLUGINS", "PIXI_CACHE_DIR", "PIP_CACHE_DIR", "UV_CACHE_DIR",
+          "RAY_PIXI_DISK_BUDGET_GB", "RAY_RUNTIME_ENV_PIXI_CACHE_SIZE_GB")
 
 
 @dataclass
@@ -58,6 +79,8 @@ class Table:
 
 def _cell(value: Any) -> str:
     if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
         return f"{value:.2f}" if abs(value) < 100 else f"{value:.0f}"
     return str(value)
 
@@ -73,6 +96,10 @@ def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(1, math.ceil(q / 100 * len(ordered)))
     return ordered[rank - 1]
+
+
+def ratio(a: float, b: float) -> str:
+    return "-" if not b or math.isnan(a) or math.isnan(b) else f"{a / b:.2f}x"
 
 
 def ms(seconds: float) -> float:
@@ -104,79 +131,188 @@ def du_bytes_counting_links(*paths: Path) -> int:
     return int(out.strip().splitlines()[-1].split()[0])
 
 
-def find_pixi() -> tuple[str, bool]:
-    """The pixi to benchmark with: `$RAY_PIXI_EXE` or pixi on PATH; else the FAKE stand-in.
-    Returns (path, whether it is the stand-in)."""
-    explicit = os.environ.get("RAY_PIXI_EXE") or shutil.which("pixi")
-    if explicit:
-        return explicit, False
-    return str(FAKE_PIXI), True
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# -- the node -----------------------------------------------------------------------------
+def _conda_forge_reachable(timeout: float = 5.0) -> bool:
+    try:
+        request = urllib.request.Request(CONDA_FORGE_PROBE, method="HEAD")
+        with urllib.request.urlopen(request, timeout=timeout):  # noqa: S310 - fixed https URL
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def _users_pixi() -> str | None:
+    return os.environ.get("RAY_PIXI_EXE") or shutil.which("pixi")
+
+
+def _pixi_version(pixi: str, env: Mapping[str, str]) -> str:
+    out = subprocess.run([pixi, "--version"], capture_output=True, text=True, env=dict(env),
+                         check=True, timeout=60).stdout
+    match = re.search(r"\d+\.\d+\.\d+", out)
+    return match.group(0) if match else out.strip()
 
 
 @dataclass
 class Node:
-    """One node's setting for the whole run: a fresh store, a persistent package cache."""
+    """One node's setting for the whole run: real pixi in its world, a fresh store, a
+    package cache of the benchmark's own (warm across runs, never the user's)."""
 
     root: Path
     pixi: str
-    fake: bool
+    pixi_version: str
+    #: how pixi reaches packages, for the report (one line)
+    world: str
+    offline: bool
+    #: what a Ray node's processes need for pixi (RAY_PIXI_EXE, pixi config, proxies, ...)
+    pixi_env: dict[str, str]
+    cache: Path
+    proxy: Any = None  # the offline world's PyPI proxy (its refused requests are reported)
+    bulk_channel: Any = None  # set by open_bulk_channel
 
     @property
     def store(self) -> Path:
         return self.root / "store"
 
-    @property
-    def record(self) -> Path:
-        return self.root / "installs.jsonl"
-
-    @property
-    def cache(self) -> Path:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        return base / "ray-pixi-bench" / "pixi-cache"
-
-    def environment(self) -> dict[str, str]:
-        """What the plugin, the agents and the Ray processes of this run inherit."""
+    def environment(self, store: Path | None = None, cache: Path | None = None,
+                    **extra: str) -> dict[str, str]:
+        """What the plugin, the agents and the Ray processes inherit."""
         path = [str(Path(self.pixi).parent), str(Path(sys.executable).parent),
                 os.environ.get("PATH", "")]
-        env = {
+        return {
+            **self.pixi_env,
             "RAY_RUNTIME_ENV_PLUGINS": PLUGINS,
-            "RAY_PIXI_STORE_DIR": str(self.store),
-            "PIXI_CACHE_DIR": str(self.cache),
+            "RAY_PIXI_STORE_DIR": str(store or self.store),
+            "PIXI_CACHE_DIR": str(cache or self.cache),
             "PATH": os.pathsep.join(path),
+            # Common in container images (and a read-only store has the same effect):
+            # workers may not write bytecode, so what is not compiled is compiled on
+            # every start.
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            **extra,
         }
-        if self.fake:
-            env["FAKE_PIXI_RECORD"] = str(self.record)
-        return env
 
-    def installs(self) -> int:
-        """Real installs so far (recorded by the FAKE pixi; -1 with a real pixi)."""
-        if not self.fake:
-            return -1
-        return len(self.record.read_text().splitlines()) if self.record.exists() else 0
+    def run_pixi(self, args: Sequence[str], cwd: Path | None = None,
+                 cache: Path | None = None, check: bool = True,
+                 ) -> subprocess.CompletedProcess[str]:
+        """Real pixi with this node's configuration, as a user or the plugin runs it."""
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("PIXI_", "CONDA_")) and k not in ("PYTHONPATH",
+                                                                     "VIRTUAL_ENV")}
+        env.update(self.pixi_env)
+        env["PIXI_CACHE_DIR"] = str(cache or self.cache)
+        env["PIXI_NO_PATH_UPDATE"] = "1"
+        done = subprocess.run([self.pixi, *args], cwd=cwd, env=env, capture_output=True,
+                              text=True, timeout=1800, check=False)
+        if check and done.returncode != 0:
+            raise RuntimeError(f"pixi {' '.join(args)} failed ({done.returncode}):\n"
+                               f"{done.stderr[-3000:]}")
+        return done
+
+    @contextmanager
+    def applied(self, **extra: str) -> Iterator[None]:
+        """This process set up as the node (Ray processes started inside inherit it)."""
+        saved = dict(os.environ)
+        for name in _OWNED:
+            os.environ.pop(name, None)
+        os.environ.update(self.environment(**extra))
+        try:
+            yield
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+
+def bench_cache(name: str) -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    path = base / "ray-pixi-bench" / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 @contextmanager
-def node(keep: bool = False) -> Iterator[Node]:
-    """A node for one benchmark run; its environment applied to this process."""
-    pixi, fake = find_pixi()
-    # Short: Ray puts unix sockets under the temp dir and their paths are length-limited.
-    root = Path(tempfile.mkdtemp(prefix="rpb-"))
-    n = Node(root, pixi, fake)
-    n.cache.mkdir(parents=True, exist_ok=True)
-    saved = dict(os.environ)
-    os.environ.update(n.environment())
-    for name in ("RAY_PIXI_EXE", "RAY_PIXI_PIXI_VERSION", "RAY_ADDRESS"):
-        os.environ.pop(name, None)
-    if not fake:
-        os.environ["RAY_PIXI_EXE"] = pixi
-    try:
-        yield n
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        if not keep:  # ~1 GB in ~100k files: delete it without holding up the report
-            subprocess.Popen(["rm", "-rf", str(root)], start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def node(offline: bool = False, keep: bool = False) -> Iterator[Node]:
+    """The node for one benchmark run.
+
+    The user's own pixi (`$RAY_PIXI_EXE`, else pixi on PATH) with the user's pixi config
+    and conda-forge, when there is one and conda-forge answers; otherwise (and with
+    `offline`) the test suite's offline world: real pixi 0.77.0 (sha256-checked), a local
+    conda channel served as conda-forge by a loopback mirror, PyPI through a proxy that
+    lets nothing else out.
+    """
+    # Short: Ray puts unix sockets under its temp dir and their paths are length-limited.
+    root = Path(tempfile.mkdtemp(prefix="rpb-", dir="/tmp"))
+    cache = bench_cache("pixi-cache")
+    with ExitStack() as stack:
+        users = None if offline else _users_pixi()
+        if users is not None and _conda_forge_reachable():
+            env = {"RAY_PIXI_EXE": users, "RAY_USAGE_STATS_ENABLED": "0"}
+            version = _pixi_version(users, os.environ)
+            n = Node(root, users, version,
+                     f"the user's pixi {version} ({users}) with the user's pixi config, "
+                     "conda-forge over the internet", False, env, cache)
+        else:
+            from realpixi.world import open_world
+
+            why = ("--offline" if offline else
+                   "no pixi on PATH or in $RAY_PIXI_EXE" if users is None else
+                   "conda-forge is not reachable")
+            world = stack.enter_context(open_world(root / "world", pixi_cache=cache))
+            env = dict(world.env)
+            env.pop("PIXI_CACHE_DIR", None)
+            n = Node(root, str(world.pixi.path), world.pixi.version,
+                     f"the test suite's offline world ({why}): real pixi "
+                     f"{world.pixi.describe()}, a local conda channel (CPython "
+                     f"{world.channel.version('python')} made relocatable, an activation "
+                     "package, noarch six) served as conda-forge by a loopback mirror, PyPI "
+                     "through a CONNECT proxy that lets nothing else out",
+                     True, env, cache, proxy=world.proxy)
+        try:
+            yield n
+        finally:
+            if not keep:  # ~1 GB in ~100k files: delete it without holding up the report
+                subprocess.Popen(["rm", "-rf", str(root)], start_new_session=True,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@dataclass
+class LocalCluster:
+    """One local Ray cluster of the run (its own temp dir and store)."""
+
+    temp_dir: Path
+    store: Path
+
+    @property
+    def logs(self) -> Path:
+        return self.temp_dir / "session_latest" / "logs"
+
+
+@contextmanager
+def local_cluster(n: Node, name: str, store: Path | None = None, cpus: int = 2,
+                  **extra: str) -> Iterator[LocalCluster]:
+    """`ray.init` of a new local cluster with the plugin registered, on node `n`."""
+    import ray
+
+    temp_dir = n.root / name
+    temp_dir.mkdir(parents=True)
+    store = store or n.store
+    with n.applied(**{"RAY_PIXI_STORE_DIR": str(store), **extra}):
+        ray.init(num_cpus=cpus, log_to_driver=False, include_dashboard=False,
+                 _temp_dir=str(temp_dir))
+        try:
+            yield LocalCluster(temp_dir, store)
+        finally:
+            ray.shutdown()
 
 
 def inline_spec(**pypi: str) -> dict[str, Any]:
@@ -185,5 +321,17 @@ def inline_spec(**pypi: str) -> dict[str, Any]:
     return pixi(pypi_dependencies=pypi)
 
 
-def log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+def compile_cluster_python() -> int:
+    """Byte-compile the cluster's own site-packages (what the floor runs), so the floor is
+    not slowed by missing .pyc under PYTHONDONTWRITEBYTECODE. Returns how many source
+    files had no bytecode before."""
+    import sysconfig
+
+    purelib = Path(sysconfig.get_paths()["purelib"])
+    tag = sys.implementation.cache_tag
+    missing = sum(1 for p in purelib.rglob("*.py")
+                  if not (p.parent / "__pycache__" / f"{p.stem}.{tag}.pyc").exists())
+    if missing:
+        subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0", str(purelib)],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    return missing

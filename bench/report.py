@@ -1,8 +1,10 @@
-"""The report: every table as Markdown, and a chart of worker start latency."""
+"""The report: every table as Markdown, the raw figures, and a chart of worker start."""
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import platform
 import sys
 import time
@@ -15,32 +17,53 @@ from bench.worker_start import FLOOR, KINDS, MODES
 RESULTS_MD = "results.md"
 CHART_PNG = "worker-start.png"
 RAW_JSON = "raw.json"
+AIM = 1.02
 
 
-def write(out: Path, tables: list[Table], raw: dict[str, Any], ratio: float,
-          args: dict[str, Any]) -> list[Path]:
+def headline_line(head: dict[str, float]) -> str:
+    return (f"ray-pixi/floor round trip: {head['round_trip|both|pixi']:.2f}x (tasks "
+            f"{head['round_trip|task|pixi']:.2f}x, actors {head['round_trip|actor|pixi']:.2f}x)")
+
+
+def write(out: Path, tables: list[Table], raw: dict[str, Any], head: dict[str, float],
+          meta: dict[str, Any]) -> list[Path]:
     import ray
 
     out.mkdir(parents=True, exist_ok=True)
+    loads = meta["loads"]
+    reached = head["round_trip|both|pixi"]
+    refused = meta["refused"]
     header = [
         "# ray-pixi benchmarks",
         "",
-        f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `bench/run` "
-        f"({', '.join(f'{k}={v}' for k, v in args.items())}) on {platform.system()} "
-        f"{platform.machine()}, Python {platform.python_version()}, Ray {ray.__version__}.",
+        f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `{meta['command']}` "
+        f"in {meta['seconds'] / 60:.0f} min on {platform.system()} {platform.machine()} "
+        f"({os.cpu_count()} CPUs, shared with other jobs: load average "
+        f"{min(x[0] for x in loads):.1f}-{max(x[0] for x in loads):.1f} over the run), "
+        f"Python {platform.python_version()}, Ray {ray.__version__}.",
         "",
-        f"**ray-pixi/floor worker-start ratio: {ratio:.2f}** (median start latency of fresh "
-        "workers, tasks and actors pooled; target <= 1.05).",
+        f"**pixi**: {meta['world']}."
+        + ("" if not meta["offline"] else
+           f" Requests to hosts other than PyPI during the run: {len(refused)}"
+           + (f" ({', '.join(refused)})" if refused else "") + "."),
         "",
-        f"![worker start latency]({CHART_PNG})",
+        f"**Headline: ray-pixi/floor worker round trip {reached:.2f}x** (tasks "
+        f"{head['round_trip|task|pixi']:.2f}x, actors {head['round_trip|actor|pixi']:.2f}x; "
+        f"aim <= {AIM:.2f}x: {'reached' if reached <= AIM else 'not reached'}); to the first "
+        f"user line {head['start|both|pixi']:.2f}x. `pixi run` per worker: round trip "
+        f"{head['round_trip|both|pixi_run']:.2f}x, first user line "
+        f"{head['start|both|pixi_run']:.2f}x. Medians of fresh workers with a cached "
+        "environment, PYTHONDONTWRITEBYTECODE=1, modes interleaved on one cluster.",
+        "",
+        f"![worker start]({CHART_PNG})",
         "",
         "",
     ]
     md = out / RESULTS_MD
     md.write_text("\n".join(header) + "\n".join(t.markdown() for t in tables))
-    (out / RAW_JSON).write_text(json.dumps(raw, indent=1, sort_keys=True) + "\n")
+    (out / RAW_JSON).write_text(json.dumps(raw, indent=1, sort_keys=True, default=str) + "\n")
     written = [md, out / RAW_JSON]
-    chart = _chart(out / CHART_PNG, raw.get("worker_start", {}))
+    chart = _chart(out / CHART_PNG, raw.get("worker_start", {}).get("samples", {}))
     if chart is not None:
         written.append(chart)
     return written
@@ -60,7 +83,8 @@ def _chart(path: Path, samples: dict[str, list[dict[str, float]]]) -> Path | Non
 
     fig, axes = plt.subplots(1, len(KINDS), figsize=(12, 4.8), sharey=True)
     for ax, kind in zip(axes, KINDS, strict=True):
-        data = [[1000 * s["start"] for s in samples[f"{m}|{kind}"]] for m in MODES]
+        data = [[1000 * s["round_trip"] for s in samples[f"{m}|{kind}"]] or [math.nan]
+                for m in MODES]
         ax.boxplot(data, whis=(10, 90), showfliers=True, widths=0.6)
         ax.set_xticks(range(1, len(MODES) + 1),
                       [m.replace(" (", "\n(").replace(" per ", "\nper ") for m in MODES],
@@ -74,9 +98,9 @@ def _chart(path: Path, samples: dict[str, list[dict[str, float]]]) -> Path | Non
         ax.set_ylim(top=top * 1.15)
         ax.set_title(f"{kind}s ({len(data[0])} fresh workers per mode)")
         ax.grid(axis="y", alpha=0.3)
-    axes[0].set_ylabel("start latency, ms (submit to first line of user code)")
-    fig.suptitle("Worker start latency with a cached environment (box: quartiles, "
-                 "whiskers: p10-p90; dashed: floor median)", fontsize=10)
+    axes[0].set_ylabel("round trip, ms (submit to the result)")
+    fig.suptitle("Worker start with a cached environment, PYTHONDONTWRITEBYTECODE=1 (box: "
+                 "quartiles, whiskers: p10-p90; dashed: floor median)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
