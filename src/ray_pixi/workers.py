@@ -60,8 +60,9 @@ def worker_env_vars(
 
     When the node's PYTHONPATH, or the one Ray composed for this runtime_env, carries the
     plugin's payload directory, the worker gets that PYTHONPATH without it (anything else the
-    image put there stays). When the node's PYTHONUSERBASE is the payload's, the worker gets an empty one: Python then uses its
-    default user base (~/.local), as on a node without ray-pixi.
+    image put there stays). When the node's PYTHONUSERBASE is the payload's, the worker gets
+    an empty one: Python then uses its default user base (~/.local), as on a node without
+    ray-pixi.
     """
     inherited = os.environ if inherited is None else inherited
     env = dict(activation.env_vars)
