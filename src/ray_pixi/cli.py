@@ -396,15 +396,32 @@ def _one_line(error: BaseException) -> str:
             # says what went wrong; the log has the rest.
             start = next((j for j, ln in enumerate(rest) if ln.startswith("Error:")), None)
             if start is not None:
-                cause = [ln for ln in rest[start:] if not ln.startswith(("[exit code",
-                                                                         "Full log: "))]
-                msg = " ".join([msg, *cause[:3]])
+                msg = " ".join([msg, *_pixi_error_ends(rest[start:])])
             log = next((ln for ln in rest if ln.startswith("Full log: ")), "")
             return f"{msg} {log}".strip()
     for line in reversed(lines):
         if "Error" in line or "error" in line:
             return line[:300]
     return lines[-1][:300] if lines else type(error).__name__
+
+
+def _pixi_error_ends(lines: list[str]) -> list[str]:
+    """pixi's error report (miette: `Error: × what`, then `├─▶`/`╰─▶` causes, wrapped at 80
+    columns with `│` gutters) as its first and innermost statements, each on one line: the
+    innermost cause is the one that says what to change (`No candidates were found for
+    numpy >=2`)."""
+    items: list[str] = []
+    for line in lines:
+        if line.startswith(("[exit code", "Full log: ")):
+            break
+        text = line.lstrip("│ ").strip()
+        if line.startswith("Error:") or line.lstrip().startswith(("├─▶", "╰─▶")):
+            items.append(text.removeprefix("Error:").lstrip(" ├╰─▶×").strip())
+        elif items and text:
+            joiner = "" if items[-1].endswith("-") else " "
+            items[-1] = f"{items[-1]}{joiner}{text}"
+    items = [i for i in items if i]
+    return [f"pixi: {items[0]}", *([f"cause: {items[-1]}"] if len(items) > 1 else [])]
 
 
 def _check_reachable(address: str) -> None:

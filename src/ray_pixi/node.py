@@ -56,6 +56,22 @@ __all__ = [
 ]
 
 default_logger = logging.getLogger(__name__)
+# Ray calls delete_uri with its uri_cache module's logger, which nothing in the agent writes out
+# (the agent's own logger does not propagate): what eviction did goes to the agent's logger,
+# whose file is runtime_env_agent.log. Ray's agent/main.py imports its module as a top-level
+# `runtime_env_agent` (its directory is put on sys.path), so that is the logger's name.
+_UNWRITTEN_LOGGERS = ("ray._private.runtime_env.uri_cache", __name__)
+_AGENT_LOGGERS = ("runtime_env_agent", "ray._private.runtime_env.agent.runtime_env_agent")
+
+
+def _written(logger: logging.Logger) -> logging.Logger:
+    """A logger whose lines reach a file: `logger` itself unless it is one nobody writes."""
+    if logger.name not in _UNWRITTEN_LOGGERS:
+        return logger
+    for name in _AGENT_LOGGERS:
+        if name in logging.root.manager.loggerDict and logging.getLogger(name).handlers:
+            return logging.getLogger(name)
+    return logger
 
 #: Where environments live; put it on a persistent volume to keep them across restarts.
 STORE_DIR_VAR = "RAY_PIXI_STORE_DIR"
@@ -194,10 +210,12 @@ class PixiNode:
         """Forget `uri`; free its environment's disk unless another URI of this agent, or
         another process sharing the store, still uses it. Never raises, never blocks: Ray
         calls it on the agent's event loop."""
+        logger = _written(logger)
         booked = self._booked.pop(uri, 0)
         key = self._keys.pop(uri, None)
         self._setups.pop(uri, None)
         if key is None:
+            logger.info("Ray evicted %s, which this ray-pixi never set up", uri)
             return booked
         if key in self._keys.values():
             logger.info("Ray evicted %s; pixi environment %s stays: another runtime_env on "

@@ -91,6 +91,22 @@ def test_a_setup_failure_is_shortened_to_the_plugins_message() -> None:
     assert line.endswith("Full log: /tmp/l.log")
 
 
+def test_pixi_0_77s_wrapped_error_report_gives_its_first_and_innermost_lines() -> None:
+    """As pixi 0.77.0 writes it to a log (no tty: miette wraps at 80 columns, `│` gutters,
+    nested causes): the innermost cause, which names the missing package, survives whole."""
+    text = ("ray_pixi.errors.PixiInstallError: `pixi install --manifest-path m` exited with "
+            "code 1.\nError:   × failed to solve requirements of environment 'default' for "
+            "platform 'linux-\n  │ 64'\n  ├─▶   × failed to solve the environment\n  │   \n"
+            "  ╰─▶ Cannot solve the request because of: No candidates were found for numpy\n"
+            "      >=2.\n      \n\n[exit code 1 after 0.1 s]\nFull log: /tmp/l.log\n")
+    line = cli._one_line(RuntimeError(text))
+    assert line == (
+        "`pixi install --manifest-path m` exited with code 1. pixi: failed to solve "
+        "requirements of environment 'default' for platform 'linux-64' cause: Cannot solve "
+        "the request because of: No candidates were found for numpy >=2. Full log: /tmp/l.log"
+    )
+
+
 # -- doctor ------------------------------------------------------------------------------
 @pytest.mark.parametrize(("value", "status", "words"), [
     (None, doctor.FAIL, "is not set"),
