@@ -370,8 +370,11 @@ def test_labelled_cluster_is_injected_before_kuberay_builds_pods_and_unlabelled_
         ray = pod["spec"]["containers"][0]
         env = env_of(ray)
         assert '"ray_pixi.PixiPlugin"' in env["RAY_RUNTIME_ENV_PLUGINS"]
-        assert env["RAY_PIXI_EXE"] == "/ray-pixi/payload/bin/pixi"
-        assert env["PYTHONPATH"].startswith("/ray-pixi/payload/python")
+        payload = names.payload_dir(operator.settings.payload_image)
+        assert env["RAY_PIXI_EXE"] == f"{payload}/{names.PAYLOAD_PIXI_LAUNCHER}"
+        # The payload reaches the agent through the user site; the image's PYTHONPATH stays.
+        assert env["PYTHONUSERBASE"] == payload
+        assert payload not in env.get("PYTHONPATH", "")
         assert {"name": "ray-pixi", "mountPath": "/ray-pixi"} in [
             {k: m[k] for k in ("name", "mountPath")} for m in ray["volumeMounts"]
         ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import platform
 import re
 import secrets
 import shutil
@@ -290,7 +291,9 @@ def test_the_pods_run_as_the_webhook_and_kuberay_prepared_them(scenario: Scenari
         assert init["HostConfig"]["ReadonlyRootfs"] is True
         assert init["HostConfig"]["CapDrop"] == ["ALL"]
         assert "no-new-privileges" in init["HostConfig"]["SecurityOpt"]
-        pixi_file = host_path_of(pod, container_env(pod)["RAY_PIXI_EXE"]).resolve()
+        # RAY_PIXI_EXE is the payload's launcher (bin/pixi), which runs <arch>/pixi.
+        launcher = host_path_of(pod, container_env(pod)["RAY_PIXI_EXE"])
+        pixi_file = launcher.parent.parent / platform.machine() / "pixi"
         assert hashlib.sha256(pixi_file.read_bytes()).hexdigest() == pixi_sha
         assert pixi_file.stat().st_uid != 0  # written by the non-root installer
         where = pod.exec(ray_container(pod), "python", "-c",
