@@ -384,8 +384,9 @@ def test_a_restarted_worker_container_reuses_the_environment_on_its_volume(
     worker = scenario.worker
     seen = scenario.after_restart.result["nodes"]["worker"]
     assert seen["node_id"] != scenario.old_worker_id  # a new Ray node, a new agent
+    # (PIDs cannot tell: the new container has a new PID namespace, and its processes start
+    # in the same order, so the new agent often gets the old one's PID.)
     assert scenario.restarted_agents
-    assert not set(scenario.restarted_agents) & set(scenario.agents["worker"])
     before = scenario.inline.result["nodes"]["worker"]["task"]["prefix"]
     assert str(_in_environment(worker, seen["task"], scenario.image_python)) == before
     assert scenario.logs_after_restart == scenario.logs  # the new agent installed nothing
