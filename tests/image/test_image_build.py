@@ -12,7 +12,6 @@ but this machine cannot run one.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -25,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from replay.images import docker_unavailable
 
 from support import REPO, persistent_cache, session_pixi
 
@@ -34,11 +34,6 @@ BASE_IMAGE = "ray-pixi-test-base:bookworm"
 PIXI_VERSION = "0.77.0"  # what the real pixi reports
 PAYLOAD = "/ray-pixi/payloads/0.2.0-0123456789ab"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
-SETUP_STATUS = (
-    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    / "ray-pixi"
-    / "docker-setup.status"
-)
 PYENV_VERSIONS = Path.home() / ".pyenv" / "versions"
 
 
@@ -48,29 +43,6 @@ def _docker(
     return subprocess.run(
         ["docker", *args], capture_output=True, text=True, timeout=timeout, check=check
     )
-
-
-def _setup_said() -> str:
-    try:
-        said = SETUP_STATUS.read_text().strip()
-    except OSError:
-        return ".ci/setup-docker has not run"
-    return f".ci/setup-docker said: {said}" if said else ".ci/setup-docker did not finish"
-
-
-@functools.lru_cache(maxsize=1)
-def docker_unavailable() -> str | None:
-    if shutil.which("docker") is None:
-        return f"no docker CLI on PATH ({_setup_said()})"
-    try:
-        info = _docker("info", "--format", "{{.ServerVersion}}", timeout=30)
-    except subprocess.TimeoutExpired:
-        return f"docker info timed out ({_setup_said()})"
-    if info.returncode != 0:
-        return f"Docker daemon not reachable: {info.stderr.strip()[:200]} ({_setup_said()})"
-    if _docker("image", "inspect", BASE_IMAGE).returncode != 0:
-        return f"base image {BASE_IMAGE} missing: run .ci/setup-docker ({_setup_said()})"
-    return None
 
 
 def build_context(root: Path, pixi_file: Path) -> Path:

@@ -8,10 +8,7 @@ image or a failed build fails them instead, so a broken build cannot hide behind
 
 from __future__ import annotations
 
-import functools
 import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +21,8 @@ from replay.images import (
     UNSUPPORTED_RAY,
     ImageError,
     PythonSource,
+    docker_setup_said,
+    docker_unavailable,
     ensure_operator_image,
     ensure_ray_image,
     ray_version,
@@ -31,45 +30,12 @@ from replay.images import (
 from replay.kuberay import E2E_RAY_IMAGE
 from replay.runner import Replay
 
-SETUP_STATUS = (
-    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    / "ray-pixi"
-    / "docker-setup.status"
-)
-
-
-def _setup_said() -> str:
-    try:
-        said = SETUP_STATUS.read_text().strip()
-    except OSError:
-        return ".ci/setup-docker has not run"
-    return f".ci/setup-docker said: {said}" if said else ".ci/setup-docker did not finish"
-
-
-@functools.lru_cache(maxsize=1)
-def docker_unavailable() -> str | None:
-    if shutil.which("docker") is None:
-        return f"no docker CLI on PATH ({_setup_said()})"
-    try:
-        info = subprocess.run(
-            ["docker", "info", "--format", "{{.ServerVersion}}"],
-            capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
-    except subprocess.TimeoutExpired:
-        return f"docker info timed out ({_setup_said()})"
-    if info.returncode != 0:
-        return f"Docker daemon not reachable: {info.stderr.strip()[:200]} ({_setup_said()})"
-    found = subprocess.run(["docker", "image", "inspect", BASE_IMAGE], capture_output=True)
-    if found.returncode != 0:
-        return f"base image {BASE_IMAGE} missing: run .ci/setup-docker ({_setup_said()})"
-    return None
-
 
 def _need_docker() -> None:
     reason = docker_unavailable()
     if reason is None:
         return
-    if os.environ.get("CI", "").lower() == "true" and _setup_said().endswith("ready"):
+    if os.environ.get("CI", "").lower() == "true" and docker_setup_said().endswith("ready"):
         pytest.fail(f"CI=true and .ci/setup-docker said ready, yet: {reason}", pytrace=False)
     pytest.skip(reason)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -35,6 +36,8 @@ from importlib import metadata
 from pathlib import Path
 
 __all__ = [
+    "docker_setup_said",
+    "docker_unavailable",
     "BASE_IMAGE",
     "ImageError",
     "PythonSource",
@@ -50,6 +53,42 @@ REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 RAY_DOCKERFILE = HERE / "ray-image" / "Dockerfile"
 BASE_IMAGE = "ray-pixi-test-base:bookworm"
+
+
+DOCKER_SETUP_STATUS = (
+    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    / "ray-pixi"
+    / "docker-setup.status"
+)
+
+
+def docker_setup_said() -> str:
+    """What .ci/setup-docker last reported, for skip and failure messages."""
+    try:
+        said = DOCKER_SETUP_STATUS.read_text().strip()
+    except OSError:
+        return ".ci/setup-docker has not run"
+    return f".ci/setup-docker said: {said}" if said else ".ci/setup-docker did not finish"
+
+
+@functools.lru_cache(maxsize=1)
+def docker_unavailable() -> str | None:
+    """Why the docker tests cannot run here (None: the daemon and the base image are there)."""
+    if shutil.which("docker") is None:
+        return f"no docker CLI on PATH ({docker_setup_said()})"
+    try:
+        info = subprocess.run(
+            ["docker", "info", "--format", "{{.ServerVersion}}"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return f"docker info timed out ({docker_setup_said()})"
+    if info.returncode != 0:
+        return f"Docker daemon not reachable: {info.stderr.strip()[:200]} ({docker_setup_said()})"
+    found = subprocess.run(["docker", "image", "inspect", BASE_IMAGE], capture_output=True)
+    if found.returncode != 0:
+        return f"base image {BASE_IMAGE} missing: run .ci/setup-docker ({docker_setup_said()})"
+    return None
 RAY_REPOSITORY = "ray-pixi-test-ray"
 OPERATOR_REPOSITORY = "ray-pixi-replay-operator"
 PYTHON_PREFIX_IN_IMAGE = "/opt/python"
