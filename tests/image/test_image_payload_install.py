@@ -36,15 +36,6 @@ def make_source(root: Path, version: str) -> Path:
     return source
 
 
-@pytest.fixture
-def volume(tmp_path: Path) -> Path:
-    """The pod's /ray-pixi volume (emptyDir is mode 0777)."""
-    path = tmp_path / "ray-pixi"
-    path.mkdir()
-    path.chmod(0o777)
-    return path
-
-
 def test_install_lays_out_the_pod_contract(tmp_path, volume):
     result = install(volume / "payload", make_source(tmp_path, "1"))
     dest = volume / "payload"

@@ -49,15 +49,6 @@ def make_source(root: Path, version: str, pixi: bytes | None = None) -> Path:
     return source
 
 
-@pytest.fixture
-def volume(tmp_path: Path) -> Path:
-    """A pod's /ray-pixi (emptyDir: mode 0777)."""
-    path = tmp_path / "ray-pixi"
-    path.mkdir()
-    path.chmod(0o777)
-    return path
-
-
 def key_dir(volume: Path, key: str = "0.2.0-0123456789ab") -> Path:
     return volume / "payloads" / key
 
