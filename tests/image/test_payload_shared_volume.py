@@ -49,6 +49,10 @@ def world() -> Iterator[Path]:
     check_sha256(SHARED_PIXI, SHARED_PIXI.with_name("pixi.sha256"))
     root = Path(tempfile.mkdtemp(prefix="pods-shared-volume-"))
     root.chmod(0o755)
+    # The checkout may sit where other uids cannot enter (a mktemp -d clone is 0700): they
+    # run a copy of the installer from here.
+    shutil.copy2(INSTALLER, root / INSTALLER.name)
+    (root / INSTALLER.name).chmod(0o644)
     try:
         yield root
     finally:
@@ -81,7 +85,8 @@ def as_uid(uid: int, *argv: str | Path, groups: tuple[int, ...] = (), env: dict 
 
 
 def add(uid: int, volume: Path, key: str, source: Path, groups: tuple[int, ...] = ()) -> str:
-    done = as_uid(uid, SYSTEM_PYTHON, INSTALLER, "add", volume / "payloads" / key,
+    done = as_uid(uid, SYSTEM_PYTHON, volume.parent / INSTALLER.name, "add",
+                  volume / "payloads" / key,
                   "--source", source, groups=groups)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout + done.stderr

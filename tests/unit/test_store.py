@@ -224,8 +224,12 @@ def test_a_shared_store_lets_another_uid_take_its_locks(world_dir: Path) -> None
     store.ensure()
     fd = store.use_lock(KEY).acquire(shared=True)  # created by this uid
     FileLock.release(fd)
+    # The checkout may sit where other uids cannot enter (a mktemp -d clone is 0700).
+    src = world_dir / "src"
+    shutil.copytree(SRC / "ray_pixi", src / "ray_pixi",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
     code = textwrap.dedent(f"""
-        import sys; sys.path.insert(0, {str(SRC)!r})
+        import sys; sys.path.insert(0, {str(src)!r})
         from ray_pixi.store import Store, FileLock
         s = Store({str(root)!r}); s.ensure()
         FileLock.release(s.use_lock({KEY!r}).acquire(shared=True))
