@@ -1,12 +1,15 @@
 """The node's settings: every variable valid, malformed (the exact message a user reads) and
-unset."""
+unset; and that no other module of the plugin names them."""
 
 from __future__ import annotations
 
+import ast
+import os
 from pathlib import Path
 
 import pytest
 
+import ray_pixi
 from ray_pixi import settings
 from ray_pixi.settings import InvalidSetting, InvalidSettings
 
@@ -132,3 +135,25 @@ def test_agent_flags_are_read_in_both_forms() -> None:
     assert settings.agent_flag(settings.RUNTIME_ENV_DIR_FLAG, argv) == "/tmp/s/re"
     assert settings.agent_flag("session-dir", argv) is None
 
+
+def _strings_outside_docstrings(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text())
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) \
+                and node.body and isinstance(node.body[0], ast.Expr) \
+                and isinstance(node.body[0].value, ast.Constant):
+            docstrings.add(id(node.body[0].value))
+    return [(node.lineno, node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)
+            and id(node) not in docstrings]
+
+
+def test_no_other_module_names_a_node_setting() -> None:
+    """One home: code elsewhere reads and mentions the variables through `settings`."""
+    package = Path(os.path.dirname(ray_pixi.__file__))
+    found = [f"{path.name}:{line}: {name}"
+             for path in sorted(package.glob("*.py")) if path.name != "settings.py"
+             for line, text in _strings_outside_docstrings(path)
+             for name in settings.NAMES if name in text]
+    assert found == []
