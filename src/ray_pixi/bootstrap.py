@@ -2,7 +2,7 @@
 against its published sha256, unpacked into the store without touching any shell rc file.
 
 Safe under concurrency (a file lock per version; the binary appears by atomic rename) and
-for air-gapped clusters (`RAY_PIXI_DOWNLOAD_URL` points at a mirror of the releases).
+for air-gapped clusters (the node setting `settings.DOWNLOAD_URL` points at a mirror).
 """
 
 from __future__ import annotations
@@ -16,12 +16,11 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+from ray_pixi import settings
 from ray_pixi.errors import PixiNotFoundError
 
-__all__ = ["DOWNLOAD_URL_VAR", "asset_name", "install_pixi_release", "release_urls"]
+__all__ = ["asset_name", "install_pixi_release", "release_urls"]
 
-DOWNLOAD_URL_VAR = "RAY_PIXI_DOWNLOAD_URL"
-DEFAULT_DOWNLOAD_URL = "https://github.com/prefix-dev/pixi/releases/download"
 _ASSETS = {
     "linux-64": "pixi-x86_64-unknown-linux-musl.tar.gz",
     "linux-aarch64": "pixi-aarch64-unknown-linux-musl.tar.gz",
@@ -38,13 +37,14 @@ def asset_name(platform: str) -> str:
     except KeyError:
         raise PixiNotFoundError(
             f"pixi publishes no release for platform {platform!r}. Install pixi on the node "
-            "and set RAY_PIXI_EXE to it."
+            f"and set {settings.PIXI_EXE} to it."
         ) from None
 
 
 def release_urls(version: str, platform: str, base_url: str | None = None) -> tuple[str, str]:
-    """(asset URL, sha256 URL) of one release asset."""
-    base = (base_url or os.environ.get(DOWNLOAD_URL_VAR) or DEFAULT_DOWNLOAD_URL).rstrip("/")
+    """(asset URL, sha256 URL) of one release asset: under `base_url`, else the node's
+    mirror (settings.DOWNLOAD_URL), else GitHub."""
+    base = (base_url or settings.download_url(os.environ)).rstrip("/")
     asset = f"{base}/v{version}/{asset_name(platform)}"
     return asset, asset + ".sha256"
 
@@ -56,8 +56,8 @@ def _fetch(url: str) -> bytes:
     except OSError as e:
         raise PixiNotFoundError(
             f"Downloading {url} failed: {e}. If this cluster has no internet access, mirror "
-            f"the pixi releases and set {DOWNLOAD_URL_VAR} to the mirror's base URL, or install "
-            "pixi on the nodes and set RAY_PIXI_EXE."
+            f"the pixi releases and set {settings.DOWNLOAD_URL} to the mirror's base URL, or "
+            f"install pixi on the nodes and set {settings.PIXI_EXE}."
         ) from e
 
 
@@ -74,7 +74,8 @@ def _extract_binary(archive: bytes, asset: str) -> bytes:
         return f.read()
 
 
-def install_pixi_release(version: str, platform: str, dest_dir: Path) -> Path:
+def install_pixi_release(version: str, platform: str, dest_dir: Path,
+                         base_url: str | None = None) -> Path:
     """Download, verify and install pixi `version` as `dest_dir/<version>/pixi`.
 
     Blocking; callers run it in a thread under the store's bootstrap lock. An existing
@@ -83,7 +84,7 @@ def install_pixi_release(version: str, platform: str, dest_dir: Path) -> Path:
     target = dest_dir / version / ("pixi.exe" if platform == "win-64" else "pixi")
     if target.is_file():
         return target
-    asset_url, sha_url = release_urls(version, platform)
+    asset_url, sha_url = release_urls(version, platform, base_url)
     expected = _fetch(sha_url).decode(errors="replace").split()
     if not expected or len(expected[0]) != 64:
         raise PixiNotFoundError(f"{sha_url} holds no sha256 (got {expected[:1]!r}).")

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -20,10 +21,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ray_pixi import settings
+
 __all__ = ["CliError", "main"]
 
-PLUGINS_VAR = "RAY_RUNTIME_ENV_PLUGINS"
-PLUGIN_ENTRY = {"class": "ray_pixi.PixiPlugin"}
 
 
 class CliError(Exception):
@@ -31,11 +32,12 @@ class CliError(Exception):
 
 
 def _register_plugin() -> None:
-    """Add the plugin to RAY_RUNTIME_ENV_PLUGINS for the local cluster ray.init starts."""
-    current = json.loads(os.environ.get(PLUGINS_VAR) or "[]")
-    if not any(p.get("class") == PLUGIN_ENTRY["class"] for p in current):
-        current.append(PLUGIN_ENTRY)
-    os.environ[PLUGINS_VAR] = json.dumps(current)
+    """Add the plugin to Ray's plugin list (settings.PLUGINS) for the local cluster ray.init
+    starts."""
+    current = settings.plugins(os.environ) or []
+    if not any(p["class"] == settings.PLUGIN_CLASS for p in current):
+        current.append({"class": settings.PLUGIN_CLASS})
+    os.environ[settings.PLUGINS] = json.dumps(current)
 
 
 # -- demo --------------------------------------------------------------------------------
@@ -145,17 +147,20 @@ def _open_store(args: argparse.Namespace) -> Any:
 
     if args.store:
         root, source = Path(args.store), "--store"
-    elif os.environ.get("RAY_PIXI_STORE_DIR"):
-        root, source = Path(os.environ["RAY_PIXI_STORE_DIR"]), "RAY_PIXI_STORE_DIR"
+    elif os.environ.get(settings.STORE_DIR):
+        root, source = settings.store_dir(os.environ), settings.STORE_DIR
     else:
-        stores = {doctor.store_dir(a.environ) for a in doctor.find_agents()}
+        stores = set()
+        for agent in doctor.find_agents():
+            with contextlib.suppress(settings.InvalidSetting):  # that node has no store
+                stores.add(settings.store_dir(agent.environ))
         if len(stores) == 1:
-            root, source = stores.pop(), "the running Ray agent's RAY_PIXI_STORE_DIR"
+            root, source = stores.pop(), f"the running Ray agent's {settings.STORE_DIR}"
         else:
-            root, source = doctor.store_dir(os.environ), "the default"
+            root, source = settings.store_dir(os.environ), "the default"
     if not (root / "envs").is_dir():
         raise CliError(f"no ray-pixi store at {root} (from {source}); pass --store DIR or set "
-                       "RAY_PIXI_STORE_DIR to the directory the Ray nodes use")
+                       f"{settings.STORE_DIR} to the directory the Ray nodes use")
     return Store(root), f"{root} (from {source})"
 
 
@@ -543,9 +548,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     doc = sub.add_parser(
         "doctor", help="check this node for what the plugin needs",
-        description=_doc(cmd_doctor) + " Checks: RAY_RUNTIME_ENV_PLUGINS lists "
-        "ray_pixi.PixiPlugin; the cluster's Python imports Ray and the plugin; pixi is found "
-        "(RAY_PIXI_EXE, then PATH) at a supported version; the store (RAY_PIXI_STORE_DIR) and "
+        description=_doc(cmd_doctor) + f" Checks: {settings.PLUGINS} lists "
+        f"{settings.PLUGIN_CLASS}; every node setting ({', '.join(settings.NAMES[:-1])}) is "
+        "well-formed; the cluster's Python imports Ray and the plugin; pixi is found "
+        f"({settings.PIXI_EXE}, then PATH) at a supported version; the store "
+        f"({settings.STORE_DIR}) and "
         "pixi's cache (PIXI_CACHE_DIR) are writable and on one filesystem; free disk; Python "
         "and Ray versions. With a Ray node running here, its agent's variables are read from "
         "/proc (from the raylet, which the agent inherits them from); otherwise this shell's, "
@@ -564,10 +571,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     envs = sub.add_parser("envs", help="list, remove or garbage-collect this node's "
                           "environments", description="The environments in this node's "
-                          "store. The store is --store, else $RAY_PIXI_STORE_DIR, else the "
+                          f"store. The store is --store, else ${settings.STORE_DIR}, else the "
                           "running Ray agent's, else ~/.cache/ray-pixi/store.")
     envs_sub = envs.add_subparsers(dest="envs_command", required=True, metavar="ACTION")
-    store_help = "the store directory (default: $RAY_PIXI_STORE_DIR, else the running agent's)"
+    store_help = f"the store directory (default: ${settings.STORE_DIR}, else the running " \
+        "agent's)"
     ls = envs_sub.add_parser("list", help="list environments", description=_doc(cmd_envs_list))
     ls.add_argument("--store", metavar="DIR", help=store_help)
     ls.add_argument("--json", action="store_true", help="print JSON for scripts")
@@ -627,7 +635,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # one line with the remedy; tracebacks are for bugs
         from ray_pixi.errors import PixiNotFoundError, PixiSpecError
 
-        if isinstance(e, (CliError, PixiSpecError, PixiNotFoundError)):
+        if isinstance(e, (CliError, PixiSpecError, PixiNotFoundError, settings.InvalidSetting)):
             print(f"ray-pixi: {' '.join(str(e).split())}", file=sys.stderr)
             return 2
         raise

@@ -8,9 +8,9 @@ import platform as _platform
 import sys
 from dataclasses import dataclass
 
-__all__ = ["ClusterInfo", "node_platform", "python_mismatch"]
+from ray_pixi import settings
 
-MATCH_LEVEL_VAR = "RAY_DEFAULT_PYTHON_VERSION_MATCH_LEVEL"
+__all__ = ["ClusterInfo", "node_platform", "python_mismatch"]
 
 
 def node_platform(system: str | None = None, machine: str | None = None) -> str:
@@ -42,15 +42,16 @@ class ClusterInfo:
     match_level: str = "patch"
 
     @classmethod
-    def current(cls) -> ClusterInfo:
+    def current(cls, match_level: str | None = None) -> ClusterInfo:
+        """This node's; the match level is the node's setting unless given."""
         import ray
 
-        level = os.environ.get(MATCH_LEVEL_VAR, "patch")
+        level = settings.python_match_level(os.environ) if match_level is None else match_level
         return cls(
             python_version="{}.{}.{}".format(*sys.version_info[:3]),
             ray_version=ray.__version__,
             platform=node_platform(),
-            match_level=level if level in ("minor", "patch") else "patch",
+            match_level=level,
         )
 
 

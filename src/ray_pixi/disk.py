@@ -23,10 +23,7 @@ from pathlib import Path
 
 from ray_pixi.store import FileLock, Store, disk_usage
 
-__all__ = ["DISK_BUDGET_VAR", "Pruned", "disk_budget_bytes", "enforce_disk_budget",
-           "pixi_cache_dir", "unused_cache_entries"]
-
-DISK_BUDGET_VAR = "RAY_PIXI_DISK_BUDGET_GB"
+__all__ = ["Pruned", "enforce_disk_budget", "pixi_cache_dir", "unused_cache_entries"]
 
 
 def pixi_cache_dir(env: Mapping[str, str]) -> tuple[Path, str]:
@@ -42,17 +39,6 @@ def pixi_cache_dir(env: Mapping[str, str]) -> tuple[Path, str]:
     if (xdg / "pixi").is_dir():
         return xdg / "pixi", f"{xdg / 'pixi'} existing"
     return xdg / "rattler" / "cache", "the default"
-
-
-def disk_budget_bytes(env: Mapping[str, str]) -> int | None:
-    raw = (env.get(DISK_BUDGET_VAR) or "").strip()
-    if not raw:
-        return None
-    try:
-        gib = float(raw)
-    except ValueError:
-        return None
-    return int(gib * 2**30) if gib > 0 else None
 
 
 def _linked_elsewhere(entry: Path) -> bool:

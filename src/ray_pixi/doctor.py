@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -15,7 +14,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from ray_pixi import settings
 from ray_pixi.disk import pixi_cache_dir
+from ray_pixi.settings import PLUGIN_CLASS, PLUGINS, REGISTER_LINE, InvalidSetting
 
 __all__ = [
     "AgentProcess",
@@ -25,13 +26,8 @@ __all__ = [
     "find_agents",
     "lock_holders",
     "pixi_cache_dir",
-    "store_dir",
 ]
 
-PLUGINS_VAR = "RAY_RUNTIME_ENV_PLUGINS"
-PLUGIN_CLASS = "ray_pixi.PixiPlugin"
-REGISTER_LINE = f"export {PLUGINS_VAR}='[{{\"class\": \"{PLUGIN_CLASS}\"}}]'"
-CACHE_CAP_VAR = "RAY_RUNTIME_ENV_PIXI_CACHE_SIZE_GB"
 MIN_FREE_BYTES = 2 * 2**30
 AGENT_SCRIPT = "runtime_env/agent/main.py"
 AGENT_TITLE = "ray::RuntimeEnvAgent"
@@ -72,14 +68,6 @@ def _args(pid: int) -> list[str]:
     return [a.decode(errors="replace") for a in cmdline.split(b"\0") if a]
 
 
-def _flag(args: list[str], *names: str) -> str | None:
-    for arg in args:
-        for name in names:
-            if arg.startswith(f"--{name}="):
-                return arg.split("=", 1)[1]
-    return None
-
-
 def _is_agent(args: list[str]) -> bool:
     """Ray retitles the agent `ray::RuntimeEnvAgent` once it runs; before that its command
     line is `python [-u] .../runtime_env/agent/main.py ...`."""
@@ -89,7 +77,7 @@ def _is_agent(args: list[str]) -> bool:
 
 def _is_raylet(args: list[str]) -> bool:
     return bool(args) and os.path.basename(args[0]) == "raylet" and \
-        _flag(args, "runtime_env_agent_command") is not None
+        settings.agent_flag("runtime_env_agent_command", args) is not None
 
 
 def _ppid(pid: int) -> int | None:
@@ -125,9 +113,10 @@ def agent_process(pid: int) -> AgentProcess | None:
         item.decode(errors="replace").split("=", 1)
         for item in environ.split(b"\0") if b"=" in item
     )
-    command = _flag(args, "runtime_env_agent_command") or sys.executable
+    command = settings.agent_flag("runtime_env_agent_command", args) or sys.executable
     started = float(stat.rsplit(b")", 1)[1].split()[19])
-    return AgentProcess(pid, command.split()[0], env, _flag(args, "session_dir"), started)
+    return AgentProcess(pid, command.split()[0], env, settings.agent_flag("session_dir", args),
+                        started)
 
 
 def find_agents() -> list[AgentProcess]:
@@ -145,14 +134,6 @@ def find_agents() -> list[AgentProcess]:
 
 def _home(env: Mapping[str, str]) -> Path:
     return Path(env.get("HOME") or os.path.expanduser("~"))
-
-
-def store_dir(env: Mapping[str, str]) -> Path:
-    """The store the plugin uses under these variables (as plugin.default_store_dir)."""
-    if env.get("RAY_PIXI_STORE_DIR"):
-        return Path(env["RAY_PIXI_STORE_DIR"])
-    cache = env.get("XDG_CACHE_HOME") or str(_home(env) / ".cache")
-    return Path(cache) / "ray-pixi" / "store"
 
 
 def _existing(path: Path) -> Path:
@@ -177,28 +158,28 @@ def _writable(path: Path) -> str | None:
 
 
 def check_plugins_var(env: Mapping[str, str], whose: str) -> Check:
-    raw = env.get(PLUGINS_VAR)
+    """Ray's agent parses the variable when it starts: a malformed one takes the node down."""
     fix = f"{REGISTER_LINE} before `ray start` on this node (KubeRay: the ray-pixi add-on sets it)"
-    if not raw:
-        return Check("plugin registered", FAIL, f"{PLUGINS_VAR} is not set for {whose}", fix)
     try:
-        plugins = json.loads(raw)
-    except ValueError as e:
-        return Check("plugin registered", FAIL, f"{PLUGINS_VAR}={raw!r} is not JSON ({e})",
-                     fix)
-    if not isinstance(plugins, list) or not all(isinstance(p, dict) for p in plugins):
-        return Check("plugin registered", FAIL,
-                     f"{PLUGINS_VAR}={raw!r} must be a JSON list of objects", fix)
-    ours = [p for p in plugins if p.get("class") == PLUGIN_CLASS]
-    if not ours:
-        classes = [p.get("class") for p in plugins]
-        return Check("plugin registered", FAIL, f"{PLUGINS_VAR} for {whose} lists {classes}, "
+        plugins = settings.plugins(env)
+    except InvalidSetting as e:
+        return Check("plugin registered", FAIL, f"{e.problem} (Ray's agent cannot start)", e.fix)
+    if plugins is None:
+        return Check("plugin registered", FAIL, f"{PLUGINS} is not set for {whose}", fix)
+    if not any(p["class"] == PLUGIN_CLASS for p in plugins):
+        classes = [p["class"] for p in plugins]
+        return Check("plugin registered", FAIL, f"{PLUGINS} for {whose} lists {classes}, "
                      f"not {PLUGIN_CLASS}", f"add {{\"class\": \"{PLUGIN_CLASS}\"}} to it")
-    priority = ours[0].get("priority", 10)
-    if not isinstance(priority, int) or not 0 <= priority <= 100:
-        return Check("plugin registered", FAIL, f"priority {priority!r} is not an integer "
-                     "from 0 to 100", "drop `priority` or give an integer from 0 to 100")
-    return Check("plugin registered", OK, f"{PLUGINS_VAR} lists {PLUGIN_CLASS} for {whose}")
+    return Check("plugin registered", OK, f"{PLUGINS} lists {PLUGIN_CLASS} for {whose}")
+
+
+def check_settings(env: Mapping[str, str]) -> list[Check]:
+    """Each malformed node setting, Ray's own included (a malformed cache size takes the
+    agent down when it starts; any other fails every pixi request)."""
+    found = [e for e in settings.problems(env) if e.name != PLUGINS]  # check_plugins_var's
+    if not found:
+        return [Check("settings", OK, "every ray-pixi setting set here is well-formed")]
+    return [Check(f"setting {e.name}", FAIL, e.problem, e.fix) for e in found]
 
 
 _IMPORT_PROBE = (
@@ -243,25 +224,27 @@ def check_import(python: str, env: Mapping[str, str], own_version: str
 
 def check_pixi(env: Mapping[str, str], min_version: tuple[int, int, int],
                read_version: Callable[[str], tuple[int, int, int]]) -> Check:
-    pinned = env.get("RAY_PIXI_PIXI_VERSION")
-    explicit = env.get("RAY_PIXI_EXE")
+    try:
+        pinned = settings.pixi_version(env)
+    except InvalidSetting:
+        pinned = None  # check_settings names it
     minimum = ".".join(map(str, min_version))
-    if explicit:
-        path: str | None = explicit
-        if not (os.path.isfile(explicit) and os.access(explicit, os.X_OK)):
-            return Check("pixi", FAIL, f"RAY_PIXI_EXE={explicit!r} is not an executable file",
-                         "point RAY_PIXI_EXE at the pixi binary, or unset it to use PATH")
-    else:
+    try:
+        path = settings.pixi_exe(env)
+    except InvalidSetting as e:
+        return Check("pixi", FAIL, e.problem, e.fix)
+    if path is None:
         path = shutil.which("pixi", path=env.get("PATH", os.defpath))
     if path is None:
         if pinned:
-            return Check("pixi", WARN, "no pixi on PATH and RAY_PIXI_EXE unset; "
-                         f"RAY_PIXI_PIXI_VERSION={pinned} will be downloaded (sha256-verified) "
-                         "at the first install", "set RAY_PIXI_DOWNLOAD_URL to a mirror on "
+            return Check("pixi", WARN, f"no pixi on PATH and {settings.PIXI_EXE} unset; "
+                         f"{settings.PIXI_VERSION}={pinned} will be downloaded (sha256-verified)"
+                         f" at the first install", f"set {settings.DOWNLOAD_URL} to a mirror on "
                          "air-gapped nodes, or install pixi")
-        return Check("pixi", FAIL, "no pixi: RAY_PIXI_EXE is unset and `pixi` is not on the "
-                     "PATH the agent has", "install pixi (https://pixi.sh) on the node or set "
-                     "RAY_PIXI_EXE, or set RAY_PIXI_PIXI_VERSION to have ray-pixi fetch one")
+        return Check("pixi", FAIL, f"no pixi: {settings.PIXI_EXE} is unset and `pixi` is not on "
+                     "the PATH the agent has", "install pixi (https://pixi.sh) on the node or "
+                     f"set {settings.PIXI_EXE}, or set {settings.PIXI_VERSION} to have ray-pixi "
+                     "fetch one")
     try:
         version = read_version(path)
     except Exception as e:  # a broken binary: its own message says what
@@ -269,17 +252,16 @@ def check_pixi(env: Mapping[str, str], min_version: tuple[int, int, int],
     shown = ".".join(map(str, version))
     if version < min_version:
         return Check("pixi", FAIL, f"{path} is pixi {shown}; ray-pixi needs {minimum} or newer",
-                     "`pixi self-update`, or set RAY_PIXI_PIXI_VERSION to a newer release")
-    note = f" (RAY_PIXI_PIXI_VERSION={pinned} will be fetched for specs without " \
+                     f"`pixi self-update`, or set {settings.PIXI_VERSION} to a newer release")
+    note = f" ({settings.PIXI_VERSION}={pinned} will be fetched for specs without " \
            "pixi_version)" if pinned and pinned != shown else ""
     return Check("pixi", OK, f"{path} is pixi {shown} (>= {minimum}){note}")
 
 
-def check_dirs(env: Mapping[str, str]) -> list[Check]:
-    store = store_dir(env)
+def check_dirs(env: Mapping[str, str], store: Path) -> list[Check]:
     cache, chosen_by = pixi_cache_dir(env)
     checks = []
-    for name, path, var in (("store dir", store, "RAY_PIXI_STORE_DIR"),
+    for name, path, var in (("store dir", store, settings.STORE_DIR),
                             ("pixi cache dir", cache, "PIXI_CACHE_DIR")):
         problem = _writable(path)
         if problem:
@@ -304,21 +286,20 @@ def check_dirs(env: Mapping[str, str]) -> list[Check]:
     except OSError as e:
         return [*checks, Check("free disk", FAIL, f"cannot stat {store}: {e}", "")]
     try:
-        cap = float(env.get(CACHE_CAP_VAR) or 10) * 1e9
-    except ValueError:
-        checks.append(Check("cache cap", FAIL, f"{CACHE_CAP_VAR}={env[CACHE_CAP_VAR]!r} is not "
-                            "a number", f"set {CACHE_CAP_VAR} to a number of GB, e.g. 10"))
-        cap = 10e9
+        cap: int | None = settings.cache_cap_bytes(env)
+    except InvalidSetting:
+        cap = None  # check_settings names it
     shown = f"{free / 1e9:.1f} GB free where the store lives"
     if free < MIN_FREE_BYTES:
         checks.append(Check("free disk", FAIL, shown, "free disk space (`ray-pixi envs gc`) "
-                            "or move RAY_PIXI_STORE_DIR to a larger volume"))
-    elif free < cap:
+                            f"or move {settings.STORE_DIR} to a larger volume"))
+    elif cap is not None and free < cap:
         checks.append(Check("free disk", WARN, f"{shown}, less than the plugin's cache cap "
-                            f"of {cap / 1e9:.0f} GB ({CACHE_CAP_VAR})",
-                            f"lower {CACHE_CAP_VAR} or give the store more room"))
+                            f"of {cap / 1e9:.0f} GB ({settings.CACHE_SIZE})",
+                            f"lower {settings.CACHE_SIZE} or give the store more room"))
     else:
-        checks.append(Check("free disk", OK, f"{shown} (cache cap {cap / 1e9:.0f} GB)"))
+        capped = "" if cap is None else f" (cache cap {cap / 1e9:.0f} GB)"
+        checks.append(Check("free disk", OK, f"{shown}{capped}"))
     return checks
 
 
@@ -377,8 +358,7 @@ def mount_of(path: Path, mountinfo: str | None = None) -> tuple[str, str, str]:
     return best
 
 
-def check_locks(env: Mapping[str, str], mountinfo: str | None = None) -> Check:
-    store = store_dir(env)
+def check_locks(store: Path, mountinfo: str | None = None) -> Check:
     point, fstype, options = mount_of(store, mountinfo)
     base = fstype.split(".", 1)[0]
     if base in ("nfs", "nfs4") and ("local_lock=flock" in options or "local_lock=all" in options):
@@ -386,7 +366,7 @@ def check_locks(env: Mapping[str, str], mountinfo: str | None = None) -> Check:
                      "local_lock, so its flock locks are not seen by other machines: nodes "
                      "on two hosts may install one environment at the same time",
                      "mount it without local_lock, or give each node its own store "
-                     "(RAY_PIXI_STORE_DIR on local disk)")
+                     f"({settings.STORE_DIR} on local disk)")
     if base in _LOCAL_FLOCK_FS or base == "fuse":
         return Check("store locks", WARN, f"{store} is on {fstype} ({point}): ray-pixi's "
                      "install and use locks (flock) are only as reliable across machines as "
@@ -428,16 +408,6 @@ def check_pixi_config(env: Mapping[str, str]) -> Check:
     return Check("pixi config", OK, "pixi reads " + ", ".join(map(str, candidates)))
 
 
-def check_pinned_version(env: Mapping[str, str]) -> Check | None:
-    pinned = env.get("RAY_PIXI_PIXI_VERSION", "").strip()
-    if not pinned:
-        return None
-    if not re.match(r"^\d+\.\d+\.\d+$", pinned):
-        return Check("pinned pixi", FAIL, f"RAY_PIXI_PIXI_VERSION={pinned!r} is not a release "
-                     "version X.Y.Z: every pixi request fails", "write it like 0.77.0 (no 'v')")
-    return Check("pinned pixi", OK, f"RAY_PIXI_PIXI_VERSION={pinned}")
-
-
 def check_node(env: Mapping[str, str], python: str, whose: str, own_version: str,
                min_pixi: tuple[int, int, int],
                read_version: Callable[[str], tuple[int, int, int]]) -> list[Check]:
@@ -452,14 +422,17 @@ def check_node(env: Mapping[str, str], python: str, whose: str, own_version: str
     checks = [check_plugins_var(env, whose)]
     imported, seen = check_import(python, env, own_version)
     checks.append(imported)
+    checks += check_settings(env)
     checks.append(check_pixi(env, min_pixi, read_version))
-    pinned = check_pinned_version(env)
-    if pinned is not None:
-        checks.append(pinned)
     checks.append(check_bash(env))
     checks.append(check_pixi_config(env))
-    checks += check_dirs(env)
-    checks.append(check_locks(env))
+    try:
+        store = settings.store_dir(env)
+    except InvalidSetting:
+        store = None  # check_settings names it; the directory checks need the store
+    if store is not None:
+        checks += check_dirs(env, store)
+        checks.append(check_locks(store))
     checks.append(check_versions(seen, own_python, own_ray))
     return checks
 
@@ -490,10 +463,10 @@ def lock_holders(path: Path) -> set[int]:
 def describe_pid(pid: int) -> str:
     """`pid N` plus the Ray session it serves, if it is a Ray process."""
     args = _args(pid)
-    session = _flag(args, "session-dir", "session_dir")
+    session = settings.agent_flag("session-dir", args) or settings.agent_flag("session_dir", args)
     if session is None and args and args[0].startswith("ray::"):
         parent = _ppid(pid)
-        session = _flag(_args(parent), "session_dir") if parent else None
+        session = settings.agent_flag("session_dir", _args(parent)) if parent else None
     if session:
         return f"pid {pid}, Ray {os.path.basename(session.rstrip('/'))}"
     return f"pid {pid}" + (f" ({os.path.basename(args[0])})" if args else "")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ray_pixi import project
+from ray_pixi import project, settings
 from ray_pixi.activation import Activation, build_activation
 from ray_pixi.bytecode import compile_environment, share_bytecode
 from ray_pixi.cluster import ClusterInfo, python_mismatch
@@ -175,7 +175,7 @@ def _check_versions(
         problems.append(
             f"it runs Python {python} but the cluster runs {cluster.python_version} (Ray "
             f"compares them at the {cluster.match_level!r} level, "
-            f"RAY_DEFAULT_PYTHON_VERSION_MATCH_LEVEL). Add `{python_line}` under "
+            f"{settings.MATCH_LEVEL}). Add `{python_line}` under "
             f"[dependencies] in {where}"
         )
     if ray != cluster.ray_version:
@@ -207,7 +207,7 @@ def env_prefix(shell_hook_json: str, workspace: Path) -> Path:
             f"pixi installed the environment at {prefix}, outside ray-pixi's store "
             f"({workspace}). Something in the node's pixi configuration moves environments "
             "(detached-environments, or a [cache] override): remove it, or point ray-pixi's "
-            "store (RAY_PIXI_STORE_DIR) there."
+            f"store ({settings.STORE_DIR}) there."
         ) from None
     return prefix
 

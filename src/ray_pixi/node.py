@@ -18,6 +18,8 @@ How Ray's calls map onto environments:
 - Ray's URI cache caps what one agent books. The store is capped too, across agents and Ray
   sessions: after each install, least-recently-used environments that no process holds are
   deleted until the store fits `RAY_RUNTIME_ENV_PIXI_CACHE_SIZE_GB`.
+- The node's settings (`ray_pixi.settings`) are read once, when Ray builds the plugin. A
+  malformed one fails every pixi request with its name, value and fix; other jobs run.
 """
 
 from __future__ import annotations
@@ -25,8 +27,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
-import sys
 import threading
 import time
 from pathlib import Path
@@ -34,26 +34,20 @@ from typing import Any
 
 from ray._private.runtime_env.context import RuntimeEnvContext
 
-from ray_pixi import project
+from ray_pixi import project, settings
 from ray_pixi.bootstrap import install_pixi_release
 from ray_pixi.cluster import ClusterInfo
-from ray_pixi.disk import DISK_BUDGET_VAR, disk_budget_bytes, enforce_disk_budget, pixi_cache_dir
+from ray_pixi.disk import enforce_disk_budget, pixi_cache_dir
 from ray_pixi.errors import PixiNotFoundError, PixiSpecError
 from ray_pixi.install import InstalledEnv, ProjectFiles, install_environment, load_installed
 from ray_pixi.key import build_env_key
 from ray_pixi.pixi_cli import PixiExe, check_min_version, find_pixi_on_node, read_pixi_version
+from ray_pixi.settings import InvalidSettings, NodeSettings
 from ray_pixi.spec import Mode, PixiSpec, parse_runtime_env
 from ray_pixi.store import FileLock, Store
 from ray_pixi.workers import worker_env_vars
 
-__all__ = [
-    "CACHE_SIZE_VAR",
-    "PIXI_VERSION_VAR",
-    "STORE_DIR_VAR",
-    "PixiNode",
-    "default_store_dir",
-    "wanted_pixi_version",
-]
+__all__ = ["PixiNode", "wanted_pixi_version"]
 
 default_logger = logging.getLogger(__name__)
 # Ray calls delete_uri with its uri_cache module's logger, which nothing in the agent writes out
@@ -73,70 +67,36 @@ def _written(logger: logging.Logger) -> logging.Logger:
             return logging.getLogger(name)
     return logger
 
-#: Where environments live; put it on a persistent volume to keep them across restarts.
-STORE_DIR_VAR = "RAY_PIXI_STORE_DIR"
-#: The pixi release every node uses unless a spec pins `pixi_version`.
-PIXI_VERSION_VAR = "RAY_PIXI_PIXI_VERSION"
-#: Ray's own cap for a plugin named `pixi` (GiB); ray-pixi applies it to the store as well.
-CACHE_SIZE_VAR = "RAY_RUNTIME_ENV_PIXI_CACHE_SIZE_GB"
-_DEFAULT_CACHE_GB = 10.0
 _SPEC_CACHE_SIZE = 256
 # Last use is recorded on every setup, but written at most this often per environment.
 _TOUCH_EVERY_SECONDS = 60.0
-_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 
 
-def default_store_dir() -> Path:
-    explicit = os.environ.get(STORE_DIR_VAR)
-    if explicit:
-        return Path(explicit)
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache) / "ray-pixi" / "store"
-
-
-def agent_flag(name: str, argv: list[str] | None = None) -> str | None:
-    """A `--name=value` flag from the runtime_env agent's command line."""
-    argv = sys.argv if argv is None else argv
-    for i, arg in enumerate(argv):
-        if arg.startswith(f"--{name}="):
-            return arg.split("=", 1)[1]
-        if arg == f"--{name}" and i + 1 < len(argv):
-            return argv[i + 1]
-    return None
-
-
-def wanted_pixi_version(spec: PixiSpec) -> str | None:
+def wanted_pixi_version(spec: PixiSpec, node_pin: str | None) -> str | None:
     """The pixi release this spec must run with: its own pin, else the node's."""
-    if spec.pixi_version:
-        return spec.pixi_version
-    pinned = os.environ.get(PIXI_VERSION_VAR, "").strip()
-    if pinned and not _VERSION.match(pinned):
-        raise PixiNotFoundError(
-            f"{PIXI_VERSION_VAR}={pinned!r} on this node is not a pixi release version X.Y.Z. "
-            "Fix the node's setting (e.g. 0.77.0, no leading 'v') or unset it."
-        )
-    return pinned or None
-
-
-def cache_cap_bytes() -> int:
-    """The store's cap, in Ray's unit for its URI caches (GiB)."""
-    try:
-        gib = float(os.environ.get(CACHE_SIZE_VAR) or _DEFAULT_CACHE_GB)
-    except ValueError:
-        gib = _DEFAULT_CACHE_GB
-    return int(gib * 2**30)
+    return spec.pixi_version or node_pin
 
 
 class PixiNode:
     """Installs `runtime_env["pixi"]` once per node and starts workers inside it."""
 
     def __init__(self) -> None:
-        self._store = Store(default_store_dir())
+        self._invalid: InvalidSettings | None = None
+        self._node_settings: NodeSettings | None = None
+        self._node_store: Store | None = None
+        self._node_cluster: ClusterInfo | None = None
+        try:
+            self._node_settings = settings.read(os.environ)
+        except InvalidSettings as e:  # raised on every pixi request; the node stays up
+            self._invalid = e
+            default_logger.error("ray-pixi cannot serve pixi requests on this node:\n%s", e)
+        else:
+            self._node_store = Store(self._node_settings.store_dir)
+            self._node_cluster = ClusterInfo.current(self._node_settings.python_match_level)
         self._store_ready = False
-        self._cluster = ClusterInfo.current()
-        log_dir = agent_flag("log-dir")
+        log_dir = settings.agent_flag(settings.LOG_DIR_FLAG)
         self._session_log_dir = Path(log_dir) if log_dir else None
-        self._resources_dir = agent_flag("runtime-env-dir")
+        self._resources_dir = settings.agent_flag(settings.RUNTIME_ENV_DIR_FLAG)
         self._specs: dict[str, PixiSpec] = {}
         self._keys: dict[str, str] = {}  # URI -> store key
         self._installed: dict[str, InstalledEnv] = {}  # store key -> environment
@@ -145,10 +105,31 @@ class PixiNode:
         self._setups: dict[str, asyncio.Lock] = {}  # URI -> one create at a time
         self._touched: dict[str, float] = {}
         # Leftovers of crashed installs are swept off the agent's startup path.
-        threading.Thread(target=self._sweep, name="ray-pixi-sweep", daemon=True).start()
+        if self._node_store is not None:
+            threading.Thread(target=self._sweep, name="ray-pixi-sweep", daemon=True).start()
+
+    @property
+    def _settings(self) -> NodeSettings:
+        if self._node_settings is None:
+            assert self._invalid is not None
+            raise self._invalid
+        return self._node_settings
+
+    @property
+    def _store(self) -> Store:
+        self._settings  # noqa: B018 - raises what is wrong with the node's settings
+        assert self._node_store is not None
+        return self._node_store
+
+    @property
+    def _cluster(self) -> ClusterInfo:
+        self._settings  # noqa: B018 - raises what is wrong with the node's settings
+        assert self._node_cluster is not None
+        return self._node_cluster
 
     # -- Ray's protocol ------------------------------------------------------------------
     def validate(self, runtime_env: Any) -> None:
+        self._settings  # noqa: B018 - a malformed node setting fails the request first
         self._spec(runtime_env)
 
     async def create(
@@ -316,8 +297,8 @@ class PixiNode:
 
         def evict() -> None:
             try:
-                evicted = self._store.evict_over_cap(cache_cap_bytes(), held)
-                budget = disk_budget_bytes(os.environ)
+                evicted = self._store.evict_over_cap(self._settings.cache_cap_bytes, held)
+                budget = self._settings.disk_budget_bytes
                 pruned = None
                 if budget is not None:
                     cache, _ = pixi_cache_dir(os.environ)
@@ -327,14 +308,13 @@ class PixiNode:
                 return
             if evicted:
                 logger.info("ray-pixi evicted %d least-recently-used environment(s) to keep "
-                            "%s under %s GiB: %s", len(evicted), self._store.root,
-                            os.environ.get(CACHE_SIZE_VAR) or _DEFAULT_CACHE_GB, evicted)
+                            "%s under %g GiB: %s", len(evicted), self._store.root,
+                            self._settings.cache_cap_bytes / 2**30, evicted)
             if pruned is not None and pruned.before != pruned.after:
                 logger.info("ray-pixi pruned %d unused package(s) from pixi's cache and %d "
-                            "environment(s): %d -> %d MiB (%s=%s)", pruned.cache_entries,
-                            len(pruned.environments), pruned.before // 2**20,
-                            pruned.after // 2**20, DISK_BUDGET_VAR,
-                            os.environ.get(DISK_BUDGET_VAR))
+                            "environment(s): %d -> %d MiB (budget %d MiB)",
+                            pruned.cache_entries, len(pruned.environments),
+                            pruned.before // 2**20, pruned.after // 2**20, (budget or 0) // 2**20)
 
         threading.Thread(target=evict, name="ray-pixi-evict", daemon=True).start()
 
@@ -342,7 +322,7 @@ class PixiNode:
         """The node's pixi, unless a version is pinned that it does not have: then the
         pinned release, fetched and verified. A pin rescues a node whose own pixi is
         missing, too old or broken."""
-        wanted = wanted_pixi_version(spec)
+        wanted = wanted_pixi_version(spec, self._settings.pixi_version)
         try:
             found = await asyncio.to_thread(find_pixi_on_node)
         except PixiNotFoundError:
@@ -353,16 +333,17 @@ class PixiNode:
             return found
         if wanted is None:
             raise PixiNotFoundError(
-                "No pixi found on this node: RAY_PIXI_EXE is unset and `pixi` is not on the "
-                "PATH of the Ray processes. Install pixi on the node (or set RAY_PIXI_EXE), "
-                f"or set pixi_version in the spec (or {PIXI_VERSION_VAR} on the node) to have "
+                f"No pixi found on this node: {settings.PIXI_EXE} is unset and `pixi` is not on "
+                "the PATH of the Ray processes. Install pixi on the node (or set "
+                f"{settings.PIXI_EXE}), or set pixi_version in the spec (or "
+                f"{settings.PIXI_VERSION} on the node) to have "
                 "ray-pixi fetch a verified release."
             )
         fd = await self._store.bootstrap_lock(wanted).acquire_async()
         try:
             path = await asyncio.to_thread(
-                install_pixi_release, wanted, self._cluster.platform, self._store.pixi_dir
-            )
+                install_pixi_release, wanted, self._cluster.platform, self._store.pixi_dir,
+                self._settings.download_url)
             version = await asyncio.to_thread(read_pixi_version, str(path))
         finally:
             FileLock.release(fd)
@@ -381,7 +362,7 @@ class PixiNode:
         if self._resources_dir:
             return Path(get_local_dir_from_uri(
                 uri, os.path.join(self._resources_dir, "working_dir_files")))
-        return Path(os.environ["RAY_RUNTIME_ENV_CREATE_WORKING_DIR"])
+        return Path(os.environ[settings.CREATE_WORKING_DIR])
 
     @staticmethod
     def _project_files(spec: PixiSpec, root: Path) -> tuple[ProjectFiles, str]:

@@ -14,12 +14,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ray_pixi import settings
 from ray_pixi.errors import PixiInstallError, PixiNotFoundError
 from ray_pixi.process import run_logged, tail
 
 __all__ = [
     "MIN_PIXI_VERSION",
-    "PIXI_EXE_VAR",
     "PixiExe",
     "check_min_version",
     "find_pixi_on_node",
@@ -28,8 +28,6 @@ __all__ = [
     "run_pixi",
 ]
 
-#: Explicit path to the pixi binary; wins over PATH (the KubeRay add-on sets it).
-PIXI_EXE_VAR = "RAY_PIXI_EXE"
 #: `shell-hook --json --as-is`, `--locked` and the `[workspace]` table all work from here.
 MIN_PIXI_VERSION = (0, 53, 0)
 _VERSION_TIMEOUT_SECONDS = 30
@@ -88,8 +86,8 @@ def read_pixi_version(path: str) -> tuple[int, int, int]:
     try:
         st = os.stat(path)
     except OSError as e:
-        raise PixiNotFoundError(f"{path} cannot be read ({e.strerror}). Point RAY_PIXI_EXE "
-                                "at a pixi binary.") from None
+        raise PixiNotFoundError(f"{path} cannot be read ({e.strerror}). Point "
+                                f"{settings.PIXI_EXE} at a pixi binary.") from None
     cache_key = (path, st.st_mtime, st.st_size)
     if cache_key not in _version_cache:
         try:
@@ -113,21 +111,20 @@ def check_min_version(exe: PixiExe) -> PixiExe:
         raise PixiNotFoundError(
             f"pixi at {exe.path} is version {exe.version_str}; ray-pixi needs "
             f"{_format(MIN_PIXI_VERSION)} or newer. Upgrade it (`pixi self-update`), or set "
-            f"pixi_version in the spec (or RAY_PIXI_PIXI_VERSION on the node) to have each "
+            f"pixi_version in the spec (or {settings.PIXI_VERSION} on the node) to have each "
             "node fetch a pinned release."
         )
     return exe
 
 
 def find_pixi_on_node() -> PixiExe | None:
-    """`$RAY_PIXI_EXE`, then `pixi` on PATH; None if neither exists. Blocking."""
-    explicit = os.environ.get(PIXI_EXE_VAR)
+    """The node's explicit pixi (settings.PIXI_EXE), then `pixi` on PATH; None if neither
+    exists. Blocking."""
+    try:
+        explicit = settings.pixi_exe(os.environ)
+    except settings.InvalidSetting as e:
+        raise PixiNotFoundError(str(e)) from None
     if explicit:
-        if not (os.path.isfile(explicit) and os.access(explicit, os.X_OK)):
-            raise PixiNotFoundError(
-                f"{PIXI_EXE_VAR}={explicit!r} is not an executable file. Point it at the "
-                "pixi binary, or unset it to use pixi from PATH."
-            )
         path = explicit
     else:
         found = shutil.which("pixi")

@@ -45,6 +45,7 @@ except ImportError:  # pragma: no cover - Windows has no flock; ray-pixi targets
     fcntl = None  # type: ignore[assignment]
 
 from ray_pixi.errors import PixiStoreError
+from ray_pixi.settings import STORE_DIR
 
 __all__ = ["FileLock", "Store", "StoreEntry", "directory_size", "disk_usage"]
 
@@ -253,7 +254,7 @@ class Store:
                 f"ray-pixi's environment store {self.root} cannot be used: its path contains "
                 f"{''.join(special)!r}, which pixi's activation script (bash) would expand or "
                 "run, and which breaks the quoted prefix conda packages write into their "
-                "files. Set RAY_PIXI_STORE_DIR to a path without $ ` \\ \" ' or line breaks."
+                f"files. Set {STORE_DIR} to a path without $ ` \\ \" ' or line breaks."
             )
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -487,7 +488,7 @@ def _unusable(root: Path, error: OSError) -> str:
         reason = "its filesystem is full"
     return (
         f"ray-pixi's environment store {root} cannot be used on this node: {reason}. Set "
-        "RAY_PIXI_STORE_DIR to a directory the Ray processes can write (on KubeRay: check the "
+        f"{STORE_DIR} to a directory the Ray processes can write (on KubeRay: check the "
         "ray-pixi volume of this Ray pod), or free the disk; jobs without runtime_env['pixi'] "
         "are not affected."
     )

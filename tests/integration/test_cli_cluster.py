@@ -13,7 +13,7 @@ import pytest
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from ray_pixi import doctor, pixi
+from ray_pixi import doctor, pixi, settings
 
 pytestmark = pytest.mark.integration
 JOKES = {"pyjokes": "==0.8.3"}
@@ -130,7 +130,7 @@ def test_doctor_flags_an_agent_started_without_the_plugin(own_cluster) -> None:
     with own_cluster(RAY_RUNTIME_ENV_PLUGINS="[]") as c:
         agent = agent_of(c)
         checked = ray_pixi("doctor", "--agent-pid", str(agent),
-                           RAY_RUNTIME_ENV_PLUGINS=doctor.REGISTER_LINE)  # not this shell's
+                           RAY_RUNTIME_ENV_PLUGINS=settings.REGISTER_LINE)  # not this shell's
     assert checked.returncode == 1, checked.stdout
     assert "Checking the runtime_env agent of the running Ray node (raylet pid" in checked.stdout
     assert "FAIL  plugin registered: RAY_RUNTIME_ENV_PLUGINS for the agent lists [], not " \

@@ -26,6 +26,7 @@ from projects import manifest_text, write_locked
 from ray_pixi import PixiSpecError, pixi
 from ray_pixi.errors import PixiNotFoundError
 from ray_pixi.plugin import PixiPlugin
+from ray_pixi.settings import InvalidSettings
 from ray_pixi.store import Store
 from support import hold_flock, installs
 
@@ -188,7 +189,7 @@ def test_a_pinned_pixi_rescues_a_node_whose_own_pixi_is(
 def test_a_bad_node_pin_is_reported_with_its_value(node_env: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAY_PIXI_PIXI_VERSION", "v0.77")
-    with pytest.raises(PixiNotFoundError, match=r"RAY_PIXI_PIXI_VERSION='v0.77' on this node"):
+    with pytest.raises(InvalidSettings, match=r"^Invalid RAY_PIXI_PIXI_VERSION='v0.77': "):
         setup(PixiPlugin(), SPEC)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ray_pixi import cli, doctor, pixi
+from ray_pixi import cli, doctor, pixi, settings
 from ray_pixi.pixi_cli import MIN_PIXI_VERSION, read_pixi_version
 from ray_pixi.store import FileLock, Store
 from support import session_pixi
@@ -117,11 +117,13 @@ def test_pixi_0_77s_wrapped_error_report_gives_its_first_and_innermost_lines() -
     (REGISTERED, doctor.OK, "lists ray_pixi.PixiPlugin"),
 ])
 def test_the_plugin_variable_is_parsed_as_the_agent_parses_it(value, status, words) -> None:
-    env = {} if value is None else {doctor.PLUGINS_VAR: value}
+    env = {} if value is None else {settings.PLUGINS: value}
     check = doctor.check_plugins_var(env, "the agent")
     assert check.status == status and words in check.detail
     if status == doctor.FAIL:
         assert check.fix
+    if words in ("is not JSON", "must be a JSON list", "priority 500"):
+        assert check.detail.startswith(f"Invalid RAY_RUNTIME_ENV_PLUGINS={value!r}: ")
 
 
 def test_pixi_is_found_and_its_version_checked(tmp_path: Path) -> None:
@@ -144,21 +146,21 @@ def test_pixi_is_found_and_its_version_checked(tmp_path: Path) -> None:
 def test_store_and_cache_must_be_writable_and_should_share_a_filesystem(tmp_path: Path) -> None:
     env = {"RAY_PIXI_STORE_DIR": str(tmp_path / "store"),
            "PIXI_CACHE_DIR": str(tmp_path / "cache")}
-    checks = {c.name: c for c in doctor.check_dirs(env)}
+    checks = {c.name: c for c in doctor.check_dirs(env, settings.store_dir(env))}
     assert checks["store dir"].status == doctor.OK and "will be created" in \
         checks["store dir"].detail
     assert checks["same filesystem"].status == doctor.OK
     (tmp_path / "file").write_text("")
-    blocked = {c.name: c for c in doctor.check_dirs(
-        {**env, "RAY_PIXI_STORE_DIR": str(tmp_path / "file" / "store")})}
+    blocked = {c.name: c for c in doctor.check_dirs(env, tmp_path / "file" / "store")}
     assert blocked["store dir"].status == doctor.FAIL
     assert "RAY_PIXI_STORE_DIR" in blocked["store dir"].fix
     if Path("/dev/shm").is_dir() and os.stat("/dev/shm").st_dev != tmp_path.stat().st_dev:
-        split = {c.name: c for c in doctor.check_dirs({**env, "PIXI_CACHE_DIR": "/dev/shm/c"})}
+        split = {c.name: c for c in doctor.check_dirs(
+            {**env, "PIXI_CACHE_DIR": "/dev/shm/c"}, tmp_path / "store")}
         assert split["same filesystem"].status == doctor.WARN
         assert "copies packages" in split["same filesystem"].detail
     tight = {c.name: c for c in doctor.check_dirs(
-        {**env, "RAY_RUNTIME_ENV_PIXI_CACHE_SIZE_GB": "1e9"})}
+        {**env, "RAY_RUNTIME_ENV_PIXI_CACHE_SIZE_GB": "1e9"}, tmp_path / "store")}
     assert tight["free disk"].status == doctor.WARN
 
 
@@ -166,13 +168,13 @@ def test_doctor_exits_nonzero_and_says_what_to_fix(capsys, tmp_path: Path, monke
     monkeypatch.setenv("RAY_PIXI_STORE_DIR", str(tmp_path / "store"))
     monkeypatch.setenv("PIXI_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("RAY_PIXI_EXE", str(session_pixi()))
-    monkeypatch.delenv(doctor.PLUGINS_VAR, raising=False)
+    monkeypatch.delenv(settings.PLUGINS, raising=False)
     code, out, _ = run(capsys, "doctor", "--shell", "--python", sys.executable)
     assert code == 1
     assert "FAIL  plugin registered: RAY_RUNTIME_ENV_PLUGINS is not set" in out
-    assert f"fix: {doctor.REGISTER_LINE}" in out
+    assert f"fix: {settings.REGISTER_LINE}" in out
     assert "ok    plugin importable" in out and "ok    pixi:" in out
-    monkeypatch.setenv(doctor.PLUGINS_VAR, REGISTERED)
+    monkeypatch.setenv(settings.PLUGINS, REGISTERED)
     code, out, _ = run(capsys, "doctor", "--shell", "--python", sys.executable)
     assert code == 0 and "0 problem(s)" in out, out
 
@@ -183,7 +185,7 @@ def test_doctor_names_a_python_that_lacks_the_plugin(capsys, tmp_path: Path,
     bare.write_text("#!/bin/sh\necho 'ModuleNotFoundError: No module named ray_pixi' >&2\n"
                     "exit 1\n")
     bare.chmod(0o755)
-    monkeypatch.setenv(doctor.PLUGINS_VAR, REGISTERED)
+    monkeypatch.setenv(settings.PLUGINS, REGISTERED)
     code, out, _ = run(capsys, "doctor", "--shell", "--python", str(bare))
     assert code == 1
     assert f"FAIL  plugin importable: {bare} cannot import the plugin: " \
@@ -295,7 +297,7 @@ MOUNTINFO = (
     ("/mnt/nfs-local/store", doctor.FAIL, "not seen by other machines"),
 ])
 def test_the_stores_filesystem_must_share_its_locks(store: str, status: str, words: str) -> None:
-    check = doctor.check_locks({"RAY_PIXI_STORE_DIR": store}, MOUNTINFO)
+    check = doctor.check_locks(Path(store), MOUNTINFO)
     assert check.status == status and words in check.detail
 
 
@@ -319,5 +321,32 @@ def test_pixis_cache_dir_is_resolved_as_pixi_does(tmp_path: Path) -> None:
 
 
 def test_a_bad_pinned_pixi_version_is_a_failure() -> None:
-    check = doctor.check_pinned_version({"RAY_PIXI_PIXI_VERSION": "v0.77"})
-    assert check is not None and check.status == doctor.FAIL
+    [check] = doctor.check_settings({"RAY_PIXI_PIXI_VERSION": "v0.77"})
+    assert check.status == doctor.FAIL
+    assert check.detail == "Invalid RAY_PIXI_PIXI_VERSION='v0.77': must be a pixi release " \
+        "version X.Y.Z"
+
+
+def test_doctor_names_every_malformed_setting_rays_own_included(capsys, tmp_path: Path,
+                                                                monkeypatch) -> None:
+    """Ray parses the cache size and the plugin list when its agent starts, so doctor
+    (before `ray start`) is where a malformed one is caught."""
+    malformed = {
+        "RAY_PIXI_DISK_BUDGET_GB": "not-a-number",
+        "RAY_RUNTIME_ENV_PIXI_CACHE_SIZE_GB": "ten",
+        "RAY_RUNTIME_ENV_PLUGINS": "{bad",
+        "RAY_DEFAULT_PYTHON_VERSION_MATCH_LEVEL": "major",
+        "RAY_PIXI_PIXI_VERSION": "v0.77",
+        "RAY_PIXI_DOWNLOAD_URL": "mirror.local",
+        "RAY_PIXI_STORE_DIR": "relative/store",
+    }
+    monkeypatch.setenv("PIXI_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("RAY_PIXI_EXE", str(session_pixi()))
+    for name, value in malformed.items():
+        monkeypatch.setenv(name, value)
+    code, out, _ = run(capsys, "doctor", "--shell", "--python", sys.executable)
+    assert code == 1
+    for name, value in malformed.items():
+        assert f"FAIL  {'plugin registered' if name == settings.PLUGINS else 'setting ' + name}"\
+               f": Invalid {name}={value!r}: " in out, (name, out)
+    assert f"{len(malformed)} problem(s)" in out, out

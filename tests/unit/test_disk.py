@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ray_pixi.disk import disk_budget_bytes, enforce_disk_budget, unused_cache_entries
+from ray_pixi.disk import enforce_disk_budget, unused_cache_entries
 from ray_pixi.store import FileLock, Store, disk_usage
 
 MB = 2**20
@@ -84,8 +84,3 @@ def test_nothing_is_pruned_while_an_install_holds_the_cache(tmp_path: Path) -> N
         FileLock.release(fd)
     assert (cache / "pkgs" / "orphan").is_dir()
 
-
-def test_the_budget_comes_from_the_nodes_setting() -> None:
-    assert disk_budget_bytes({}) is None
-    assert disk_budget_bytes({"RAY_PIXI_DISK_BUDGET_GB": "1.5"}) == int(1.5 * 2**30)
-    assert disk_budget_bytes({"RAY_PIXI_DISK_BUDGET_GB": "lots"}) is None

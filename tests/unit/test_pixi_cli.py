@@ -39,7 +39,8 @@ def test_explicit_pixi_wins_over_path(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_a_bad_explicit_path_says_so(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("RAY_PIXI_EXE", str(tmp_path / "nope"))
-    with pytest.raises(PixiNotFoundError, match="RAY_PIXI_EXE=.*nope' is not an executable"):
+    with pytest.raises(PixiNotFoundError,
+                       match="^Invalid RAY_PIXI_EXE=.*nope': is not an executable"):
         find_pixi_on_node()
 
 
