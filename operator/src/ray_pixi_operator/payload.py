@@ -149,15 +149,8 @@ def _copy_tree(source: Path, target: Path) -> None:
             if src.is_symlink():
                 os.symlink(os.readlink(src), dst)
                 continue
-            mode = 0o755 if src.stat().st_mode & stat.S_IXUSR else 0o644
-            with (
-                src.open("rb") as fin,
-                open(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as fout,
-            ):
-                shutil.copyfileobj(fin, fout, 1 << 20)
-                fout.flush()
-                os.fsync(fout.fileno())
-            os.chmod(dst, mode)  # noqa: S103 -- the payload is read and run by another uid
+            # The payload is read and run by another uid.
+            _copy_file(src, dst, 0o755 if src.stat().st_mode & stat.S_IXUSR else 0o644)
     for dirpath, _, _ in os.walk(target, topdown=False):
         os.chmod(dirpath, 0o755)  # noqa: S103 -- read by the Ray container's uid
         _fsync_dir(Path(dirpath))
