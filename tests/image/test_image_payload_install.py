@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 from ray_pixi_operator import payload
-from ray_pixi_operator.payload import install, main
+from ray_pixi_operator.payload import main
+from ray_pixi_operator.payload_legacy import install
 
 
 def make_source(root: Path, version: str) -> Path:

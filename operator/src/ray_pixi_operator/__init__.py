@@ -9,20 +9,14 @@ from __future__ import annotations
 
 from .admission import Admission, admit
 from .compat import SUPPORTED
-from .mutation import (
-    ClusterOptions,
-    InjectionError,
-    KeptValue,
-    Preparation,
-    build_cluster_options,
-    is_opted_in,
-    migrate,
-    prepare,
-    restore,
-)
+from .errors import InjectionError
+from .merge import KeptValue
+from .mutation import Preparation, migrate, prepare, restore
 from .names import OPERATOR_VERSION as __version__
+from .options import ClusterOptions, build_cluster_options
 from .record import Injection, Record, RecordError
 from .settings import Settings, SettingsError
+from .templates import is_opted_in
 
 __all__ = [
     "SUPPORTED",

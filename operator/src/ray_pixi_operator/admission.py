@@ -20,18 +20,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import names
-from .mutation import (
-    InjectionError,
-    adopt_legacy,
-    build_cluster_options,
-    cluster_spec,
-    is_opted_in,
-    migrate,
-    prepare,
-    restore,
-)
+from .adoption import adopt_legacy
+from .errors import InjectionError
+from .injection import carries_injection
+from .mutation import migrate, prepare, restore
+from .options import build_cluster_options
 from .record import Record, RecordError, read_record
 from .settings import Settings
+from .templates import cluster_spec, is_opted_in, walk_templates
 
 __all__ = ["Admission", "admit", "needs_admission", "resolve_record"]
 
@@ -71,12 +67,7 @@ def _templates(body: Mapping[str, Any]) -> tuple[Any, ...]:
         spec = cluster_spec(body) or {}
     except InjectionError:  # not a kind ray-pixi prepares: compare what a RayCluster has
         spec = body.get("spec") or {}
-    head = (spec.get("headGroupSpec") or {}).get("template")
-    workers = tuple(
-        group.get("template") if isinstance(group, Mapping) else None
-        for group in spec.get("workerGroupSpecs") or []
-    )
-    return (head, workers)
+    return tuple(group.template for group in walk_templates(spec))
 
 
 def _ray_pixi_annotations(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -176,7 +167,7 @@ def _update(new: Mapping[str, Any], old: Mapping[str, Any] | None, settings: Set
         preparation = restore(new, record)
     else:
         spec = cluster_spec(new)
-        if spec is not None and not _looks_injected(spec):
+        if spec is not None and not carries_injection(spec):
             warnings.append(
                 f"this RayCluster is labelled {names.ENABLED_LABEL}={names.ENABLED_VALUE} but was "
                 "never prepared by ray-pixi (created while the webhook was unreachable?); to "
@@ -215,10 +206,3 @@ def _was_invalid(old: Mapping[str, Any], settings: Settings) -> bool:
     except InjectionError:
         return True
     return False
-
-
-def _looks_injected(spec: Mapping[str, Any]) -> bool:
-    head = ((spec.get("headGroupSpec") or {}).get("template") or {}).get("spec") or {}
-    return any(
-        init.get("name") == names.INIT_CONTAINER_NAME for init in head.get("initContainers") or []
-    )

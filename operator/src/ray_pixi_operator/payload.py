@@ -37,9 +37,8 @@ change them. The volume root must be writable by the installer: emptyDir is; a h
 directory that kubelet creates is root-owned 0755, so create it ahead (mode 1777, or owned by
 the installer's uid), or opt in to ``ray-pixi-payload prepare-volume`` (the error says so).
 
-``ray-pixi-payload install /ray-pixi/payload`` is what ray-pixi 0.1.0 and 0.2.0 injected (one
-directory per payload content, ``.payload-<id>``, behind the symlink ``/ray-pixi/payload``);
-it keeps working for the clusters whose records still name it.
+``ray-pixi-payload install``, the layout ray-pixi 0.1.0 and 0.2.0 injected, is
+:mod:`.payload_legacy`.
 """
 
 from __future__ import annotations
@@ -63,11 +62,9 @@ from pathlib import Path
 __all__ = [
     "DEFAULT_SOURCE",
     "AddResult",
-    "InstallResult",
     "PayloadError",
     "add",
     "binary_arch",
-    "install",
     "main",
     "payload_id",
     "prepare_volume",
@@ -78,14 +75,9 @@ __all__ = [
 DEFAULT_SOURCE = Path("/opt/ray-pixi/payload")
 PIXI_RELPATH = Path("bin") / "pixi"
 PYTHON_RELPATH = Path("python")
-# Directories next to the payload link that the Ray container's user writes.
+# Directories of the volume that the Ray container's user writes.
 SHARED_DIRS = ("store", "pixi-cache")
-SHARED_DIR_MODE = 0o1777
 
-_VERSION_PREFIX = ".payload-"
-_TMP_MARK = ".tmp-"
-_COMPLETE_MARKER = ".complete"
-_LOCK_NAME = ".payload.lock"
 # A temporary copy older than this is the leftover of a killed installer.
 _STALE_TMP_SECONDS = 3600.0
 _LOCK_TIMEOUT_SECONDS = 300.0
@@ -94,15 +86,6 @@ _LOCK_TIMEOUT_SECONDS = 300.0
 class PayloadError(RuntimeError):
     """The payload cannot be installed; the message says why and what to do."""
 
-
-@dataclass(frozen=True)
-class InstallResult:
-    dest: Path
-    version_dir: Path
-    payload_id: str
-    copied: bool  # False: that version was already there
-    switched: bool  # False: dest already pointed at it
-    pruned: tuple[Path, ...]
 
 
 def _walk_files(source: Path) -> Iterator[Path]:
@@ -166,15 +149,8 @@ def _copy_tree(source: Path, target: Path) -> None:
             if src.is_symlink():
                 os.symlink(os.readlink(src), dst)
                 continue
-            mode = 0o755 if src.stat().st_mode & stat.S_IXUSR else 0o644
-            with (
-                src.open("rb") as fin,
-                open(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as fout,
-            ):
-                shutil.copyfileobj(fin, fout, 1 << 20)
-                fout.flush()
-                os.fsync(fout.fileno())
-            os.chmod(dst, mode)  # noqa: S103 -- the payload is read and run by another uid
+            # The payload is read and run by another uid.
+            _copy_file(src, dst, 0o755 if src.stat().st_mode & stat.S_IXUSR else 0o644)
     for dirpath, _, _ in os.walk(target, topdown=False):
         os.chmod(dirpath, 0o755)  # noqa: S103 -- read by the Ray container's uid
         _fsync_dir(Path(dirpath))
@@ -182,7 +158,7 @@ def _copy_tree(source: Path, target: Path) -> None:
 
 @contextlib.contextmanager
 def _locked(
-    root: Path, timeout: float = _LOCK_TIMEOUT_SECONDS, name: str = _LOCK_NAME
+    root: Path, name: str, timeout: float = _LOCK_TIMEOUT_SECONDS
 ) -> Iterator[None]:
     """An exclusive flock on ``root/name``; the file is opened read-only, so installers of
     any uid can take it (flock needs no write permission)."""
@@ -218,113 +194,6 @@ def _check_writable_root(root: Path) -> None:
         f"(or owned by uid {os.getuid()}); for a PVC, set the RayCluster pod's fsGroup or make "
         "the volume root writable."
     )
-
-
-def _ensure_shared_dir(path: Path) -> str | None:
-    """Create a directory every uid can write (1777); return a warning if it cannot be made so."""
-    with contextlib.suppress(FileExistsError):
-        path.mkdir(mode=0o755)
-    st = path.stat()
-    if stat.S_IMODE(st.st_mode) == SHARED_DIR_MODE:
-        return None
-    try:
-        os.chmod(path, SHARED_DIR_MODE)
-    except PermissionError:
-        if st.st_mode & stat.S_IWOTH:
-            return None
-        return (
-            f"{path} exists, belongs to uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o} "
-            f"and uid {os.getuid()} cannot make it writable for the Ray container's user"
-        )
-    return None
-
-
-def _point_link(dest: Path, version_dir: Path, token: str) -> bool:
-    """Make ``dest`` a relative symlink to ``version_dir`` with one rename; False if it was."""
-    target = version_dir.name
-    if dest.is_symlink() and os.readlink(dest) == target:
-        return False
-    tmp_link = dest.parent / f"{_VERSION_PREFIX}link{_TMP_MARK}{token}"
-    os.symlink(target, tmp_link)
-    try:
-        if dest.is_dir() and not dest.is_symlink():
-            # Only a payload laid out by hand or by something else: move it aside first.
-            aside = dest.parent / f"{_VERSION_PREFIX}replaced{_TMP_MARK}{token}"
-            os.rename(dest, aside)
-        os.replace(tmp_link, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_link)
-        raise
-    _fsync_dir(dest.parent)
-    return True
-
-
-def _prune(root: Path, keep: set[str], now: float) -> tuple[Path, ...]:
-    pruned = []
-    for entry in root.iterdir():
-        name = entry.name
-        if not name.startswith(_VERSION_PREFIX) or name in keep or entry.is_symlink():
-            continue
-        if _TMP_MARK in name:
-            # Another installer's copy in progress, unless it is old.
-            try:
-                age = now - entry.lstat().st_mtime
-            except FileNotFoundError:
-                continue
-            if age < _STALE_TMP_SECONDS and "replaced" not in name:
-                continue
-        if entry.is_dir():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                entry.unlink()
-        pruned.append(entry)
-    return tuple(sorted(pruned))
-
-
-def install(dest: Path, source: Path = DEFAULT_SOURCE) -> InstallResult:
-    """Install the payload as ``dest`` (a symlink), with ``store`` and ``pixi-cache`` beside it."""
-    source = Path(source)
-    dest = Path(dest)
-    if not dest.is_absolute():
-        dest = Path.cwd() / dest
-    root = dest.parent
-    _check_source(source)
-    if not root.is_dir():
-        raise PayloadError(f"{root} does not exist: mount the ray-pixi volume there")
-    _check_writable_root(root)
-
-    pid = payload_id(source)
-    version_dir = root / f"{_VERSION_PREFIX}{pid}"
-    token = f"{os.getpid()}-{secrets.token_hex(4)}"
-    with _locked(root):
-        previous = os.readlink(dest) if dest.is_symlink() else None
-        copied = False
-        if not (version_dir / _COMPLETE_MARKER).is_file():
-            if version_dir.exists():  # not ours: never renamed in without its marker
-                shutil.rmtree(version_dir)
-            tmp = root / f"{version_dir.name}{_TMP_MARK}{token}"
-            try:
-                _copy_tree(source, tmp)
-                marker = tmp / _COMPLETE_MARKER
-                marker.write_text(pid + "\n")
-                os.chmod(marker, 0o644)
-                os.rename(tmp, version_dir)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-            _fsync_dir(root)
-            copied = True
-        switched = _point_link(dest, version_dir, token)
-        keep = {version_dir.name, dest.name}
-        if previous:
-            keep.add(previous)
-        pruned = _prune(root, keep, time.time())
-    warnings = [w for w in (_ensure_shared_dir(root / d) for d in SHARED_DIRS) if w]
-    for warning in warnings:
-        print(f"ray-pixi-payload: warning: {warning}", file=sys.stderr)
-    return InstallResult(dest, version_dir, pid, copied, switched, pruned)
 
 
 # --- The layout by payload image and architecture (`ray-pixi-payload add`) ------------------
@@ -636,17 +505,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
     )
     cmd.add_argument("root", type=Path, help="the volume's mount path, e.g. /ray-pixi")
-    cmd = commands.add_parser(
-        "install",
-        help="install the payload at DEST atomically (ray-pixi 0.1/0.2 layout)",
-        description=(
-            "Install the payload as DEST (a symlink to a versioned copy beside it) and create "
-            "the shared store and pixi-cache directories next to it. Idempotent. What clusters "
-            "prepared by ray-pixi 0.1.0 and 0.2.0 run; new clusters get `add`."
-        ),
-    )
-    cmd.add_argument("dest", type=Path, help="where the payload appears, e.g. /ray-pixi/payload")
-    cmd.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help=source_help)
+    if __package__:  # the image's entry point (a lone copy of this file has add and
+        # prepare-volume only): `install`, the 0.1.0/0.2.0 layout
+        from .payload_legacy import add_install_command
+
+        add_install_command(commands, source_help)
     args = parser.parse_args(argv)
     try:
         if args.command == "add":
@@ -662,20 +525,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "prepare-volume":
             print(f"ray-pixi-payload: {prepare_volume(args.root)}")
             return 0
-        result = install(args.dest, args.source)
+        return int(args.run(args))
     except (PayloadError, OSError) as error:
         if isinstance(error, OSError) and error.errno == errno.ENOSPC:
             print(f"ray-pixi-payload: no space left on the volume: {error}", file=sys.stderr)
         else:
             print(f"ray-pixi-payload: {error}", file=sys.stderr)
         return 1
-    state = "copied" if result.copied else "already present"
-    print(
-        f"ray-pixi-payload: payload {result.payload_id} {state}; {result.dest} -> "
-        f"{result.version_dir.name}"
-        + (f"; pruned {len(result.pruned)} old" if result.pruned else "")
-    )
-    return 0
 
 
 if __name__ == "__main__":

@@ -12,8 +12,10 @@ from typing import Any
 import yaml
 
 from . import names
-from .mutation import InjectionError, cluster_spec_path, prepare
+from .errors import InjectionError
+from .mutation import prepare
 from .settings import Settings
+from .templates import cluster_spec_path
 
 __all__ = ["RenderError", "Rendered", "render"]
 

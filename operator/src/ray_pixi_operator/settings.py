@@ -2,7 +2,7 @@
 
 Invalid settings fail at startup with ``Invalid RAY_PIXI_<NAME>='<value>': <rule>``, so a bad
 chart value shows in the pod's log instead of as broken Ray pods later. The value checks are
-shared with the per-cluster annotations (``mutation.build_cluster_options``).
+shared with the per-cluster annotations (``options.build_cluster_options``).
 """
 
 from __future__ import annotations

@@ -21,14 +21,13 @@ from typing import Any, Literal
 
 from . import names
 from .admission import resolve_record
-from .mutation import (
-    InjectionError,
-    build_cluster_options,
-    restore,
-    template_paths,
-)
+from .errors import InjectionError
+from .injection import carries_injection, installer_image
+from .mutation import restore
+from .options import build_cluster_options
 from .record import Record, template_key
 from .settings import Settings
+from .templates import walk_templates
 
 __all__ = [
     "ClusterReport",
@@ -61,14 +60,10 @@ def summarize_pod(pod: Mapping[str, Any]) -> PodSummary:
         template = template_key(None)
     else:
         template = template_key(str(labels.get(names.GROUP_LABEL, "")))
-    inits = (pod.get("spec") or {}).get("initContainers") or []
-    image = next(
-        (str(c.get("image")) for c in inits if c.get("name") == names.INIT_CONTAINER_NAME), None
-    )
     return PodSummary(
         name=str(metadata.get("name")),
         template=template,
-        payload_image=image,
+        payload_image=installer_image(pod.get("spec") or {}),
         deleting=bool(metadata.get("deletionTimestamp")),
     )
 
@@ -131,7 +126,7 @@ def reconcile(
         if problem is not None:
             return _done(names.STATUS_INVALID, events, "Warning", "RayPixiInvalid", problem, None)
         spec = body.get("spec") or {}
-        if _injected_without_record(spec):
+        if carries_injection(spec):
             return _done(
                 names.STATUS_INJECTED,
                 events,
@@ -231,22 +226,13 @@ def _invalid_annotations(settings: Settings, annotations: Mapping[str, str]) -> 
     return None
 
 
-def _injected_without_record(spec: Mapping[str, Any]) -> bool:
-    head = ((spec.get("headGroupSpec") or {}).get("template") or {}).get("spec") or {}
-    return any(
-        init.get("name") == names.INIT_CONTAINER_NAME for init in head.get("initContainers") or []
-    )
-
-
 def _repair_event(
     body: Mapping[str, Any],
     repaired: Mapping[str, Any],
     record: Record,
     annotations: Mapping[str, Any],
 ) -> Event:
-    changed = [
-        path for path, template, fixed in _template_pairs(body, repaired) if template != fixed
-    ]
+    changed = _changed_templates(body, repaired)
     if not changed and record.adopted:
         return Event(
             "Normal",
@@ -266,28 +252,14 @@ def _repair_event(
     )
 
 
-def _template_pairs(
-    before: Mapping[str, Any], after: Mapping[str, Any]
-) -> list[tuple[str, Any, Any]]:
-    spec_before, spec_after = before.get("spec") or {}, after.get("spec") or {}
-    pairs = [
-        (
-            "headGroupSpec",
-            (spec_before.get("headGroupSpec") or {}).get("template"),
-            (spec_after.get("headGroupSpec") or {}).get("template"),
-        )
+def _changed_templates(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
+    """The record's names of the templates of ``after`` that differ from ``before``'s."""
+    old = [group.template for group in walk_templates(before.get("spec") or {})]
+    return [
+        group.key
+        for index, group in enumerate(walk_templates(after.get("spec") or {}))
+        if group.template != (old[index] if index < len(old) else None)
     ]
-    groups_before = spec_before.get("workerGroupSpecs") or []
-    for index, group in enumerate(spec_after.get("workerGroupSpecs") or []):
-        old = groups_before[index] if index < len(groups_before) else {}
-        pairs.append(
-            (
-                f"workerGroupSpecs[{group.get('groupName')}]",
-                old.get("template"),
-                group.get("template"),
-            )
-        )
-    return pairs
 
 
 def _pinned(settings: Settings, annotations: Mapping[str, str], record: Record) -> str | None:
@@ -314,19 +286,9 @@ def _pinned(settings: Settings, annotations: Mapping[str, str], record: Record) 
 
 
 def _pods_on_other_payload(body: Mapping[str, Any], pods: Iterable[PodSummary]) -> str | None:
-    spec = body.get("spec") or {}
-    images: dict[str, str | None] = {}
-    for path, group in template_paths(spec):
-        key = template_key(group)
-        inits = (_at(spec, path.removeprefix("spec.")).get("spec") or {}).get("initContainers")
-        images[key] = next(
-            (
-                str(c.get("image"))
-                for c in inits or []
-                if c.get("name") == names.INIT_CONTAINER_NAME
-            ),
-            None,
-        )
+    images = {
+        group.key: installer_image(group.pod) for group in walk_templates(body.get("spec") or {})
+    }
     other = sorted(
         pod.name
         for pod in pods
@@ -340,17 +302,6 @@ def _pods_on_other_payload(body: Mapping[str, Any], pods: Iterable[PodSummary]) 
         f"another payload (or none): {listed}. They keep running; KubeRay builds their "
         "replacements from the current templates"
     )
-
-
-def _at(spec: Mapping[str, Any], dotted: str) -> Mapping[str, Any]:
-    """Follow a path like ``workerGroupSpecs[1].template`` from :func:`template_paths`."""
-    node: Any = spec
-    for part in dotted.split("."):
-        key, _, index = part.partition("[")
-        node = node.get(key) or {}
-        if index:
-            node = node[int(index.rstrip("]"))]
-    return node if isinstance(node, Mapping) else {}
 
 
 def _clip(event: Event) -> Event:
