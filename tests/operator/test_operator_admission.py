@@ -22,7 +22,7 @@ import pytest
 from crd_schema import validate
 from operator_support import PAYLOAD_IMAGE
 from ray_pixi_operator import Settings, names, prepare
-from ray_pixi_operator.handlers import MEMO_KEY
+from ray_pixi_operator.scope import MEMO_KEY
 
 from support import kopf_admission_handler
 
