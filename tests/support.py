@@ -65,8 +65,8 @@ def installs(store: Path, key: str = "") -> int:
 
 
 def kopf_admission_handler(settings: object) -> object:
-    """kopf's admission entry point bound to the add-on's registered handlers and `settings`
-    (a ray_pixi_operator Settings), as `kopf run` binds it; give it to a kopf.WebhookServer.
+    """kopf's admission entry point bound to the add-on's webhook role and `settings` (a
+    ray_pixi_operator Settings), as `kopf run` binds it; give it to a kopf.WebhookServer.
 
     Uses kopf internals: the admission and chart-TLS tests drive real AdmissionReviews
     through the same code the operator runs.
@@ -74,12 +74,11 @@ def kopf_admission_handler(settings: object) -> object:
     import functools
 
     import kopf
-    import ray_pixi_operator.handlers  # noqa: F401 -- registers the handlers
     from kopf._cogs.structs import references
     from kopf._core.engines.admission import serve_admission_request
-    from kopf._core.intents.registries import get_default_registry
     from kopf._core.reactor.inventory import ResourceMemories
-    from ray_pixi_operator.handlers import MEMO_KEY
+    from ray_pixi_operator.roles import build_registry
+    from ray_pixi_operator.scope import MEMO_KEY
 
     insights = references.Insights()
     insights.webhook_resources.add(references.Resource(
@@ -92,7 +91,7 @@ def kopf_admission_handler(settings: object) -> object:
         settings=kopf.OperatorSettings(),
         memories=ResourceMemories(),
         memobase=kopf.Memo({MEMO_KEY: settings}),
-        registry=get_default_registry(),
+        registry=build_registry(webhook=True, reconciler=False),
         insights=insights,
         indices={},
     )

@@ -40,7 +40,8 @@ __all__ = [
     "PixiVersionMismatchError",
     "pixi",
 ]
-__version__ = "0.1.0"
+# The one version of the plugin, the operator, the chart and the image (hatch reads it).
+__version__ = "0.2.0"
 
 _LAZY = {"pixi": "ray_pixi.driver", "PixiPlugin": "ray_pixi.plugin", "PixiSpec": "ray_pixi.spec"}
 

@@ -1,6 +1,7 @@
 """Build or run the cluster-in-a-box by hand.
 
-PYTHONPATH=tests python -m kube build    # build/cached binaries (what .ci/setup-kube runs)
+PYTHONPATH=tests python -m kube build    # build/cached binaries and KubeRay's samples
+                                         # (what .ci/setup-kube runs)
 PYTHONPATH=tests python -m kube up       # start it; prints KUBECONFIG; Ctrl-C stops it
 PYTHONPATH=tests python -m kube where    # print the cache dir and each binary's state
 """
@@ -14,7 +15,17 @@ import sys
 import threading
 
 # Only the standard library until `up`: .ci/setup-kube runs `build` with any python3.
-from .build import COMPONENTS, ETCD, BuildError, Unavailable, cache_dir, ensure_all, is_built
+from .build import (
+    COMPONENTS,
+    ETCD,
+    KUBERAY,
+    BuildError,
+    Unavailable,
+    cache_dir,
+    ensure_all,
+    is_built,
+    module_source,
+)
 
 
 def _log(message: str) -> None:
@@ -39,12 +50,15 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         paths = ensure_all(_log)
+        # KubeRay's sample clusters, which the operator's render test prepares.
+        samples = module_source(KUBERAY) / "config" / "samples"
     except (Unavailable, BuildError) as error:
         _log(f"kube: {error}")
         return 2
     if args.command == "build":
         for name, path in paths.items():
             print(f"{name}: {path}")
+        print(f"kuberay samples: {samples}")
         return 0
 
     from .cluster import Binaries, KubeCluster

@@ -32,6 +32,7 @@ __all__ = [
     "cache_dir",
     "ensure_all",
     "ensure_built",
+    "module_source",
 ]
 
 RECIPES = Path(__file__).resolve().parent / "go"
@@ -269,6 +270,41 @@ def _build(go: str, component: Component, log: Log) -> None:
         f"(download {downloaded - started:.0f} s, compile {finished - downloaded:.0f} s) "
         f"-> {component.binary()}"
     )
+
+
+def module_source(component: Component) -> Path:
+    """The component's published module, unpacked in the harness's module cache (KubeRay's
+    `config/samples` are read from there), downloaded first if missing: a download, no build.
+
+    Raises `Unavailable` when Go or the module proxy is missing.
+    """
+    # The cache's path escapes each upper-case letter as '!' + its lower case.
+    escaped = re.sub(r"[A-Z]", lambda m: "!" + m.group(0).lower(), component.module)
+    source = Path(go_env()["GOMODCACHE"]) / f"{escaped}@{component.version}"
+    if source.is_dir():
+        return source
+    go = shutil.which("go")
+    if go is None:
+        raise Unavailable(
+            f"{component.module}@{component.version} is not in {source.parent} and Go is not on "
+            "PATH to download it (install Go, then run .ci/setup-kube)",
+            go_present=False,
+        )
+    download = subprocess.run(
+        [go, "mod", "download", component.module],
+        cwd=component.recipe_dir,
+        env=go_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if download.returncode != 0 or not source.is_dir():
+        raise Unavailable(
+            f"could not download {component.module}@{component.version} (is the Go module "
+            "proxy reachable?):\n" + _tail(download.stderr),
+            go_present=True,
+        )
+    return source
 
 
 def ensure_all(log: Log = print) -> dict[str, Path]:

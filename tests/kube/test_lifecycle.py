@@ -612,14 +612,14 @@ def test_a_cluster_declaring_an_old_ray_is_refused_at_create_naming_the_range(
     ns, admin = kube_namespace, kube_cluster.rest()
     make_release()
     old = raycluster("old-ray", labels=LABELS, workers=0)
-    old["spec"]["rayVersion"] = "2.40.0"
+    old["spec"]["rayVersion"] = "2.9.0"
     with pytest.raises(ApiError) as refused:
         admin.create(clusters_path(kube_cluster, ns), old)
     assert refused.value.status == 422
     message = refused.value.body["message"]
     assert 'admission webhook "create.rayclusters.ray-pixi.io" denied the request' in message
-    assert "spec.rayVersion is '2.40.0'" in message
-    assert "Ray >= 2.60, Python >= 3.10, pydantic >= 2.5" in message
+    assert "spec.rayVersion is '2.9.0'" in message
+    assert "Ray >= 2.10, Python >= 3.10, pydantic >= 2.5" in message
     # An admin who knows the image runs a supported Ray vouches for it.
     old["metadata"]["annotations"] = {"ray-pixi.io/ray-version": "2.60.0"}
     created = admin.create(clusters_path(kube_cluster, ns), old)

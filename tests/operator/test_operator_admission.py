@@ -22,7 +22,7 @@ import pytest
 from crd_schema import validate
 from operator_support import PAYLOAD_IMAGE
 from ray_pixi_operator import Settings, names, prepare
-from ray_pixi_operator.handlers import MEMO_KEY
+from ray_pixi_operator.scope import MEMO_KEY
 
 from support import kopf_admission_handler
 
@@ -210,12 +210,12 @@ def test_an_update_that_makes_a_valid_cluster_invalid_is_refused(manifest, setti
 
 def test_create_of_a_cluster_running_an_old_ray_is_refused_with_the_range(manifest, settings):
     cluster = manifest("raycluster-head-only")
-    cluster["spec"]["rayVersion"] = "2.40.0"
+    cluster["spec"]["rayVersion"] = "2.9.0"
     (response,) = send(settings, admission_review("CREATE", cluster))
     result = response["response"]
     assert result["allowed"] is False
-    assert "spec.rayVersion is '2.40.0'" in result["status"]["message"]
-    assert "Ray >= 2.60, Python >= 3.10, pydantic >= 2.5" in result["status"]["message"]
+    assert "spec.rayVersion is '2.9.0'" in result["status"]["message"]
+    assert "Ray >= 2.10, Python >= 3.10, pydantic >= 2.5" in result["status"]["message"]
 
 
 @pytest.mark.parametrize("operation", ["CREATE", "UPDATE"])

@@ -41,4 +41,4 @@ def test_the_operator_gate_states_the_plugins_own_requirements():
 
 
 def test_the_range_reads_as_users_see_it():
-    assert describe_supported() == "Ray >= 2.60, Python >= 3.10, pydantic >= 2.5"
+    assert describe_supported() == "Ray >= 2.10, Python >= 3.10, pydantic >= 2.5"

@@ -605,7 +605,7 @@ def test_a_cluster_prepared_by_0_1_0_is_adopted_unchanged(manifest, make_setting
 # --- The compatibility gate ---
 
 
-@pytest.mark.parametrize("version", ["2.40.0", "2.59.9", "1.13.1"])
+@pytest.mark.parametrize("version", ["2.9.3", "2.0.0", "1.13.1"])
 def test_a_ray_version_below_the_supported_range_is_refused_naming_it(version, manifest, settings):
     body = manifest("raycluster-head-only")
     body["spec"]["rayVersion"] = version
@@ -613,13 +613,24 @@ def test_a_ray_version_below_the_supported_range_is_refused_naming_it(version, m
         prepare(body, settings)
     message = str(error.value)
     assert f"spec.rayVersion is {version!r}" in message
-    assert "Ray >= 2.60, Python >= 3.10, pydantic >= 2.5" in message
+    assert "Ray >= 2.10, Python >= 3.10, pydantic >= 2.5" in message
+    assert "Ray 2.10 to 2.60 tested, newer accepted" in message
+    assert "tagged with its Python (such as rayproject/ray:2.60.0-py311)" in message
     assert "ray-pixi.io/ray-version" in message
+
+
+@pytest.mark.parametrize("version", ["2.10.0", "2.46.0", "2.52.0", "2.60.0", "2.61.0", "3.0.0"])
+def test_every_ray_from_the_floor_up_is_prepared(version, manifest, settings):
+    """The floor and KubeRay's sample releases, and releases newer than the tests ran."""
+    body = manifest("raycluster-head-only")
+    body["spec"]["rayVersion"] = version
+    result = prepare(body, settings)
+    assert result.changed and result.notes == ()
 
 
 def test_an_admin_can_vouch_for_a_stale_ray_version(manifest, settings):
     body = manifest("raycluster-head-only")
-    body["spec"]["rayVersion"] = "2.40.0"
+    body["spec"]["rayVersion"] = "2.9.0"
     body["metadata"]["annotations"] = {"ray-pixi.io/ray-version": "2.60.1"}
     assert prepare(body, settings).changed
 
@@ -634,7 +645,7 @@ def test_a_ray_version_that_cannot_be_compared_is_a_warning(version, manifest, s
     result = prepare(body, settings)
     assert result.changed
     (note,) = result.notes
-    assert "Ray >= 2.60" in note and "ray-pixi.io/ray-version" in note
+    assert "Ray >= 2.10" in note and "ray-pixi.io/ray-version" in note
 
 
 # --- RayJob and RayService ---

@@ -129,11 +129,23 @@ def test_invalid_yaml_names_the_document_and_line(capsys, tmp_path: Path):
     assert "line" in err and "column" in err
 
 
-def test_non_ray_kind_is_a_clear_error(capsys, tmp_path: Path):
+def test_objects_of_other_kinds_beside_a_cluster_come_out_unchanged(capsys, tmp_path: Path):
+    """What `kustomize build` emits: the cluster with its ConfigMaps, Services, Deployments."""
+    source = tmp_path / "mixed.yaml"
+    web = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}}
+    source.write_text(stream("raycluster-head-only") + "---\n" + yaml.safe_dump(web))
+    code, docs, err = run_render(capsys, str(source))
+    assert (code, err) == (0, "")
+    assert docs[1] == web
+    assert "ray-pixi-payload" in str(docs[0]["spec"]["headGroupSpec"])
+
+
+def test_a_labelled_object_of_another_kind_is_a_clear_error(capsys, tmp_path: Path):
     source = tmp_path / "mixed.yaml"
     source.write_text(
         stream("raycluster-head-only")
-        + "---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n"
+        + "---\napiVersion: apps/v1\nkind: Deployment\n"
+        + "metadata: {name: web, labels: {ray-pixi.io/enabled: 'true'}}\n"
     )
     code, docs, err = run_render(capsys, str(source))
     assert code == 1 and docs == []

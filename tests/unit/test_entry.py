@@ -64,10 +64,10 @@ def test_the_supported_range_matches_pyproject() -> None:
 
 def test_problems_name_each_component_outside_the_range() -> None:
     assert compat.problems((3, 11, 7), "2.60.0", "2.11.0") == []
-    assert compat.problems((3, 9, 18), "2.40.0", "1.10.21") == [
-        "Python 3.9.18 (needs >= 3.10)", "Ray 2.40.0 (needs >= 2.60.0)",
+    assert compat.problems((3, 9, 18), "2.9.3", "1.10.21") == [
+        "Python 3.9.18 (needs >= 3.10)", "Ray 2.9.3 (needs >= 2.10.0)",
         "pydantic 1.10.21 (needs >= 2.5.0)"]
-    assert compat.problems((3, 11, 7), "", "2.11.0") == ["Ray (not installed) (needs >= 2.60.0)"]
+    assert compat.problems((3, 11, 7), "", "2.11.0") == ["Ray (not installed) (needs >= 2.10.0)"]
 
 
 @pytest.fixture
@@ -106,8 +106,8 @@ def test_a_node_outside_the_range_is_refused_even_if_the_import_would_work(
 ) -> None:
     """An older Ray may import the implementation and then misbehave: refuse it by version."""
     monkeypatch.setattr(compat, "installed_version",
-                        lambda name: "2.40.0" if name == "ray" else "2.11.0")
+                        lambda name: "2.9.3" if name == "ray" else "2.11.0")
     plugin = PixiPlugin()
     with pytest.raises(PixiUnavailableError) as e:
         plugin.validate({"pixi": "pixi.toml"})
-    assert "Ray 2.40.0 (needs >= 2.60.0)" in str(e.value)
+    assert "Ray 2.9.3 (needs >= 2.10.0)" in str(e.value)

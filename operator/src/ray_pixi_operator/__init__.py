@@ -1,8 +1,9 @@
 """KubeRay add-on that prepares opted-in RayClusters for Ray's runtime_env "pixi".
 
 The mutation (:func:`prepare`, :func:`restore`, :func:`migrate`) and the webhook's decision
-(:func:`admit`) are pure and importable without kopf; the kopf wiring lives in
-:mod:`ray_pixi_operator.handlers`, :mod:`.webhook` and :mod:`.reconciler`. Never imports ray.
+(:func:`admit`) are pure and importable without kopf; the kopf wiring lives in :mod:`.roles`,
+:mod:`.webhook` and :mod:`.reconciler` (``kopf run -m ray_pixi_operator.handlers`` for kopf's own
+CLI). Never imports ray.
 """
 
 from __future__ import annotations

@@ -164,19 +164,20 @@ def _render(args: argparse.Namespace) -> int:
 def _run(*, webhook: bool, reconciler: bool) -> int:
     import kopf
 
-    from . import handlers
+    from .roles import build_registry, check_webhook_tls
+    from .scope import MEMO_KEY
 
     try:
         settings = Settings.from_env(os.environ)
         if webhook:
-            handlers.check_webhook_tls(settings)
+            check_webhook_tls(settings)
     except SettingsError as error:
         print(f"ray-pixi-operator: {error}", file=sys.stderr)
         return 2
 
     kopf.configure(debug=settings.log_level == "DEBUG")
     logging.getLogger().setLevel(settings.log_level)
-    registry = handlers.build_registry(webhook=webhook, reconciler=reconciler)
+    registry = build_registry(webhook=webhook, reconciler=reconciler)
     stop = threading.Event()
     failure: list[BaseException] = []
 
@@ -188,7 +189,7 @@ def _run(*, webhook: bool, reconciler: bool) -> int:
                 clusterwide=not settings.namespaces,
                 namespaces=settings.namespaces,
                 liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz",
-                memo=kopf.Memo({handlers.MEMO_KEY: settings}),
+                memo=kopf.Memo({MEMO_KEY: settings}),
                 stop_flag=stop,
             )
         except BaseException as error:  # noqa: BLE001 -- reported by the main thread

@@ -1,11 +1,13 @@
 """The Ray images ray-pixi supports, stated once, and the gate that refuses the others at CREATE.
 
-Ray imports runtime_env plugins unguarded in its runtime_env agent, so an image whose Ray,
-Python or pydantic is older than the plugin needs would crash-loop every Ray pod. The operator
+The plugin's entry point loads on any Ray node (standard library only, Python 3.9-safe), so an
+image outside the range never takes a Ray pod down: every pixi job on it fails with the reason
+and the range while other jobs run. The gate refuses at CREATE what can therefore only fail
+later: a cluster that opts into ray-pixi on a Ray older than the plugin supports. The operator
 cannot look into an image; it reads the cluster's ``spec.rayVersion`` (KubeRay's own field),
 or the annotation ``ray-pixi.io/ray-version`` where an admin vouches for what the image really
-runs. Python and pydantic cannot be read from the spec: the message names them so the user can
-check the image.
+runs. Python and pydantic cannot be read from the spec: the message names them, and how to pick
+an image tag that has them, so the user can check the image.
 
 :data:`SUPPORTED` must equal the plugin's own requirements in the repository's root
 ``pyproject.toml`` (``requires-python``, ``ray[default]>=``, ``pydantic>=``); a unit test
@@ -20,14 +22,24 @@ from typing import Any
 
 from . import names
 
-__all__ = ["SUPPORTED", "IncompatibleRay", "check_ray_version", "describe_supported"]
+__all__ = [
+    "NEWEST_TESTED_RAY",
+    "SUPPORTED",
+    "IncompatibleRay",
+    "check_ray_version",
+    "describe_supported",
+]
 
 # The lowest version of each that the ray-pixi plugin supports in a Ray image (no upper bounds).
 SUPPORTED: Mapping[str, tuple[int, ...]] = {
-    "ray": (2, 60),
+    "ray": (2, 10),
     "python": (3, 10),
     "pydantic": (2, 5),
 }
+
+# The newest Ray release the tests ran; newer ones are accepted (the plugin API has not changed
+# since 2.10), only not yet proven.
+NEWEST_TESTED_RAY = (2, 60)
 
 _VERSION = re.compile(r"^v?(\d+(?:\.\d+)*)")
 
@@ -37,7 +49,7 @@ class IncompatibleRay(ValueError):
 
 
 def describe_supported() -> str:
-    """The supported range as users read it: 'Ray >= 2.60, Python >= 3.10, pydantic >= 2.5'."""
+    """The supported range as users read it: 'Ray >= 2.10, Python >= 3.10, pydantic >= 2.5'."""
     labels = {"ray": "Ray", "python": "Python", "pydantic": "pydantic"}
     return ", ".join(
         f"{labels[name]} >= {'.'.join(map(str, version))}" for name, version in SUPPORTED.items()
@@ -81,11 +93,18 @@ def check_ray_version(spec: Mapping[str, Any], annotations: Mapping[str, str]) -
             f"{names.RAY_VERSION_ANNOTATION} with its version"
         )
     if version < SUPPORTED["ray"]:
+        floor = _dotted(SUPPORTED["ray"])
         raise IncompatibleRay(
             f"{where} is {declared!r}, but ray-pixi supports {describe_supported()} in the Ray "
-            "image (an older Ray cannot load the plugin and every Ray pod would fail): use a "
-            f"Ray {'.'.join(map(str, SUPPORTED['ray']))}+ image and set spec.rayVersion to its "
-            f"version; if the image already runs a supported Ray and spec.rayVersion is stale, "
-            f'annotate {names.RAY_VERSION_ANNOTATION}: "<the image\'s Ray version>"'
+            f"image (Ray {floor} to {_dotted(NEWEST_TESTED_RAY)} tested, newer accepted); on an "
+            f"older Ray every pixi job would fail. Use a Ray {floor}+ image with Python 3.10 or "
+            f"newer, tagged with its Python (such as rayproject/ray:{_dotted(NEWEST_TESTED_RAY)}"
+            ".0-py311), and set spec.rayVersion to its Ray version; if the image already runs a "
+            "supported Ray and spec.rayVersion is stale, annotate "
+            f'{names.RAY_VERSION_ANNOTATION}: "<the image\'s Ray version>"'
         )
     return None
+
+
+def _dotted(version: tuple[int, ...]) -> str:
+    return ".".join(map(str, version))

@@ -5,12 +5,9 @@ The chart, the image, the plugin and the tests build against these names.
 
 from __future__ import annotations
 
-import importlib.metadata
-
-try:
-    OPERATOR_VERSION = importlib.metadata.version("ray-pixi-operator")
-except importlib.metadata.PackageNotFoundError:  # run from a source tree without installing
-    OPERATOR_VERSION = "unknown"
+# The package's version (hatch reads it from here): the plugin's, the chart's appVersion and the
+# image tag's too, held equal by tests/unit/test_versions.py.
+OPERATOR_VERSION = "0.2.0"
 # Who prepared a cluster, as its injection record says.
 PREPARED_BY = f"ray-pixi-operator {OPERATOR_VERSION}"
 

@@ -1,7 +1,7 @@
 """The reconciler: kopf watches in, :func:`.status.reconcile` decides, patches and events out.
 
 It sees only opted-in RayClusters and Ray pods (server-side label selectors, see
-:func:`.handlers.configure_kopf`). Pods land in a kopf index (a few strings per pod, grouped by
+:func:`.roles.configure_kopf`). Pods land in a kopf index (a few strings per pod, grouped by
 cluster), so a RayCluster event reads its pods from memory: no pod LIST per event, whatever
 the cluster's size. A repair is one JSON patch guarded by the cluster's resourceVersion (a
 ``test`` op first), never a merge patch: a merge patch replaces whole lists, and the cluster
@@ -22,7 +22,7 @@ import jsonpatch
 import kopf
 
 from . import names
-from .handlers import OPTED_IN, RAYCLUSTERS, settings_from
+from .scope import OPTED_IN, RAYCLUSTERS, settings_from
 from .status import ClusterReport, PodSummary, needs_report, reconcile, summarize_pod
 
 __all__ = ["POD_INDEX", "index_ray_pod", "reconcile_raycluster", "register"]

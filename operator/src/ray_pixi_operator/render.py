@@ -1,7 +1,9 @@
 """Offline mutation for clusters that cannot run webhooks (GitOps pipelines, policy engines).
 
-Reads RayCluster / RayJob / RayService YAML (one or many documents) and returns the same
-documents prepared exactly as the webhook would; objects without the label come out unchanged.
+Reads RayCluster / RayJob / RayService / RayCronJob YAML (one or many documents, such as
+``kustomize build`` output) and returns the same documents prepared exactly as the webhook
+would; objects without the label, of any kind, come out unchanged. A labelled object of a kind
+ray-pixi cannot prepare is an error, since its author expected it prepared.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from . import names
 from .errors import InjectionError
 from .mutation import prepare
 from .settings import Settings
-from .templates import cluster_spec_path
+from .templates import cluster_spec_path, is_opted_in
 
 __all__ = ["RenderError", "Rendered", "render"]
 
@@ -46,8 +48,11 @@ def render(text: str, settings: Settings, source: str = "<stdin>") -> Rendered:
             )
         described = f"{where} ({document.get('kind')} {_name(document)!r})"
         try:
-            cluster_spec_path(document)
             _check_label(document)
+            if not _is_ray_kind(document) and not is_opted_in(document):
+                prepared.append(document)  # a ConfigMap, Service... beside the cluster
+                continue
+            cluster_spec_path(document)  # an opted-in object of another kind: say why not
             preparation = prepare(document, settings)
         except InjectionError as error:
             raise RenderError(f"{described}: {error}") from None
@@ -83,6 +88,14 @@ def _load(text: str, source: str) -> list[Any]:
             f"{source}: document {len(documents) + 1}: invalid YAML: {problem}{at}"
         ) from None
     return documents
+
+
+def _is_ray_kind(document: dict[str, Any]) -> bool:
+    try:
+        cluster_spec_path(document)
+    except InjectionError:
+        return False
+    return True
 
 
 def _check_label(document: dict[str, Any]) -> None:

@@ -9,7 +9,7 @@ import kopf
 
 from . import names
 from .admission import admit
-from .handlers import OPTED_IN, RAYCLUSTERS, settings_from, watched
+from .scope import OPTED_IN, RAYCLUSTERS, settings_from, watched
 
 __all__ = ["inject_raycluster", "register"]
 
