@@ -217,12 +217,12 @@ def _rows(store: Any) -> list[dict[str, Any]]:
                          "last_used": path.stat().st_mtime, "in_use": False, "used_by": [],
                          "error": message[0] if message else ""})
         elif path.is_dir():
-            fd = store.install_lock(key).try_acquire()
-            if fd is not None:
-                os.close(fd)
-            rows.append({"key": key, "status": "installing" if fd is None else "incomplete",
+            probe = store.install_lock(key).try_acquire()
+            if probe is not None:
+                probe.release()
+            rows.append({"key": key, "status": "installing" if probe is None else "incomplete",
                          "size_bytes": 0, "last_used": path.stat().st_mtime,
-                         "in_use": fd is None, "used_by": []})
+                         "in_use": probe is None, "used_by": []})
         else:
             continue
         known.add(key)

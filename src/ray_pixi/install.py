@@ -32,7 +32,7 @@ from ray_pixi.manifest import build_inline_manifest, ray_requirement
 from ray_pixi.pixi_cli import PixiExe, pixi_env, run_pixi
 from ray_pixi.process import StepTimeout, run_logged
 from ray_pixi.spec import Mode, PixiSpec
-from ray_pixi.store import FileLock, Store, directory_size
+from ray_pixi.store import Store, directory_size
 
 __all__ = [
     "InstalledEnv",
@@ -281,7 +281,8 @@ async def install_environment(
     Returns (environment, whether this call installed it). Anything short of a complete,
     verified install leaves no marker and no workspace.
     """
-    async with store.installing(key) as lock_fd:
+    async with store.installing(key) as install_lock:
+        lock_fd = install_lock.fd
         installed = await asyncio.to_thread(load_installed, store, key)
         if installed is not None:
             return installed, False
@@ -306,14 +307,11 @@ async def install_environment(
             lock_args = ["--locked"] if spec.install_locked else []
             # Shared: pruning the package cache (ray_pixi.disk) waits until no install
             # can be linking from it.
-            cache_fd = await store.cache_lock().acquire_async(shared=True)
-            try:
+            with await store.cache_lock().acquire_async(shared=True) as cache_lock:
                 await run_pixi(
                     pixi, ["install", *common, *lock_args, *spec.pixi_install_options],
-                    log_path=log_path, cwd=workspace, hold_fds=(lock_fd, cache_fd),
+                    log_path=log_path, cwd=workspace, hold_fds=(lock_fd, cache_lock.fd),
                 )
-            finally:
-                FileLock.release(cache_fd)
             installed_at = time.monotonic()
             env = pixi_env()
             if shutil.which("bash", path=env.get("PATH", os.defpath)) is None:

@@ -47,7 +47,7 @@ except ImportError:  # pragma: no cover - Windows has no flock; ray-pixi targets
 from ray_pixi.errors import PixiStoreError
 from ray_pixi.settings import STORE_DIR
 
-__all__ = ["FileLock", "Store", "StoreEntry", "directory_size", "disk_usage"]
+__all__ = ["FileLock", "HeldLock", "Store", "StoreEntry", "directory_size", "disk_usage"]
 
 _SHARED_BITS = stat.S_IWGRP | stat.S_IWOTH
 # Characters an environment's prefix must not hold: bash expands them inside the double
@@ -119,6 +119,36 @@ def _settle(future: asyncio.Future[None], fd: int, error: BaseException | None) 
         future.set_result(None)
 
 
+class HeldLock:
+    """A lock this process holds. Released by `release()` (idempotent) or on leaving its
+    `with` block, so no path forgets it; `fd` is its descriptor, for child processes that
+    must hold the lock as long as they live (`process.run_logged`'s `hold_fds`)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    @property
+    def fd(self) -> int:
+        if self._fd is None:
+            raise ValueError("this lock was released: its descriptor is closed")
+        return self._fd
+
+    @property
+    def released(self) -> bool:
+        return self._fd is None
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the descriptor drops the flock (a child's copy keeps it)
+
+    def __enter__(self) -> HeldLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class FileLock:
     """An flock on a file: released by the kernel when the holder dies, so a crashed
     install never leaves the store locked. Opened read-only (flock needs no write access),
@@ -139,7 +169,7 @@ class FileLock:
             os.fchmod(fd, self.mode)
         return fd
 
-    def try_acquire(self, shared: bool = False) -> int | None:
+    def try_acquire(self, shared: bool = False) -> HeldLock | None:
         fd = self._open()
         try:
             fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
@@ -148,18 +178,18 @@ class FileLock:
             if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 return None
             raise
-        return fd
+        return HeldLock(fd)
 
-    def acquire(self, shared: bool = False) -> int:
+    def acquire(self, shared: bool = False) -> HeldLock:
         fd = self._open()
         try:
             fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         except BaseException:
             os.close(fd)
             raise
-        return fd
+        return HeldLock(fd)
 
-    async def acquire_async(self, shared: bool = False) -> int:
+    async def acquire_async(self, shared: bool = False) -> HeldLock:
         """Wait for the lock without blocking the agent's event loop.
 
         The wait happens in a thread of its own, never in the loop's default executor: a
@@ -167,9 +197,9 @@ class FileLock:
         thread, and the lock holder's own file work (which runs there) could never finish.
         If the waiter is cancelled, the lock is released as soon as the thread gets it.
         """
-        fd = self.try_acquire(shared)
-        if fd is not None:
-            return fd
+        held = self.try_acquire(shared)
+        if held is not None:
+            return held
         fd = self._open()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
@@ -195,19 +225,7 @@ class FileLock:
         except BaseException:
             os.close(fd)
             raise
-        return fd
-
-    @staticmethod
-    def release(fd: int) -> None:
-        os.close(fd)  # closing the descriptor drops the flock
-
-    @contextlib.contextmanager
-    def held(self, shared: bool = False) -> Iterator[int]:
-        fd = self.acquire(shared)
-        try:
-            yield fd
-        finally:
-            self.release(fd)
+        return HeldLock(fd)
 
 
 @dataclass(frozen=True)
@@ -376,23 +394,19 @@ class Store:
     def delete_if_unused(self, key: str, background: bool = True) -> bool:
         """Delete `key` unless another process installs or uses it. Never raises on an
         entry that is already gone. The caller must have released its own use lock."""
-        install_fd = self.install_lock(key).try_acquire()
-        if install_fd is None:
+        installing = self.install_lock(key).try_acquire()
+        if installing is None:
             return False
-        try:
-            use_fd = self.use_lock(key).try_acquire()
-            if use_fd is None:
+        with installing:
+            using = self.use_lock(key).try_acquire()
+            if using is None:
                 return False
-            try:
+            with using:
                 (self.discard_in_background if background else self.discard)(key)
                 self._failed_path(key).unlink(missing_ok=True)
                 for log in self.install_logs(key):
                     log.unlink(missing_ok=True)
                 return True
-            finally:
-                FileLock.release(use_fd)
-        finally:
-            FileLock.release(install_fd)
 
     def evict_over_cap(
         self,
@@ -428,15 +442,13 @@ class Store:
         for path in self.envs.iterdir():
             if not path.is_dir() or self.read_ready(path.name) is not None:
                 continue
-            fd = self.install_lock(path.name).try_acquire()
-            if fd is None:
+            installing = self.install_lock(path.name).try_acquire()
+            if installing is None:
                 continue  # an install is under way
-            try:
+            with installing:
                 if self.read_ready(path.name) is None:
                     self.discard(path.name)
                     removed.append(path.name)
-            finally:
-                FileLock.release(fd)
         for path in self.trash.iterdir() if self.trash.is_dir() else ():
             shutil.rmtree(path, ignore_errors=True)
         return removed
@@ -449,26 +461,23 @@ class Store:
             ready = self.read_ready(key)
             if ready is None:
                 continue
-            fd = self.use_lock(key).try_acquire()
-            if fd is not None:
-                FileLock.release(fd)
+            probe = self.use_lock(key).try_acquire()
+            if probe is not None:
+                probe.release()
             try:
                 last_used = path.stat().st_mtime
             except OSError:
                 continue
             result.append(StoreEntry(key, ready, int(ready.get("size_bytes", 0)), last_used,
-                                     in_use=fd is None))
+                                     in_use=probe is None))
         return result
 
     @contextlib.asynccontextmanager
-    async def installing(self, key: str) -> AsyncIterator[int]:
-        """Hold `key`'s install lock; yields its descriptor, for the install's child
-        processes to inherit (so an orphaned one keeps the lock until it ends)."""
-        fd = await self.install_lock(key).acquire_async()
-        try:
-            yield fd
-        finally:
-            FileLock.release(fd)
+    async def installing(self, key: str) -> AsyncIterator[HeldLock]:
+        """Hold `key`'s install lock; its `fd` is for the install's child processes to
+        inherit (so an orphaned one keeps the lock until it ends)."""
+        with await self.install_lock(key).acquire_async() as held:
+            yield held
 
 
 def _unusable(root: Path, error: OSError) -> str:

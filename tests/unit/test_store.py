@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import textwrap
 from collections.abc import Iterator
@@ -92,9 +93,47 @@ def test_the_lock_is_released_when_its_holder_dies(tmp_path: Path) -> None:
     assert lock.try_acquire() is None
     child.kill()
     child.wait()
-    fd = lock.try_acquire()
-    assert fd is not None
-    FileLock.release(fd)
+    held = lock.try_acquire()
+    assert held is not None
+    held.release()
+
+
+def test_a_held_lock_is_released_on_leaving_its_block(tmp_path: Path) -> None:
+    lock = FileLock(tmp_path / "w.lock")
+    with lock.acquire() as held:
+        assert lock.try_acquire() is None and not held.released
+    assert held.released
+    with pytest.raises(RuntimeError), lock.acquire():
+        raise RuntimeError("the holder fails")
+    again = lock.try_acquire()
+    assert again is not None, "an exception left the lock taken"
+    again.release()
+
+
+def test_releasing_twice_is_harmless_and_a_released_lock_has_no_descriptor(
+        tmp_path: Path) -> None:
+    lock = FileLock(tmp_path / "r.lock")
+    held = lock.acquire()
+    held.release()
+    held.release()  # must not close a descriptor the process has since reused
+    with pytest.raises(ValueError, match="released"):
+        held.fd  # noqa: B018
+    lock.acquire().release()
+
+
+def test_a_child_given_the_descriptor_holds_the_lock_until_it_ends(tmp_path: Path) -> None:
+    """As an install's pixi does: the parent lets go, the orphaned child keeps the lock."""
+    lock = FileLock(tmp_path / "c.lock")
+    with lock.acquire() as held:
+        child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                                 stdin=subprocess.PIPE, pass_fds=(held.fd,))
+    try:
+        assert lock.try_acquire() is None
+    finally:
+        child.communicate(b"")
+    after = lock.try_acquire()
+    assert after is not None
+    after.release()
 
 
 def test_hard_links_are_counted_once(tmp_path: Path) -> None:
@@ -124,12 +163,12 @@ def test_async_lock_waits_without_blocking_the_loop(tmp_path: Path, shared: bool
     lock = FileLock(tmp_path / "y.lock")
 
     async def scenario() -> None:
-        fd = await lock.acquire_async(shared=shared)
+        held = await lock.acquire_async(shared=shared)
         waiter = asyncio.ensure_future(lock.acquire_async())
         await asyncio.sleep(0)  # let the waiter start; the loop must stay responsive
         assert not waiter.done()
-        FileLock.release(fd)
-        FileLock.release(await asyncio.wait_for(waiter, 10))
+        held.release()
+        (await asyncio.wait_for(waiter, 10)).release()
 
     asyncio.run(scenario())
 
@@ -222,18 +261,18 @@ def test_a_shared_store_lets_another_uid_take_its_locks(world_dir: Path) -> None
     os.chmod(root, 0o1777)  # as the payload init container leaves a shared volume
     store = Store(root)
     store.ensure()
-    fd = store.use_lock(KEY).acquire(shared=True)  # created by this uid
-    FileLock.release(fd)
+    held = store.use_lock(KEY).acquire(shared=True)  # created by this uid
+    held.release()
     # The checkout may sit where other uids cannot enter (a mktemp -d clone is 0700).
     src = world_dir / "src"
     shutil.copytree(SRC / "ray_pixi", src / "ray_pixi",
                     ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
     code = textwrap.dedent(f"""
         import sys; sys.path.insert(0, {str(src)!r})
-        from ray_pixi.store import Store, FileLock
+        from ray_pixi.store import Store
         s = Store({str(root)!r}); s.ensure()
-        FileLock.release(s.use_lock({KEY!r}).acquire(shared=True))
-        FileLock.release(s.install_lock("other" * 4).acquire())
+        s.use_lock({KEY!r}).acquire(shared=True).release()
+        s.install_lock("other" * 4).acquire().release()
         print("ok")
     """)
     done = as_uid(NOBODY, code)
@@ -243,8 +282,8 @@ def test_a_shared_store_lets_another_uid_take_its_locks(world_dir: Path) -> None
 def test_a_private_store_stays_private(tmp_path: Path) -> None:
     store = Store(tmp_path / "store")
     store.ensure()
-    fd = store.use_lock(KEY).acquire()
-    FileLock.release(fd)
+    held = store.use_lock(KEY).acquire()
+    held.release()
     assert os.stat(store.locks).st_mode & 0o022 == 0
     assert os.stat(store.use_lock(KEY).path).st_mode & 0o022 == 0
 
@@ -264,10 +303,10 @@ def test_many_waiters_do_not_starve_the_loops_executor(tmp_path: Path) -> None:
         assert await asyncio.wait_for(asyncio.to_thread(lambda: 42), 10) == 42
         for child in children:
             child.communicate("")
-        fds = await asyncio.wait_for(asyncio.gather(*waiters), 30)
-        for fd in fds:
-            FileLock.release(fd)
-        return len(fds)
+        held_locks = await asyncio.wait_for(asyncio.gather(*waiters), 30)
+        for held in held_locks:
+            held.release()
+        return len(held_locks)
 
     assert asyncio.run(scenario()) == 16
 
@@ -286,9 +325,9 @@ def test_a_cancelled_waiter_leaves_the_lock_free(tmp_path: Path) -> None:
             await waiter
         child.communicate("")  # the holder lets go; the cancelled waiter's thread gets it
         deadline = asyncio.get_running_loop().time() + 10
-        while (fd := lock.try_acquire()) is None:
+        while (held := lock.try_acquire()) is None:
             assert asyncio.get_running_loop().time() < deadline, "the lock stayed taken"
             await asyncio.sleep(0.05)  # poll until the abandoned grant is dropped
-        FileLock.release(fd)
+        held.release()
 
     asyncio.run(scenario())
