@@ -197,14 +197,14 @@ def _rows(store: Any) -> list[dict[str, Any]]:
     rows = []
     for e in store.entries():
         holders = sorted(doctor.lock_holders(store.locks / f"{e.key}.use"))
-        ready = e.ready or {}
+        ready = e.ready
+        assert ready is not None
         rows.append({
             "key": e.key, "status": "ready", "size_bytes": e.size_bytes,
             "last_used": e.last_used, "in_use": e.in_use,
             "used_by": [doctor.describe_pid(p) for p in holders],
-            "environment": ready.get("environment"), "mode": ready.get("mode"),
-            "manifest": ready.get("manifest"), "python": ready.get("python"),
-            "ray": ready.get("ray"),
+            "environment": ready.environment, "mode": ready.mode,
+            "manifest": ready.manifest, "python": ready.python, "ray": ready.ray,
         })
     known = {r["key"] for r in rows}
     for path in sorted(store.envs.iterdir()):

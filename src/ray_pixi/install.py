@@ -31,6 +31,7 @@ from ray_pixi.key import STORE_LAYOUT
 from ray_pixi.manifest import build_inline_manifest, ray_requirement
 from ray_pixi.pixi_cli import PixiExe, pixi_env, run_pixi
 from ray_pixi.process import StepTimeout, run_logged
+from ray_pixi.records import ReadyRecord
 from ray_pixi.spec import Mode, PixiSpec
 from ray_pixi.store import Store, directory_size
 
@@ -94,18 +95,10 @@ class ProjectFiles:
 def load_installed(store: Store, key: str) -> InstalledEnv | None:
     """The ready environment `key`, or None. Blocking (reads the marker)."""
     ready = store.read_ready(key)
-    if ready is None or ready.get("layout") != STORE_LAYOUT:
-        return None
-    try:
-        return InstalledEnv(
-            key=key,
-            activation=Activation.from_json(ready["activation"]),
-            size_bytes=int(ready["size_bytes"]),
-            python_version=str(ready["python"]),
-            ray_version=ready.get("ray"),
-        )
-    except (KeyError, TypeError, ValueError):
-        return None  # a marker from another layout: not trusted, reinstalled
+    if ready is None or ready.layout != STORE_LAYOUT or ready.activation is None \
+            or ready.python is None:
+        return None  # a record from another layout: not trusted, reinstalled
+    return InstalledEnv(key, ready.activation, ready.size_bytes, ready.python, ready.ray)
 
 
 def _manifest_relpath(spec: PixiSpec) -> PurePosixPath:
@@ -344,21 +337,22 @@ async def install_environment(
             seconds = time.monotonic() - started
             timings = {"pixi_install": round(installed_at - started, 3),
                        "bytecode": round(compiled, 3), "total": round(seconds, 3)}
-            await asyncio.to_thread(store.write_ready, key, {
-                "layout": STORE_LAYOUT,
-                "activation": activation.to_json(),
-                "prefix": str(prefix),
-                "size_bytes": size,
-                "python": versions["python"],
-                "ray": versions["ray"],
-                "pixi_version": pixi.version_str,
-                "mode": spec.mode.value,
-                "environment": spec.environment,
-                "manifest": spec.manifest,
-                "installed_at": time.time(),
-                "seconds": timings,
-                "log": str(log_path),
-            })
+            await asyncio.to_thread(store.write_ready, ReadyRecord(
+                key=key,
+                layout=STORE_LAYOUT,
+                activation=activation,
+                prefix=str(prefix),
+                size_bytes=size,
+                python=versions["python"],
+                ray=versions["ray"],
+                pixi_version=pixi.version_str,
+                mode=spec.mode.value,
+                environment=spec.environment,
+                manifest=spec.manifest,
+                installed_at=time.time(),
+                seconds=timings,
+                log=str(log_path),
+            ))
         except PixiInstallError as e:
             store.discard_in_background(key)
             if spec.install_locked and is_stale_lock(str(e)):

@@ -4,7 +4,8 @@ Layout under the store root (outside any Ray session, so environments survive
 `ray stop`/`ray start` and pod restarts when the root is on a persistent volume):
 
     envs/<key>/           the pixi workspace; pixi installs into envs/<key>/.pixi/envs/<env>
-    envs/<key>.json       ready marker: written last, atomically; only a marked env is used
+    envs/<key>.json       ready record (ray_pixi.records): written last, atomically; only a
+                          marked env is used
     envs/<key>.failed     a deterministic failure (version mismatch) to re-raise at once
     logs/install-<key>-<time>-<pid>.log   each install attempt's output (the last few kept)
     locks/<key>.lock      held exclusively while one process installs or deletes <key>
@@ -37,7 +38,6 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 try:
     import fcntl
@@ -45,6 +45,7 @@ except ImportError:  # pragma: no cover - Windows has no flock; ray-pixi targets
     fcntl = None  # type: ignore[assignment]
 
 from ray_pixi.errors import PixiStoreError
+from ray_pixi.records import ReadyRecord
 from ray_pixi.settings import STORE_DIR
 
 __all__ = ["FileLock", "HeldLock", "Store", "StoreEntry", "directory_size", "disk_usage"]
@@ -231,7 +232,7 @@ class FileLock:
 @dataclass(frozen=True)
 class StoreEntry:
     key: str
-    ready: dict[str, Any] | None
+    ready: ReadyRecord | None
     size_bytes: int
     last_used: float
     in_use: bool
@@ -331,20 +332,19 @@ class Store:
         return self.root / "pixi"
 
     # -- markers -------------------------------------------------------------------------
-    def read_ready(self, key: str) -> dict[str, Any] | None:
-        """The ready marker, or None if the entry is not a complete install."""
+    def read_ready(self, key: str) -> ReadyRecord | None:
+        """The ready record, or None if the entry is not a complete install (no record,
+        one that cannot be read or names another key, or no workspace)."""
         try:
-            data = json.loads(self._ready_path(key).read_text())
+            record = ReadyRecord.from_json(json.loads(self._ready_path(key).read_text()))
         except (OSError, ValueError):
             return None
-        if not isinstance(data, dict) or data.get("key") != key:
+        if record.key != key or not self.workspace(key).is_dir():
             return None
-        if not self.workspace(key).is_dir():
-            return None
-        return data
+        return record
 
-    def write_ready(self, key: str, data: dict[str, Any]) -> None:
-        _write_atomic(self._ready_path(key), json.dumps({**data, "key": key}, indent=1))
+    def write_ready(self, record: ReadyRecord) -> None:
+        _write_atomic(self._ready_path(record.key), json.dumps(record.to_json(), indent=1))
 
     def touch(self, key: str) -> None:
         """Record a use, for `ray-pixi envs list` and garbage collection by age."""
@@ -468,7 +468,7 @@ class Store:
                 last_used = path.stat().st_mtime
             except OSError:
                 continue
-            result.append(StoreEntry(key, ready, int(ready.get("size_bytes", 0)), last_used,
+            result.append(StoreEntry(key, ready, ready.size_bytes, last_used,
                                      in_use=probe is None))
         return result
 

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from ray_pixi import cli, doctor, pixi, settings
+from ray_pixi.activation import Activation
 from ray_pixi.pixi_cli import MIN_PIXI_VERSION, read_pixi_version
+from ray_pixi.records import ReadyRecord
 from ray_pixi.store import Store
 from support import session_pixi
 
@@ -196,9 +198,9 @@ def test_doctor_names_a_python_that_lacks_the_plugin(capsys, tmp_path: Path,
 # -- envs --------------------------------------------------------------------------------
 def make_env(store: Store, key: str, size: int = 1000, used: float | None = None) -> None:
     (store.workspace(key) / ".pixi").mkdir(parents=True)
-    store.write_ready(key, {"activation": {"python": "p", "env_vars": {}}, "size_bytes": size,
-                            "python": "3.11.7", "ray": "2.60.0", "mode": "inline",
-                            "environment": "default", "manifest": None})
+    store.write_ready(ReadyRecord(key, activation=Activation("p"), size_bytes=size,
+                                  python="3.11.7", ray="2.60.0", mode="inline",
+                                  environment="default", manifest=None))
     if used is not None:
         os.utime(store.envs / f"{key}.json", (used, used))
 

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from ray_pixi.disk import enforce_disk_budget, unused_cache_entries
+from ray_pixi.records import ReadyRecord
 from ray_pixi.store import Store, disk_usage
 
 MB = 2**20
@@ -27,7 +28,7 @@ def environment(store: Store, key: str, packages: list[Path], age: float) -> Non
     prefix.mkdir(parents=True)
     for entry in packages:
         os.link(entry / "lib" / "data.bin", prefix / f"{entry.name}.bin")
-    store.write_ready(key, {"size_bytes": 4096})
+    store.write_ready(ReadyRecord(key, size_bytes=4096))
     then = os.path.getmtime(store.envs / f"{key}.json") - age
     os.utime(store.envs / f"{key}.json", (then, then))
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from ray_pixi.records import ReadyRecord
 from ray_pixi.store import FileLock, Store, directory_size
 from support import hold_flock
 
@@ -24,7 +25,7 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 def make_ready(store: Store, key: str = KEY) -> None:
     store.workspace(key).mkdir(parents=True)
     (store.workspace(key) / "f").write_bytes(b"x" * 10_000)
-    store.write_ready(key, {"size_bytes": 10_000})
+    store.write_ready(ReadyRecord(key, size_bytes=10_000))
 
 
 def test_only_a_marked_workspace_is_ready(tmp_path: Path) -> None:
@@ -32,8 +33,8 @@ def test_only_a_marked_workspace_is_ready(tmp_path: Path) -> None:
     store.ensure()
     store.workspace(KEY).mkdir(parents=True)
     assert store.read_ready(KEY) is None
-    store.write_ready(KEY, {"size_bytes": 1})
-    assert store.read_ready(KEY) == {"size_bytes": 1, "key": KEY}
+    store.write_ready(ReadyRecord(KEY, size_bytes=1))
+    assert store.read_ready(KEY) == ReadyRecord(KEY, size_bytes=1)
 
 
 def test_a_marker_without_its_workspace_is_not_trusted(tmp_path: Path) -> None:
@@ -200,7 +201,7 @@ def test_a_read_only_store_is_reported_as_such(tmp_path: Path) -> None:
 
 def make_sized(store: Store, key: str, size: int, age: float) -> None:
     make_ready(store, key)
-    store.write_ready(key, {"size_bytes": size})
+    store.write_ready(ReadyRecord(key, size_bytes=size))
     then = os.path.getmtime(store.envs / f"{key}.json") - age
     os.utime(store.envs / f"{key}.json", (then, then))
 
