@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import errno
 import json
 import os
@@ -48,7 +49,9 @@ from ray_pixi.errors import PixiStoreError
 from ray_pixi.records import ReadyRecord
 from ray_pixi.settings import STORE_DIR
 
-__all__ = ["FileLock", "HeldLock", "Store", "StoreEntry", "directory_size", "disk_usage"]
+__all__ = [
+    "EntryState", "FileLock", "HeldLock", "Store", "StoreEntry", "directory_size", "disk_usage",
+]
 
 _SHARED_BITS = stat.S_IWGRP | stat.S_IWOTH
 # Characters an environment's prefix must not hold: bash expands them inside the double
@@ -229,13 +232,27 @@ class FileLock:
         return HeldLock(fd)
 
 
+class EntryState(enum.Enum):
+    """Where an environment in the store stands."""
+
+    READY = "ready"  # a readable ready record beside its workspace
+    FAILED = "failed"  # a remembered deterministic failure, re-raised at once
+    INSTALLING = "installing"  # no ready record yet; a process holds its install lock
+    INCOMPLETE = "incomplete"  # no ready record and nobody installing: the sweep removes it
+
+
 @dataclass(frozen=True)
 class StoreEntry:
+    """One environment. `in_use`: a process holds its use lock (ready) or its install
+    lock (installing), so deleting it now would be refused."""
+
     key: str
-    ready: ReadyRecord | None
+    state: EntryState
     size_bytes: int
     last_used: float
     in_use: bool
+    record: ReadyRecord | None = None
+    failure: str | None = None
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -420,7 +437,7 @@ class Store:
         environment a process uses or installs (its locks say so). Counts every
         environment in the store, whatever Ray session or node made it. Returns the keys
         deleted. Blocking."""
-        entries = sorted(self.entries(), key=lambda e: e.last_used)
+        entries = sorted(self._ready_entries(), key=lambda e: e.last_used)
         total = sum(e.size_bytes for e in entries)
         evicted: list[str] = []
         for entry in entries:
@@ -455,6 +472,24 @@ class Store:
 
     # -- listing -------------------------------------------------------------------------
     def entries(self) -> list[StoreEntry]:
+        """Every environment in the store: the ready ones first, then remembered failures
+        and workspaces without a ready record (an install under way, or what an
+        interrupted one left); each part by key."""
+        ready = self._ready_entries()
+        known = {e.key for e in ready}
+        others = []
+        for path in sorted(self.envs.iterdir()) if self.envs.is_dir() else ():
+            key = path.name.split(".", 1)[0]
+            if key in known or path.name.startswith("."):
+                continue
+            entry = self._unready_entry(key, path)
+            if entry is not None:
+                others.append(entry)
+                known.add(key)
+        return ready + others
+
+    def _ready_entries(self) -> list[StoreEntry]:
+        """The ready environments, by key: what the store's cap counts."""
         result = []
         for path in sorted(self.envs.glob("*.json")):
             key = path.name[: -len(".json")]
@@ -468,9 +503,29 @@ class Store:
                 last_used = path.stat().st_mtime
             except OSError:
                 continue
-            result.append(StoreEntry(key, ready, ready.size_bytes, last_used,
-                                     in_use=probe is None))
+            result.append(StoreEntry(key, EntryState.READY, ready.size_bytes, last_used,
+                                     in_use=probe is None, record=ready))
         return result
+
+    def _unready_entry(self, key: str, path: Path) -> StoreEntry | None:
+        """The failure or unfinished workspace at `path`; None for anything else, or if
+        it is gone meanwhile."""
+        failure = None
+        if path.name == f"{key}.failed":
+            state, in_use, failure = EntryState.FAILED, False, self.read_failed(key) or ""
+        elif path.is_dir():
+            probe = self.install_lock(key).try_acquire()
+            if probe is not None:
+                probe.release()
+            in_use = probe is None
+            state = EntryState.INSTALLING if in_use else EntryState.INCOMPLETE
+        else:
+            return None
+        try:
+            last_used = path.stat().st_mtime
+        except OSError:
+            return None
+        return StoreEntry(key, state, 0, last_used, in_use, failure=failure)
 
     @contextlib.asynccontextmanager
     async def installing(self, key: str) -> AsyncIterator[HeldLock]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ray_pixi.records import ReadyRecord
-from ray_pixi.store import FileLock, Store, directory_size
+from ray_pixi.store import EntryState, FileLock, Store, directory_size
 from support import hold_flock
 
 KEY = "k" * 32
@@ -61,6 +61,42 @@ def test_sweep_removes_unmarked_workspaces_nobody_is_installing(tmp_path: Path) 
     assert not store.workspace("b" * 32).exists()
     assert store.workspace("c" * 32).is_dir()
     assert list(store.trash.iterdir()) == []
+
+
+def test_entries_list_ready_failed_installing_and_incomplete_environments(
+        tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.ensure()
+    ready, failed, installing, incomplete, unreadable = (c * 32 for c in "rfiuz")
+    make_ready(store, ready)
+    store.write_failed(failed, "Ray would refuse this pixi environment's workers: ...")
+    store.workspace(installing).mkdir()
+    store.workspace(incomplete).mkdir()
+    store.workspace(unreadable).mkdir()
+    (store.envs / f"{unreadable}.json").write_text("{not json")
+    used = hold_flock(store.use_lock(ready).path, shared=True)
+    busy = hold_flock(store.install_lock(installing).path, shared=False)
+    try:
+        entries = {e.key: e for e in store.entries()}
+    finally:
+        used.communicate("")
+        busy.communicate("")
+    assert list(entries)[0] == ready  # the ready ones first
+    assert {k: (e.state, e.in_use) for k, e in entries.items()} == {
+        ready: (EntryState.READY, True), failed: (EntryState.FAILED, False),
+        installing: (EntryState.INSTALLING, True), incomplete: (EntryState.INCOMPLETE, False),
+        unreadable: (EntryState.INCOMPLETE, False)}
+    assert entries[ready].record == ReadyRecord(ready, size_bytes=10_000)
+    assert entries[ready].size_bytes == 10_000 and entries[failed].size_bytes == 0
+    assert entries[failed].failure == "Ray would refuse this pixi environment's workers: ..."
+    assert entries[ready].failure is None and entries[failed].record is None
+
+
+def test_an_empty_or_missing_store_has_no_entries(tmp_path: Path) -> None:
+    assert Store(tmp_path / "nowhere").entries() == []
+    store = Store(tmp_path / "store")
+    store.ensure()
+    assert store.entries() == []
 
 
 def test_an_entry_another_agent_uses_is_not_deleted(tmp_path: Path) -> None:
