@@ -26,7 +26,7 @@ HOLDER = """
 import sys
 from pathlib import Path
 from ray_pixi.store import Store
-fd = Store(Path(sys.argv[1])).install_lock(sys.argv[2]).acquire()
+held = Store(Path(sys.argv[1])).install_lock(sys.argv[2]).acquire()
 print("held", flush=True)
 sys.stdin.readline()
 """
@@ -96,7 +96,7 @@ async def _scenarios(n: Node, new_spec: dict[str, Any], doomed_spec: dict[str, A
     from ray.runtime_env import RuntimeEnv
 
     from ray_pixi.plugin import PixiPlugin
-    from ray_pixi.store import FileLock, Store
+    from ray_pixi.store import Store
 
     loop = asyncio.get_running_loop()
     loop.set_debug(True)
@@ -138,10 +138,10 @@ async def _scenarios(n: Node, new_spec: dict[str, Any], doomed_spec: dict[str, A
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def deleting() -> bool:
-        fd = store.use_lock(doomed).try_acquire(shared=True)
-        if fd is None:
+        held = store.use_lock(doomed).try_acquire(shared=True)
+        if held is None:
             return True
-        FileLock.release(fd)
+        held.release()
         return False
 
     caught = await _until(lambda: deleting() or rm.returncode is not None, 30)

@@ -158,10 +158,11 @@ def _open_store(args: argparse.Namespace) -> Any:
             root, source = stores.pop(), f"the running Ray agent's {settings.STORE_DIR}"
         else:
             root, source = settings.store_dir(os.environ), "the default"
-    if not (root / "envs").is_dir():
+    store = Store(root)
+    if not store.envs.is_dir():
         raise CliError(f"no ray-pixi store at {root} (from {source}); pass --store DIR or set "
                        f"{settings.STORE_DIR} to the directory the Ray nodes use")
-    return Store(root), f"{root} (from {source})"
+    return store, f"{root} (from {source})"
 
 
 def _human_size(n: float) -> str:
@@ -190,42 +191,24 @@ def _parse_age(text: str) -> float:
 
 
 def _rows(store: Any) -> list[dict[str, Any]]:
-    """Every key in the store: ready environments, remembered failures, and workspaces
-    with no ready marker (an install under way, or leftovers the next agent sweeps)."""
+    """Every environment in the store (`Store.entries`), as `envs list --json` prints it,
+    with the processes that use each ready one."""
     from ray_pixi import doctor
 
     rows = []
     for e in store.entries():
-        holders = sorted(doctor.lock_holders(store.locks / f"{e.key}.use"))
-        ready = e.ready or {}
-        rows.append({
-            "key": e.key, "status": "ready", "size_bytes": e.size_bytes,
-            "last_used": e.last_used, "in_use": e.in_use,
-            "used_by": [doctor.describe_pid(p) for p in holders],
-            "environment": ready.get("environment"), "mode": ready.get("mode"),
-            "manifest": ready.get("manifest"), "python": ready.get("python"),
-            "ray": ready.get("ray"),
-        })
-    known = {r["key"] for r in rows}
-    for path in sorted(store.envs.iterdir()):
-        key = path.name.split(".", 1)[0]
-        if key in known or path.name.startswith("."):
-            continue
-        if path.suffix == ".failed":
-            message = (store.read_failed(key) or "").strip().splitlines()
-            rows.append({"key": key, "status": "failed", "size_bytes": 0,
-                         "last_used": path.stat().st_mtime, "in_use": False, "used_by": [],
-                         "error": message[0] if message else ""})
-        elif path.is_dir():
-            fd = store.install_lock(key).try_acquire()
-            if fd is not None:
-                os.close(fd)
-            rows.append({"key": key, "status": "installing" if fd is None else "incomplete",
-                         "size_bytes": 0, "last_used": path.stat().st_mtime,
-                         "in_use": fd is None, "used_by": []})
-        else:
-            continue
-        known.add(key)
+        row: dict[str, Any] = {"key": e.key, "status": e.state.value,
+                               "size_bytes": e.size_bytes, "last_used": e.last_used,
+                               "in_use": e.in_use, "used_by": []}
+        if e.record is not None:
+            holders = sorted(doctor.lock_holders(store.use_lock(e.key).path))
+            row.update(used_by=[doctor.describe_pid(p) for p in holders],
+                       environment=e.record.environment, mode=e.record.mode,
+                       manifest=e.record.manifest, python=e.record.python, ray=e.record.ray)
+        elif e.failure is not None:
+            message = e.failure.strip().splitlines()
+            row["error"] = message[0] if message else ""
+        rows.append(row)
     return rows
 
 
@@ -271,8 +254,8 @@ def _remove(store: Any, key: str) -> tuple[bool, str]:
 
     if store.delete_if_unused(key, background=False):
         return True, ""
-    holders = doctor.lock_holders(store.locks / f"{key}.use") | \
-        doctor.lock_holders(store.locks / f"{key}.lock")
+    holders = doctor.lock_holders(store.use_lock(key).path) | \
+        doctor.lock_holders(store.install_lock(key).path)
     who = "; ".join(doctor.describe_pid(p) for p in sorted(holders)) or "another process"
     return False, f"in use by {who}"
 

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ray_pixi.store import FileLock, Store, disk_usage
+from ray_pixi.store import Store, disk_usage
 
 __all__ = ["Pruned", "enforce_disk_budget", "pixi_cache_dir", "unused_cache_entries"]
 
@@ -83,10 +83,10 @@ def enforce_disk_budget(store: Store, cache: Path, budget: int,
                         keep: frozenset[str] = frozenset()) -> Pruned | None:
     """Bring the store plus the cache under `budget` bytes; None if another prune or an
     install holds the cache lock (the next install tries again)."""
-    fd = store.cache_lock().try_acquire()
-    if fd is None:
+    pruning = store.cache_lock().try_acquire()
+    if pruning is None:
         return None
-    try:
+    with pruning:
         before = usage = _usage(store, cache)
         pruned = 0
         evicted: list[str] = []
@@ -109,5 +109,3 @@ def enforce_disk_budget(store: Store, cache: Path, budget: int,
             evicted += victims
             usage = _usage(store, cache)
         return Pruned(before, usage, pruned, tuple(evicted))
-    finally:
-        FileLock.release(fd)

@@ -31,8 +31,9 @@ from ray_pixi.key import STORE_LAYOUT
 from ray_pixi.manifest import build_inline_manifest, ray_requirement
 from ray_pixi.pixi_cli import PixiExe, pixi_env, run_pixi
 from ray_pixi.process import StepTimeout, run_logged
+from ray_pixi.records import ReadyRecord
 from ray_pixi.spec import Mode, PixiSpec
-from ray_pixi.store import FileLock, Store, directory_size
+from ray_pixi.store import Store, directory_size
 
 __all__ = [
     "InstalledEnv",
@@ -94,18 +95,10 @@ class ProjectFiles:
 def load_installed(store: Store, key: str) -> InstalledEnv | None:
     """The ready environment `key`, or None. Blocking (reads the marker)."""
     ready = store.read_ready(key)
-    if ready is None or ready.get("layout") != STORE_LAYOUT:
-        return None
-    try:
-        return InstalledEnv(
-            key=key,
-            activation=Activation.from_json(ready["activation"]),
-            size_bytes=int(ready["size_bytes"]),
-            python_version=str(ready["python"]),
-            ray_version=ready.get("ray"),
-        )
-    except (KeyError, TypeError, ValueError):
-        return None  # a marker from another layout: not trusted, reinstalled
+    if ready is None or ready.layout != STORE_LAYOUT or ready.activation is None \
+            or ready.python is None:
+        return None  # a record from another layout: not trusted, reinstalled
+    return InstalledEnv(key, ready.activation, ready.size_bytes, ready.python, ready.ray)
 
 
 def _manifest_relpath(spec: PixiSpec) -> PurePosixPath:
@@ -281,7 +274,8 @@ async def install_environment(
     Returns (environment, whether this call installed it). Anything short of a complete,
     verified install leaves no marker and no workspace.
     """
-    async with store.installing(key) as lock_fd:
+    async with store.installing(key) as install_lock:
+        lock_fd = install_lock.fd
         installed = await asyncio.to_thread(load_installed, store, key)
         if installed is not None:
             return installed, False
@@ -306,14 +300,11 @@ async def install_environment(
             lock_args = ["--locked"] if spec.install_locked else []
             # Shared: pruning the package cache (ray_pixi.disk) waits until no install
             # can be linking from it.
-            cache_fd = await store.cache_lock().acquire_async(shared=True)
-            try:
+            with await store.cache_lock().acquire_async(shared=True) as cache_lock:
                 await run_pixi(
                     pixi, ["install", *common, *lock_args, *spec.pixi_install_options],
-                    log_path=log_path, cwd=workspace, hold_fds=(lock_fd, cache_fd),
+                    log_path=log_path, cwd=workspace, hold_fds=(lock_fd, cache_lock.fd),
                 )
-            finally:
-                FileLock.release(cache_fd)
             installed_at = time.monotonic()
             env = pixi_env()
             if shutil.which("bash", path=env.get("PATH", os.defpath)) is None:
@@ -346,21 +337,22 @@ async def install_environment(
             seconds = time.monotonic() - started
             timings = {"pixi_install": round(installed_at - started, 3),
                        "bytecode": round(compiled, 3), "total": round(seconds, 3)}
-            await asyncio.to_thread(store.write_ready, key, {
-                "layout": STORE_LAYOUT,
-                "activation": activation.to_json(),
-                "prefix": str(prefix),
-                "size_bytes": size,
-                "python": versions["python"],
-                "ray": versions["ray"],
-                "pixi_version": pixi.version_str,
-                "mode": spec.mode.value,
-                "environment": spec.environment,
-                "manifest": spec.manifest,
-                "installed_at": time.time(),
-                "seconds": timings,
-                "log": str(log_path),
-            })
+            await asyncio.to_thread(store.write_ready, ReadyRecord(
+                key=key,
+                layout=STORE_LAYOUT,
+                activation=activation,
+                prefix=str(prefix),
+                size_bytes=size,
+                python=versions["python"],
+                ray=versions["ray"],
+                pixi_version=pixi.version_str,
+                mode=spec.mode.value,
+                environment=spec.environment,
+                manifest=spec.manifest,
+                installed_at=time.time(),
+                seconds=timings,
+                log=str(log_path),
+            ))
         except PixiInstallError as e:
             store.discard_in_background(key)
             if spec.install_locked and is_stale_lock(str(e)):

@@ -44,7 +44,7 @@ from ray_pixi.key import build_env_key
 from ray_pixi.pixi_cli import PixiExe, check_min_version, find_pixi_on_node, read_pixi_version
 from ray_pixi.settings import InvalidSettings, NodeSettings
 from ray_pixi.spec import Mode, PixiSpec, parse_runtime_env
-from ray_pixi.store import FileLock, Store
+from ray_pixi.store import HeldLock, Store
 from ray_pixi.workers import worker_env_vars
 
 __all__ = ["PixiNode", "wanted_pixi_version"]
@@ -101,7 +101,7 @@ class PixiNode:
         self._keys: dict[str, str] = {}  # URI -> store key
         self._installed: dict[str, InstalledEnv] = {}  # store key -> environment
         self._booked: dict[str, int] = {}  # URI -> bytes reported to Ray's URI cache
-        self._held: dict[str, int] = {}  # store key -> fd of our shared use lock
+        self._held: dict[str, HeldLock] = {}  # store key -> our shared use lock
         self._setups: dict[str, asyncio.Lock] = {}  # URI -> one create at a time
         self._touched: dict[str, float] = {}
         # Leftovers of crashed installs are swept off the agent's startup path.
@@ -204,9 +204,9 @@ class PixiNode:
             return booked
         self._installed.pop(key, None)
         self._touched.pop(key, None)
-        fd = self._held.pop(key, None)
-        if fd is not None:
-            FileLock.release(fd)
+        held = self._held.pop(key, None)
+        if held is not None:
+            held.release()
         try:
             freed = self._store.delete_if_unused(key)
         except OSError as e:
@@ -275,9 +275,9 @@ class PixiNode:
 
     def _release_unless_used(self, key: str) -> None:
         if key not in self._keys.values() and key not in self._installed:
-            fd = self._held.pop(key, None)
-            if fd is not None:
-                FileLock.release(fd)
+            held = self._held.pop(key, None)
+            if held is not None:
+                held.release()
 
     def _touch(self, key: str, force: bool = False) -> None:
         """Record a use for LRU eviction and `ray-pixi envs`, off the event loop."""
@@ -339,14 +339,11 @@ class PixiNode:
                 f"{settings.PIXI_VERSION} on the node) to have "
                 "ray-pixi fetch a verified release."
             )
-        fd = await self._store.bootstrap_lock(wanted).acquire_async()
-        try:
+        with await self._store.bootstrap_lock(wanted).acquire_async():
             path = await asyncio.to_thread(
                 install_pixi_release, wanted, self._cluster.platform, self._store.pixi_dir,
                 self._settings.download_url)
             version = await asyncio.to_thread(read_pixi_version, str(path))
-        finally:
-            FileLock.release(fd)
         return check_min_version(PixiExe(str(path), version))
 
     def _working_dir(self, runtime_env: Any) -> Path:

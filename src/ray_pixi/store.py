@@ -4,7 +4,8 @@ Layout under the store root (outside any Ray session, so environments survive
 `ray stop`/`ray start` and pod restarts when the root is on a persistent volume):
 
     envs/<key>/           the pixi workspace; pixi installs into envs/<key>/.pixi/envs/<env>
-    envs/<key>.json       ready marker: written last, atomically; only a marked env is used
+    envs/<key>.json       ready record (ray_pixi.records): written last, atomically; only a
+                          marked env is used
     envs/<key>.failed     a deterministic failure (version mismatch) to re-raise at once
     logs/install-<key>-<time>-<pid>.log   each install attempt's output (the last few kept)
     locks/<key>.lock      held exclusively while one process installs or deletes <key>
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import errno
 import json
 import os
@@ -37,7 +39,6 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 try:
     import fcntl
@@ -45,9 +46,12 @@ except ImportError:  # pragma: no cover - Windows has no flock; ray-pixi targets
     fcntl = None  # type: ignore[assignment]
 
 from ray_pixi.errors import PixiStoreError
+from ray_pixi.records import ReadyRecord
 from ray_pixi.settings import STORE_DIR
 
-__all__ = ["FileLock", "Store", "StoreEntry", "directory_size", "disk_usage"]
+__all__ = [
+    "EntryState", "FileLock", "HeldLock", "Store", "StoreEntry", "directory_size", "disk_usage",
+]
 
 _SHARED_BITS = stat.S_IWGRP | stat.S_IWOTH
 # Characters an environment's prefix must not hold: bash expands them inside the double
@@ -119,6 +123,36 @@ def _settle(future: asyncio.Future[None], fd: int, error: BaseException | None) 
         future.set_result(None)
 
 
+class HeldLock:
+    """A lock this process holds. Released by `release()` (idempotent) or on leaving its
+    `with` block, so no path forgets it; `fd` is its descriptor, for child processes that
+    must hold the lock as long as they live (`process.run_logged`'s `hold_fds`)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    @property
+    def fd(self) -> int:
+        if self._fd is None:
+            raise ValueError("this lock was released: its descriptor is closed")
+        return self._fd
+
+    @property
+    def released(self) -> bool:
+        return self._fd is None
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the descriptor drops the flock (a child's copy keeps it)
+
+    def __enter__(self) -> HeldLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class FileLock:
     """An flock on a file: released by the kernel when the holder dies, so a crashed
     install never leaves the store locked. Opened read-only (flock needs no write access),
@@ -139,7 +173,7 @@ class FileLock:
             os.fchmod(fd, self.mode)
         return fd
 
-    def try_acquire(self, shared: bool = False) -> int | None:
+    def try_acquire(self, shared: bool = False) -> HeldLock | None:
         fd = self._open()
         try:
             fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
@@ -148,18 +182,18 @@ class FileLock:
             if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 return None
             raise
-        return fd
+        return HeldLock(fd)
 
-    def acquire(self, shared: bool = False) -> int:
+    def acquire(self, shared: bool = False) -> HeldLock:
         fd = self._open()
         try:
             fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         except BaseException:
             os.close(fd)
             raise
-        return fd
+        return HeldLock(fd)
 
-    async def acquire_async(self, shared: bool = False) -> int:
+    async def acquire_async(self, shared: bool = False) -> HeldLock:
         """Wait for the lock without blocking the agent's event loop.
 
         The wait happens in a thread of its own, never in the loop's default executor: a
@@ -167,9 +201,9 @@ class FileLock:
         thread, and the lock holder's own file work (which runs there) could never finish.
         If the waiter is cancelled, the lock is released as soon as the thread gets it.
         """
-        fd = self.try_acquire(shared)
-        if fd is not None:
-            return fd
+        held = self.try_acquire(shared)
+        if held is not None:
+            return held
         fd = self._open()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
@@ -195,28 +229,30 @@ class FileLock:
         except BaseException:
             os.close(fd)
             raise
-        return fd
+        return HeldLock(fd)
 
-    @staticmethod
-    def release(fd: int) -> None:
-        os.close(fd)  # closing the descriptor drops the flock
 
-    @contextlib.contextmanager
-    def held(self, shared: bool = False) -> Iterator[int]:
-        fd = self.acquire(shared)
-        try:
-            yield fd
-        finally:
-            self.release(fd)
+class EntryState(enum.Enum):
+    """Where an environment in the store stands."""
+
+    READY = "ready"  # a readable ready record beside its workspace
+    FAILED = "failed"  # a remembered deterministic failure, re-raised at once
+    INSTALLING = "installing"  # no ready record yet; a process holds its install lock
+    INCOMPLETE = "incomplete"  # no ready record and nobody installing: the sweep removes it
 
 
 @dataclass(frozen=True)
 class StoreEntry:
+    """One environment. `in_use`: a process holds its use lock (ready) or its install
+    lock (installing), so deleting it now would be refused."""
+
     key: str
-    ready: dict[str, Any] | None
+    state: EntryState
     size_bytes: int
     last_used: float
     in_use: bool
+    record: ReadyRecord | None = None
+    failure: str | None = None
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -313,20 +349,19 @@ class Store:
         return self.root / "pixi"
 
     # -- markers -------------------------------------------------------------------------
-    def read_ready(self, key: str) -> dict[str, Any] | None:
-        """The ready marker, or None if the entry is not a complete install."""
+    def read_ready(self, key: str) -> ReadyRecord | None:
+        """The ready record, or None if the entry is not a complete install (no record,
+        one that cannot be read or names another key, or no workspace)."""
         try:
-            data = json.loads(self._ready_path(key).read_text())
+            record = ReadyRecord.from_json(json.loads(self._ready_path(key).read_text()))
         except (OSError, ValueError):
             return None
-        if not isinstance(data, dict) or data.get("key") != key:
+        if record.key != key or not self.workspace(key).is_dir():
             return None
-        if not self.workspace(key).is_dir():
-            return None
-        return data
+        return record
 
-    def write_ready(self, key: str, data: dict[str, Any]) -> None:
-        _write_atomic(self._ready_path(key), json.dumps({**data, "key": key}, indent=1))
+    def write_ready(self, record: ReadyRecord) -> None:
+        _write_atomic(self._ready_path(record.key), json.dumps(record.to_json(), indent=1))
 
     def touch(self, key: str) -> None:
         """Record a use, for `ray-pixi envs list` and garbage collection by age."""
@@ -376,23 +411,19 @@ class Store:
     def delete_if_unused(self, key: str, background: bool = True) -> bool:
         """Delete `key` unless another process installs or uses it. Never raises on an
         entry that is already gone. The caller must have released its own use lock."""
-        install_fd = self.install_lock(key).try_acquire()
-        if install_fd is None:
+        installing = self.install_lock(key).try_acquire()
+        if installing is None:
             return False
-        try:
-            use_fd = self.use_lock(key).try_acquire()
-            if use_fd is None:
+        with installing:
+            using = self.use_lock(key).try_acquire()
+            if using is None:
                 return False
-            try:
+            with using:
                 (self.discard_in_background if background else self.discard)(key)
                 self._failed_path(key).unlink(missing_ok=True)
                 for log in self.install_logs(key):
                     log.unlink(missing_ok=True)
                 return True
-            finally:
-                FileLock.release(use_fd)
-        finally:
-            FileLock.release(install_fd)
 
     def evict_over_cap(
         self,
@@ -406,7 +437,7 @@ class Store:
         environment a process uses or installs (its locks say so). Counts every
         environment in the store, whatever Ray session or node made it. Returns the keys
         deleted. Blocking."""
-        entries = sorted(self.entries(), key=lambda e: e.last_used)
+        entries = sorted(self._ready_entries(), key=lambda e: e.last_used)
         total = sum(e.size_bytes for e in entries)
         evicted: list[str] = []
         for entry in entries:
@@ -428,47 +459,80 @@ class Store:
         for path in self.envs.iterdir():
             if not path.is_dir() or self.read_ready(path.name) is not None:
                 continue
-            fd = self.install_lock(path.name).try_acquire()
-            if fd is None:
+            installing = self.install_lock(path.name).try_acquire()
+            if installing is None:
                 continue  # an install is under way
-            try:
+            with installing:
                 if self.read_ready(path.name) is None:
                     self.discard(path.name)
                     removed.append(path.name)
-            finally:
-                FileLock.release(fd)
         for path in self.trash.iterdir() if self.trash.is_dir() else ():
             shutil.rmtree(path, ignore_errors=True)
         return removed
 
     # -- listing -------------------------------------------------------------------------
     def entries(self) -> list[StoreEntry]:
+        """Every environment in the store: the ready ones first, then remembered failures
+        and workspaces without a ready record (an install under way, or what an
+        interrupted one left); each part by key."""
+        ready = self._ready_entries()
+        known = {e.key for e in ready}
+        others = []
+        for path in sorted(self.envs.iterdir()) if self.envs.is_dir() else ():
+            key = path.name.split(".", 1)[0]
+            if key in known or path.name.startswith("."):
+                continue
+            entry = self._unready_entry(key, path)
+            if entry is not None:
+                others.append(entry)
+                known.add(key)
+        return ready + others
+
+    def _ready_entries(self) -> list[StoreEntry]:
+        """The ready environments, by key: what the store's cap counts."""
         result = []
         for path in sorted(self.envs.glob("*.json")):
             key = path.name[: -len(".json")]
             ready = self.read_ready(key)
             if ready is None:
                 continue
-            fd = self.use_lock(key).try_acquire()
-            if fd is not None:
-                FileLock.release(fd)
+            probe = self.use_lock(key).try_acquire()
+            if probe is not None:
+                probe.release()
             try:
                 last_used = path.stat().st_mtime
             except OSError:
                 continue
-            result.append(StoreEntry(key, ready, int(ready.get("size_bytes", 0)), last_used,
-                                     in_use=fd is None))
+            result.append(StoreEntry(key, EntryState.READY, ready.size_bytes, last_used,
+                                     in_use=probe is None, record=ready))
         return result
 
-    @contextlib.asynccontextmanager
-    async def installing(self, key: str) -> AsyncIterator[int]:
-        """Hold `key`'s install lock; yields its descriptor, for the install's child
-        processes to inherit (so an orphaned one keeps the lock until it ends)."""
-        fd = await self.install_lock(key).acquire_async()
+    def _unready_entry(self, key: str, path: Path) -> StoreEntry | None:
+        """The failure or unfinished workspace at `path`; None for anything else, or if
+        it is gone meanwhile."""
+        failure = None
+        if path.name == f"{key}.failed":
+            state, in_use, failure = EntryState.FAILED, False, self.read_failed(key) or ""
+        elif path.is_dir():
+            probe = self.install_lock(key).try_acquire()
+            if probe is not None:
+                probe.release()
+            in_use = probe is None
+            state = EntryState.INSTALLING if in_use else EntryState.INCOMPLETE
+        else:
+            return None
         try:
-            yield fd
-        finally:
-            FileLock.release(fd)
+            last_used = path.stat().st_mtime
+        except OSError:
+            return None
+        return StoreEntry(key, state, 0, last_used, in_use, failure=failure)
+
+    @contextlib.asynccontextmanager
+    async def installing(self, key: str) -> AsyncIterator[HeldLock]:
+        """Hold `key`'s install lock; its `fd` is for the install's child processes to
+        inherit (so an orphaned one keeps the lock until it ends)."""
+        with await self.install_lock(key).acquire_async() as held:
+            yield held
 
 
 def _unusable(root: Path, error: OSError) -> str:

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from ray_pixi import cli, doctor, pixi, settings
+from ray_pixi.activation import Activation
 from ray_pixi.pixi_cli import MIN_PIXI_VERSION, read_pixi_version
-from ray_pixi.store import FileLock, Store
+from ray_pixi.records import ReadyRecord
+from ray_pixi.store import Store
 from support import session_pixi
 
 REGISTERED = json.dumps([{"class": "ray_pixi.PixiPlugin"}])
@@ -196,9 +198,9 @@ def test_doctor_names_a_python_that_lacks_the_plugin(capsys, tmp_path: Path,
 # -- envs --------------------------------------------------------------------------------
 def make_env(store: Store, key: str, size: int = 1000, used: float | None = None) -> None:
     (store.workspace(key) / ".pixi").mkdir(parents=True)
-    store.write_ready(key, {"activation": {"python": "p", "env_vars": {}}, "size_bytes": size,
-                            "python": "3.11.7", "ray": "2.60.0", "mode": "inline",
-                            "environment": "default", "manifest": None})
+    store.write_ready(ReadyRecord(key, activation=Activation("p"), size_bytes=size,
+                                  python="3.11.7", ray="2.60.0", mode="inline",
+                                  environment="default", manifest=None))
     if used is not None:
         os.utime(store.envs / f"{key}.json", (used, used))
 
@@ -215,12 +217,12 @@ def store(tmp_path: Path, monkeypatch) -> Store:
 
 
 def test_envs_list_shows_every_entry_and_who_uses_it(capsys, store: Store) -> None:
-    fd = store.use_lock("a" * 32).acquire(shared=True)  # as an agent holds it
+    held = store.use_lock("a" * 32).acquire(shared=True)  # as an agent holds it
     try:
         code, out, _ = run(capsys, "envs", "list")
         rows = json.loads(run(capsys, "envs", "list", "--json")[1])
     finally:
-        FileLock.release(fd)
+        held.release()
     assert code == 0
     by_key = {r["key"][0]: r for r in rows}
     assert by_key["a"]["in_use"] and f"pid {os.getpid()}" in by_key["a"]["used_by"][0]
@@ -233,13 +235,13 @@ def test_envs_list_shows_every_entry_and_who_uses_it(capsys, store: Store) -> No
 
 
 def test_envs_rm_never_removes_an_env_in_use(capsys, store: Store) -> None:
-    fd = store.use_lock("a" * 32).acquire(shared=True)
+    held = store.use_lock("a" * 32).acquire(shared=True)
     try:
         code, _, err = run(capsys, "envs", "rm", "aaaa")
         assert code == 1 and f"kept {'a' * 32}: in use by pid {os.getpid()}" in err
         assert store.read_ready("a" * 32) is not None
     finally:
-        FileLock.release(fd)
+        held.release()
     code, out, _ = run(capsys, "envs", "rm", "aaaa", "cc")
     assert code == 0 and f"removed {'a' * 32} (2.0 MB)" in out
     assert not store.workspace("a" * 32).exists() and store.read_failed("c" * 32) is None
@@ -254,7 +256,7 @@ def test_envs_rm_names_a_key_it_cannot_resolve(capsys, store: Store) -> None:
 
 
 def test_envs_gc_removes_what_is_unused_and_keeps_what_is_used(capsys, store: Store) -> None:
-    fd = store.use_lock("a" * 32).acquire(shared=True)
+    held = store.use_lock("a" * 32).acquire(shared=True)
     try:
         code, out, _ = run(capsys, "envs", "gc", "--older-than", "1d", "--dry-run")
         assert code == 0 and f"would remove {'b' * 32}" in out and "would remove aaaa" not in out
@@ -262,7 +264,7 @@ def test_envs_gc_removes_what_is_unused_and_keeps_what_is_used(capsys, store: St
         code, out, _ = run(capsys, "envs", "gc")
         assert code == 0
     finally:
-        FileLock.release(fd)
+        held.release()
     assert f"kept {'a' * 32}: in use by pid {os.getpid()}" in out
     assert "freed 3.0 MB in 3 environment(s); 1 kept in use" in out
     assert sorted(p.name for p in store.envs.iterdir()) == ["a" * 32, "a" * 32 + ".json"]

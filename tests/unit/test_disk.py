@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 
 from ray_pixi.disk import enforce_disk_budget, unused_cache_entries
-from ray_pixi.store import FileLock, Store, disk_usage
+from ray_pixi.records import ReadyRecord
+from ray_pixi.store import Store, disk_usage
 
 MB = 2**20
 
@@ -27,7 +28,7 @@ def environment(store: Store, key: str, packages: list[Path], age: float) -> Non
     prefix.mkdir(parents=True)
     for entry in packages:
         os.link(entry / "lib" / "data.bin", prefix / f"{entry.name}.bin")
-    store.write_ready(key, {"size_bytes": 4096})
+    store.write_ready(ReadyRecord(key, size_bytes=4096))
     then = os.path.getmtime(store.envs / f"{key}.json") - age
     os.utime(store.envs / f"{key}.json", (then, then))
 
@@ -65,11 +66,11 @@ def test_pruning_keeps_store_and_cache_under_the_budget(tmp_path: Path) -> None:
 def test_an_environment_someone_holds_is_never_evicted(tmp_path: Path) -> None:
     store, cache, _ = setup(tmp_path)
     old = "old" * 10 + "xx"
-    fd = store.use_lock(old).acquire(shared=True)
+    held = store.use_lock(old).acquire(shared=True)
     try:
         result = enforce_disk_budget(store, cache, 1 * MB)
     finally:
-        FileLock.release(fd)
+        held.release()
     assert result is not None and old not in result.environments
     assert store.read_ready(old) is not None
 
@@ -77,10 +78,10 @@ def test_an_environment_someone_holds_is_never_evicted(tmp_path: Path) -> None:
 def test_nothing_is_pruned_while_an_install_holds_the_cache(tmp_path: Path) -> None:
     store, cache, _ = setup(tmp_path)
     package(cache, "orphan", 3 * MB)
-    fd = store.cache_lock().acquire(shared=True)  # a pixi install is linking
+    held = store.cache_lock().acquire(shared=True)  # a pixi install is linking
     try:
         assert enforce_disk_budget(store, cache, 1 * MB) is None
     finally:
-        FileLock.release(fd)
+        held.release()
     assert (cache / "pkgs" / "orphan").is_dir()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import textwrap
 from collections.abc import Iterator
@@ -13,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from ray_pixi.store import FileLock, Store, directory_size
+from ray_pixi.records import ReadyRecord
+from ray_pixi.store import EntryState, FileLock, Store, directory_size
 from support import hold_flock
 
 KEY = "k" * 32
@@ -23,7 +25,7 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 def make_ready(store: Store, key: str = KEY) -> None:
     store.workspace(key).mkdir(parents=True)
     (store.workspace(key) / "f").write_bytes(b"x" * 10_000)
-    store.write_ready(key, {"size_bytes": 10_000})
+    store.write_ready(ReadyRecord(key, size_bytes=10_000))
 
 
 def test_only_a_marked_workspace_is_ready(tmp_path: Path) -> None:
@@ -31,8 +33,8 @@ def test_only_a_marked_workspace_is_ready(tmp_path: Path) -> None:
     store.ensure()
     store.workspace(KEY).mkdir(parents=True)
     assert store.read_ready(KEY) is None
-    store.write_ready(KEY, {"size_bytes": 1})
-    assert store.read_ready(KEY) == {"size_bytes": 1, "key": KEY}
+    store.write_ready(ReadyRecord(KEY, size_bytes=1))
+    assert store.read_ready(KEY) == ReadyRecord(KEY, size_bytes=1)
 
 
 def test_a_marker_without_its_workspace_is_not_trusted(tmp_path: Path) -> None:
@@ -59,6 +61,42 @@ def test_sweep_removes_unmarked_workspaces_nobody_is_installing(tmp_path: Path) 
     assert not store.workspace("b" * 32).exists()
     assert store.workspace("c" * 32).is_dir()
     assert list(store.trash.iterdir()) == []
+
+
+def test_entries_list_ready_failed_installing_and_incomplete_environments(
+        tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.ensure()
+    ready, failed, installing, incomplete, unreadable = (c * 32 for c in "rfiuz")
+    make_ready(store, ready)
+    store.write_failed(failed, "Ray would refuse this pixi environment's workers: ...")
+    store.workspace(installing).mkdir()
+    store.workspace(incomplete).mkdir()
+    store.workspace(unreadable).mkdir()
+    (store.envs / f"{unreadable}.json").write_text("{not json")
+    used = hold_flock(store.use_lock(ready).path, shared=True)
+    busy = hold_flock(store.install_lock(installing).path, shared=False)
+    try:
+        entries = {e.key: e for e in store.entries()}
+    finally:
+        used.communicate("")
+        busy.communicate("")
+    assert list(entries)[0] == ready  # the ready ones first
+    assert {k: (e.state, e.in_use) for k, e in entries.items()} == {
+        ready: (EntryState.READY, True), failed: (EntryState.FAILED, False),
+        installing: (EntryState.INSTALLING, True), incomplete: (EntryState.INCOMPLETE, False),
+        unreadable: (EntryState.INCOMPLETE, False)}
+    assert entries[ready].record == ReadyRecord(ready, size_bytes=10_000)
+    assert entries[ready].size_bytes == 10_000 and entries[failed].size_bytes == 0
+    assert entries[failed].failure == "Ray would refuse this pixi environment's workers: ..."
+    assert entries[ready].failure is None and entries[failed].record is None
+
+
+def test_an_empty_or_missing_store_has_no_entries(tmp_path: Path) -> None:
+    assert Store(tmp_path / "nowhere").entries() == []
+    store = Store(tmp_path / "store")
+    store.ensure()
+    assert store.entries() == []
 
 
 def test_an_entry_another_agent_uses_is_not_deleted(tmp_path: Path) -> None:
@@ -92,9 +130,47 @@ def test_the_lock_is_released_when_its_holder_dies(tmp_path: Path) -> None:
     assert lock.try_acquire() is None
     child.kill()
     child.wait()
-    fd = lock.try_acquire()
-    assert fd is not None
-    FileLock.release(fd)
+    held = lock.try_acquire()
+    assert held is not None
+    held.release()
+
+
+def test_a_held_lock_is_released_on_leaving_its_block(tmp_path: Path) -> None:
+    lock = FileLock(tmp_path / "w.lock")
+    with lock.acquire() as held:
+        assert lock.try_acquire() is None and not held.released
+    assert held.released
+    with pytest.raises(RuntimeError), lock.acquire():
+        raise RuntimeError("the holder fails")
+    again = lock.try_acquire()
+    assert again is not None, "an exception left the lock taken"
+    again.release()
+
+
+def test_releasing_twice_is_harmless_and_a_released_lock_has_no_descriptor(
+        tmp_path: Path) -> None:
+    lock = FileLock(tmp_path / "r.lock")
+    held = lock.acquire()
+    held.release()
+    held.release()  # must not close a descriptor the process has since reused
+    with pytest.raises(ValueError, match="released"):
+        held.fd  # noqa: B018
+    lock.acquire().release()
+
+
+def test_a_child_given_the_descriptor_holds_the_lock_until_it_ends(tmp_path: Path) -> None:
+    """As an install's pixi does: the parent lets go, the orphaned child keeps the lock."""
+    lock = FileLock(tmp_path / "c.lock")
+    with lock.acquire() as held:
+        child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                                 stdin=subprocess.PIPE, pass_fds=(held.fd,))
+    try:
+        assert lock.try_acquire() is None
+    finally:
+        child.communicate(b"")
+    after = lock.try_acquire()
+    assert after is not None
+    after.release()
 
 
 def test_hard_links_are_counted_once(tmp_path: Path) -> None:
@@ -124,12 +200,12 @@ def test_async_lock_waits_without_blocking_the_loop(tmp_path: Path, shared: bool
     lock = FileLock(tmp_path / "y.lock")
 
     async def scenario() -> None:
-        fd = await lock.acquire_async(shared=shared)
+        held = await lock.acquire_async(shared=shared)
         waiter = asyncio.ensure_future(lock.acquire_async())
         await asyncio.sleep(0)  # let the waiter start; the loop must stay responsive
         assert not waiter.done()
-        FileLock.release(fd)
-        FileLock.release(await asyncio.wait_for(waiter, 10))
+        held.release()
+        (await asyncio.wait_for(waiter, 10)).release()
 
     asyncio.run(scenario())
 
@@ -161,7 +237,7 @@ def test_a_read_only_store_is_reported_as_such(tmp_path: Path) -> None:
 
 def make_sized(store: Store, key: str, size: int, age: float) -> None:
     make_ready(store, key)
-    store.write_ready(key, {"size_bytes": size})
+    store.write_ready(ReadyRecord(key, size_bytes=size))
     then = os.path.getmtime(store.envs / f"{key}.json") - age
     os.utime(store.envs / f"{key}.json", (then, then))
 
@@ -222,18 +298,18 @@ def test_a_shared_store_lets_another_uid_take_its_locks(world_dir: Path) -> None
     os.chmod(root, 0o1777)  # as the payload init container leaves a shared volume
     store = Store(root)
     store.ensure()
-    fd = store.use_lock(KEY).acquire(shared=True)  # created by this uid
-    FileLock.release(fd)
+    held = store.use_lock(KEY).acquire(shared=True)  # created by this uid
+    held.release()
     # The checkout may sit where other uids cannot enter (a mktemp -d clone is 0700).
     src = world_dir / "src"
     shutil.copytree(SRC / "ray_pixi", src / "ray_pixi",
                     ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
     code = textwrap.dedent(f"""
         import sys; sys.path.insert(0, {str(src)!r})
-        from ray_pixi.store import Store, FileLock
+        from ray_pixi.store import Store
         s = Store({str(root)!r}); s.ensure()
-        FileLock.release(s.use_lock({KEY!r}).acquire(shared=True))
-        FileLock.release(s.install_lock("other" * 4).acquire())
+        s.use_lock({KEY!r}).acquire(shared=True).release()
+        s.install_lock("other" * 4).acquire().release()
         print("ok")
     """)
     done = as_uid(NOBODY, code)
@@ -243,8 +319,8 @@ def test_a_shared_store_lets_another_uid_take_its_locks(world_dir: Path) -> None
 def test_a_private_store_stays_private(tmp_path: Path) -> None:
     store = Store(tmp_path / "store")
     store.ensure()
-    fd = store.use_lock(KEY).acquire()
-    FileLock.release(fd)
+    held = store.use_lock(KEY).acquire()
+    held.release()
     assert os.stat(store.locks).st_mode & 0o022 == 0
     assert os.stat(store.use_lock(KEY).path).st_mode & 0o022 == 0
 
@@ -264,10 +340,10 @@ def test_many_waiters_do_not_starve_the_loops_executor(tmp_path: Path) -> None:
         assert await asyncio.wait_for(asyncio.to_thread(lambda: 42), 10) == 42
         for child in children:
             child.communicate("")
-        fds = await asyncio.wait_for(asyncio.gather(*waiters), 30)
-        for fd in fds:
-            FileLock.release(fd)
-        return len(fds)
+        held_locks = await asyncio.wait_for(asyncio.gather(*waiters), 30)
+        for held in held_locks:
+            held.release()
+        return len(held_locks)
 
     assert asyncio.run(scenario()) == 16
 
@@ -286,9 +362,9 @@ def test_a_cancelled_waiter_leaves_the_lock_free(tmp_path: Path) -> None:
             await waiter
         child.communicate("")  # the holder lets go; the cancelled waiter's thread gets it
         deadline = asyncio.get_running_loop().time() + 10
-        while (fd := lock.try_acquire()) is None:
+        while (held := lock.try_acquire()) is None:
             assert asyncio.get_running_loop().time() < deadline, "the lock stayed taken"
             await asyncio.sleep(0.05)  # poll until the abandoned grant is dropped
-        FileLock.release(fd)
+        held.release()
 
     asyncio.run(scenario())
