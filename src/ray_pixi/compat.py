@@ -21,9 +21,9 @@ __all__ = [
 ]
 
 MIN_PYTHON = (3, 10)
-MIN_RAY = (2, 60, 0)
+MIN_RAY = (2, 10, 0)
 MIN_PYDANTIC = (2, 5, 0)
-SUPPORTED = "Python >= 3.10, Ray >= 2.60.0 and pydantic >= 2.5.0"
+SUPPORTED = "Python >= 3.10, Ray >= 2.10.0 and pydantic >= 2.5.0"
 
 
 def parse_version(text: str | None) -> tuple[int, ...] | None:
