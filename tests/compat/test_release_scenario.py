@@ -1,7 +1,7 @@
 """ray-pixi on each supported Ray release, as that release's users run it: a head node and
 drivers from the release's own venv, real pixi offline. Inline and project specs through
 `ray.init` and through `ray job submit`, workers started in the environment, eviction, and
-a bad field's message reaching the user."""
+a bad field's message reaching the user, and `ray-pixi prefetch`."""
 
 from __future__ import annotations
 
@@ -132,6 +132,21 @@ def test_a_finished_jobs_environment_is_evicted_for_a_new_one(
     again = run_driver(release_cluster, module="pyjokes",
                        pixi_args={"pypi_dependencies": {"pyjokes": "==0.6.0"}})
     assert again.get("seen", {}).get("prefix") == str(evicted), again
+
+
+def test_ray_pixi_prefetch_installs_what_a_job_then_uses(release_cluster: ReleaseCluster,
+                                                        project: Path) -> None:
+    """The `ray-pixi` command, run from this release's venv against its cluster."""
+    done = subprocess.run([str(release_cluster.venv / "bin" / "ray-pixi"), "prefetch",
+                           "--address", release_cluster.address,
+                           "--manifest", str(project / "pixi.toml")],
+                          env=release_cluster.env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "1/1 node(s) ready" in done.stdout, done.stdout
+    result = run_driver(release_cluster, module="pyjokes",
+                        pixi_args={"manifest": str(project / "pixi.toml")})
+    assert "seen" in result, result.get("error", "")[-3000:]
+    assert result["seen"]["prefix"] in done.stdout
 
 
 def test_a_bad_field_reaches_the_user(release_cluster: ReleaseCluster, tmp_path: Path) -> None:
