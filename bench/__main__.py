@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -73,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     loads = [os.getloadavg()]
     missing = compile_cluster_python()
+    import ray  # the cluster's Ray: every node of the run is this interpreter's
+
+    log(f"ray: Ray {ray.__version__} on Python {platform.python_version()} "
+        f"({Path(ray.__file__).parent})")
     tables: dict[str, list[Table]] = {}
     raw: dict[str, Any] = {}
     with node(offline=args.offline, keep=args.keep) as n:
@@ -112,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = {
             "command": "bench/run " + " ".join(sys.argv[1:] if argv is None else argv),
             "world": n.world, "pixi": n.pixi, "pixi_version": n.pixi_version,
+            "ray": ray.__version__,
             "offline": n.offline, "refused": refused, "seconds": seconds, "loads": loads,
             "cluster_files_compiled": missing,
             "args": {k: v for k, v in vars(args).items() if k not in ("out",)},

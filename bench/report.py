@@ -27,8 +27,6 @@ def headline_line(head: dict[str, float]) -> str:
 
 def write(out: Path, tables: list[Table], raw: dict[str, Any], head: dict[str, float],
           meta: dict[str, Any]) -> list[Path]:
-    import ray
-
     out.mkdir(parents=True, exist_ok=True)
     loads = meta["loads"]
     reached = head["round_trip|both|pixi"]
@@ -40,9 +38,10 @@ def write(out: Path, tables: list[Table], raw: dict[str, Any], head: dict[str, f
         f"in {meta['seconds'] / 60:.0f} min on {platform.system()} {platform.machine()} "
         f"({os.cpu_count()} CPUs, shared with other jobs: load average "
         f"{min(x[0] for x in loads):.1f}-{max(x[0] for x in loads):.1f} over the run), "
-        f"Python {platform.python_version()}, Ray {ray.__version__}.",
+        f"Python {platform.python_version()}.",
         "",
-        f"**pixi**: {meta['world']}."
+        f"**Ray**: {meta['ray']} (every node and driver of the run). **pixi**: "
+        f"{meta['world']}."
         + ("" if not meta["offline"] else
            f" Requests to hosts other than PyPI during the run: {len(refused)}"
            + (f" ({', '.join(refused)})" if refused else "") + "."),

@@ -26,6 +26,20 @@ def session_pixi() -> Path:
         pytest.skip(str(e))
 
 
+def stop_cluster_under(temp: Path) -> None:
+    """SIGKILL the processes of the one Ray cluster whose temp dir is `temp` (a cluster a
+    test started with `ray start --temp-dir`; never `ray stop`, which stops every Ray on
+    the machine)."""
+    import signal
+
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if str(temp).encode() in (entry / "cmdline").read_bytes():
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
+
+
 def persistent_cache(name: str) -> Path:
     """A directory under the user cache that outlives test runs (PyPI downloads)."""
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")

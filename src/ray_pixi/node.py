@@ -30,11 +30,9 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ray._private.runtime_env.context import RuntimeEnvContext
-
-from ray_pixi import project, settings
+from ray_pixi import project, rayapi, settings
 from ray_pixi.bootstrap import install_pixi_release
 from ray_pixi.cluster import ClusterInfo
 from ray_pixi.disk import enforce_disk_budget, pixi_cache_dir
@@ -46,6 +44,11 @@ from ray_pixi.settings import InvalidSettings, NodeSettings
 from ray_pixi.spec import Mode, PixiSpec, parse_runtime_env
 from ray_pixi.store import HeldLock, Store
 from ray_pixi.workers import worker_env_vars
+
+if TYPE_CHECKING:
+    # Only for typing: Ray hands create/modify_context its context, which is used by
+    # attribute alone, so no Ray release can lack what this module imports.
+    from ray._private.runtime_env.context import RuntimeEnvContext
 
 __all__ = ["PixiNode", "wanted_pixi_version"]
 
@@ -347,18 +350,13 @@ class PixiNode:
         return check_min_version(PixiExe(str(path), version))
 
     def _working_dir(self, runtime_env: Any) -> Path:
-        from ray._private.runtime_env.packaging import (
-            get_local_dir_from_uri,
-            get_local_dir_uri_path,
-        )
-
         uri = runtime_env.get("working_dir")
-        local = get_local_dir_uri_path(uri)
+        local = rayapi.local_working_dir(uri)
         if local is not None:
-            return Path(local)
+            return local
         if self._resources_dir:
-            return Path(get_local_dir_from_uri(
-                uri, os.path.join(self._resources_dir, "working_dir_files")))
+            return rayapi.uploaded_working_dir(
+                uri, os.path.join(self._resources_dir, "working_dir_files"))
         return Path(os.environ[settings.CREATE_WORKING_DIR])
 
     @staticmethod

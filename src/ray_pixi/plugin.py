@@ -3,10 +3,11 @@
 Ray imports and builds every registered plugin inside the runtime_env agent's constructor,
 unguarded: an exception there kills the agent and, with it, the raylet, failing every job
 on the node. So this module uses only the standard library and Ray's plugin base class
-(Python 3.9-safe syntax), never raises while Ray builds it, and loads the real
-implementation (`ray_pixi.node`, which needs pydantic 2 and Python 3.10) on first use. If
-that cannot load on this node, every pixi request fails with the reason and the supported
-range, and jobs without `runtime_env["pixi"]` run as if the plugin were not there.
+(looked up by `ray_pixi.rayapi`; Python 3.9-safe syntax), never raises while Ray builds
+it, and loads the real implementation (`ray_pixi.node`, which needs pydantic 2 and
+Python 3.10) on first use. If that cannot load on this node, every pixi request fails with
+the reason and the supported range, and jobs without `runtime_env["pixi"]` run as if the
+plugin were not there.
 """
 
 from __future__ import annotations
@@ -14,13 +15,18 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ray._private.runtime_env.plugin import RuntimeEnvPlugin
-
-from ray_pixi import compat
+from ray_pixi import compat, rayapi
 from ray_pixi.errors import PixiUnavailableError
 from ray_pixi.uris import FIELD, get_uris
+
+if TYPE_CHECKING:
+    from ray._private.runtime_env.plugin import RuntimeEnvPlugin
+else:
+    # A Ray without it cannot load any third-party plugin; importing this module must
+    # still not fail, so every pixi request can say why (see `PixiPlugin._impl`).
+    RuntimeEnvPlugin = rayapi.plugin_base() or object
 
 __all__ = ["PixiPlugin"]
 
@@ -62,6 +68,10 @@ class PixiPlugin(RuntimeEnvPlugin):
             with self._loading:
                 if self._node is None and self._failure is None:
                     try:
+                        if rayapi.plugin_base() is None:
+                            raise RuntimeError(rayapi.missing_name(
+                                rayapi.PLUGIN, "RuntimeEnvPlugin",
+                                "every runtime_env['pixi'] request (Ray loads plugins by it)"))
                         outside = compat.problems()
                         if outside:
                             raise RuntimeError("unsupported " + ", ".join(outside))

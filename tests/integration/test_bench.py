@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import ray
 
 from support import REPO, session_pixi
 
@@ -63,6 +64,10 @@ def test_bench_run_quick_prints_every_table_and_writes_the_report(tmp_path: Path
                         r"actors \d+\.\d\dx\)", out.strip().splitlines()[-1])
     report = (tmp_path / "results.md").read_text()
     assert "Headline: ray-pixi/floor worker round trip" in report
+    # Which Ray ran, where it starts and in the report.
+    assert re.search(rf"^\[bench [\d:]+\] ray: Ray {re.escape(ray.__version__)} on Python ",
+                     out, re.M)
+    assert f"**Ray**: {ray.__version__} (every node and driver of the run)" in report
     assert "Requests to hosts other than PyPI during the run: 0." in report
     for title in TABLES:
         assert f"### {title}" in report, title

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from support import REPO, persistent_cache
+from support import REPO, persistent_cache, stop_cluster_under
 
 pytestmark = pytest.mark.integration
 PYENV = Path.home() / ".pyenv" / "versions"
@@ -58,7 +57,8 @@ def test_the_plugin_imports_with_ray_default_and_tomli_w_only(minor: str, tmp_pa
     assert out.stdout.strip() == f"({minor.replace('.', ', ')}) PixiPlugin"
 
 
-OLD_RAY = "2.40.0"
+# The newest Ray below the supported floor (ray_pixi.compat.MIN_RAY) that installs on Python 3.11.
+OLD_RAY = "2.9.3"
 DRIVER = """
 import json, sys
 import ray
@@ -79,30 +79,22 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def stop_cluster_under(temp: Path) -> None:
-    """SIGKILL the processes of the one Ray cluster whose temp dir is `temp`."""
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            if str(temp).encode() in (entry / "cmdline").read_bytes():
-                os.kill(int(entry.name), signal.SIGKILL)
-        except (OSError, ValueError):
-            continue
-
-
 def test_a_node_with_an_old_ray_keeps_running_other_jobs(
     tmp_path: Path,
 ) -> None:
     """Ray imports the plugin as the KubeRay add-on delivers it (on PYTHONPATH, not
-    installed) on a node with Ray 2.40: the node starts, jobs without pixi run, and a pixi
-    job fails with the supported range."""
+    installed) on a node with a Ray older than it supports (2.9.3): the node starts, jobs
+    without pixi run, and a pixi job fails with the supported range."""
     uv = Path(sys.executable).parent / "uv"
     venv = tmp_path / "old-ray"
     env = {**os.environ, "UV_CACHE_DIR": str(persistent_cache("uv"))}
     env.pop("VIRTUAL_ENV", None)
     subprocess.run([str(uv), "venv", "--quiet", "--python", sys.executable, str(venv)],
                    check=True, env=env)
+    # Ray 2.9's dashboard agent imports pkg_resources (setuptools), which Ray's images have
+    # and a uv venv has not: without it the agent exits and takes the raylet with it.
     subprocess.run([str(uv), "pip", "install", "--quiet", "--python", str(venv / "bin/python"),
-                    f"ray[default]=={OLD_RAY}"], check=True, env=env)
+                    f"ray[default]=={OLD_RAY}", "setuptools<70"], check=True, env=env)
     payload = tmp_path / "payload"
     subprocess.run([str(uv), "pip", "install", "--quiet", "--no-deps", "--target",
                     str(payload), str(REPO), "tomli-w"], check=True, env=env)
@@ -127,5 +119,5 @@ def test_a_node_with_an_old_ray_keeps_running_other_jobs(
         shutil.rmtree(temp, ignore_errors=True)
     assert seen["plain"] == "ran" and seen["env_vars"] == "ran"
     assert "ray-pixi cannot run on this Ray node" in seen["pixi"]
-    assert f"Ray {OLD_RAY} (needs >= 2.60.0)" in seen["pixi"]
+    assert f"Ray {OLD_RAY} (needs >= 2.10.0)" in seen["pixi"]
     assert "Jobs without runtime_env['pixi'] are not affected" in seen["pixi"]

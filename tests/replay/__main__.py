@@ -2,7 +2,7 @@
 
 PYTHONPATH=tests python -m replay image            # the Ray image (what .ci/setup-docker runs)
 PYTHONPATH=tests python -m replay image --operator # also the add-on's image with the real pixi
-PYTHONPATH=tests python -m replay image --unsupported-ray  # also the Ray 2.40 image (failures)
+PYTHONPATH=tests python -m replay image --unsupported-ray  # also the Ray 2.9.3 image (failures)
 PYTHONPATH=tests python -m replay image --ray 2.50.0   # also the Ray image at another version
 """
 

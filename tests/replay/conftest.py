@@ -66,7 +66,7 @@ def ray_image(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="session")
 def unsupported_ray_image(request: pytest.FixtureRequest) -> str:
-    """The Ray image at Ray 2.40 (same Python, nothing of ray-pixi)."""
+    """The Ray image at Ray 2.9.3, below the supported floor (same Python, nothing of ray-pixi)."""
     _need_docker()
     return _image(lambda log: ensure_ray_image(log, ray=UNSUPPORTED_RAY),
                   f"the replay's Ray {UNSUPPORTED_RAY} image", request)

@@ -7,7 +7,7 @@ into it (a changed input builds a new tag; an unchanged one is found and reused)
 - the Ray image (`ray-pixi-test-ray:<key>`): ray-image/Dockerfile with the exact CPython the
   tests run (the interpreter behind this process, without its site-packages) and
   `ray[default]` at this process's Ray version. Nothing of ray-pixi.
-- the same image at another Ray version (`ensure_ray_image(ray="2.40.0")`: a Ray the plugin
+- the same image at another Ray version (`ensure_ray_image(ray="2.9.3")`: a Ray the plugin
   does not support), and a thin layer over it for other failure cases (`ray_image_with`).
 - the add-on's image (`ray-pixi-replay-operator:<key>`): images/Dockerfile from this checkout
   with a real pixi as the air-gapped PIXI_FILE, as a cluster operator builds it.
@@ -93,9 +93,9 @@ RAY_REPOSITORY = "ray-pixi-test-ray"
 OPERATOR_REPOSITORY = "ray-pixi-replay-operator"
 PYTHON_PREFIX_IN_IMAGE = "/opt/python"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
-# A Ray older than the plugin supports (>= 2.60), on the same Python: the plugin's entry point
+# A Ray older than the plugin supports (>= 2.10), on the same Python: the plugin's entry point
 # imports there, and ray-pixi refuses to run.
-UNSUPPORTED_RAY = "2.40.0"
+UNSUPPORTED_RAY = "2.9.3"
 # What the Pod's Python does not need from the source prefix: installed packages (the image
 # installs its own), the test suite and the static library (build-time only).
 PYTHON_EXCLUDES = ("site-packages", "test", "libpython*.a", "*.opt-1.pyc", "*.opt-2.pyc")

@@ -59,7 +59,7 @@ def _prepared(pod: RunningPod) -> None:
 def test_a_ray_the_plugin_cannot_run_on_keeps_its_node_up_and_fails_pixi_jobs_with_the_reason(
     release: Release, kube_namespace: str, e2e_images: dict[str, str], replay: Replay
 ) -> None:
-    """Ray 2.40 (the plugin supports >= 2.60) with `rayVersion` absent, so admission cannot
+    """Ray 2.9.3 (the plugin supports >= 2.10) with `rayVersion` absent, so admission cannot
     know: the node starts with the plugin registered, and only pixi requests fail."""
     manifest = e2e_cluster("raycluster-unsupported-ray.yaml", e2e_images)
     assert "rayVersion" not in manifest["spec"]
@@ -72,7 +72,7 @@ def test_a_ray_the_plugin_cannot_run_on_keeps_its_node_up_and_fails_pixi_jobs_wi
     for kind in ("task", "actor"):
         error = seen[kind].get("error", "")
         assert "ray-pixi cannot run on this Ray node" in error, seen[kind]
-        assert f"Ray {UNSUPPORTED_RAY} (needs >= 2.60.0)" in error
+        assert f"Ray {UNSUPPORTED_RAY} (needs >= 2.10.0)" in error
         assert "Jobs without runtime_env['pixi'] are not affected" in error
 
     # The same Ray node is still alive, its container running: nothing crashed.

@@ -18,7 +18,7 @@ from ray_pixi.errors import PixiUnavailableError
 from ray_pixi.plugin import PixiPlugin, describe_load_failure
 
 REPO = Path(__file__).resolve().parents[2]
-ENTRY_MODULES = ("__init__", "compat", "errors", "plugin", "uris")
+ENTRY_MODULES = ("__init__", "compat", "errors", "plugin", "rayapi", "uris")
 PYENV = Path.home() / ".pyenv" / "versions"
 
 
@@ -62,8 +62,16 @@ def test_the_supported_range_matches_pyproject() -> None:
     assert compat.MIN_RAY[:2] == compat.parse_version(floors["ray"])[:2]
 
 
+def test_the_readme_states_the_same_range() -> None:
+    readme = (REPO / "README.md").read_text()
+    python, ray, pydantic = (".".join(map(str, v[:2])) for v in (
+        compat.MIN_PYTHON, compat.MIN_RAY, compat.MIN_PYDANTIC))
+    assert f"Supported: Python >= {python}, Ray >= {ray} and pydantic >= {pydantic}" in readme
+
+
 def test_problems_name_each_component_outside_the_range() -> None:
     assert compat.problems((3, 11, 7), "2.60.0", "2.11.0") == []
+    assert compat.problems((3, 11, 7), "2.10.0", "2.5.0") == []
     assert compat.problems((3, 9, 18), "2.9.3", "1.10.21") == [
         "Python 3.9.18 (needs >= 3.10)", "Ray 2.9.3 (needs >= 2.10.0)",
         "pydantic 1.10.21 (needs >= 2.5.0)"]
