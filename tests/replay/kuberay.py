@@ -16,6 +16,7 @@ import shlex
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -214,14 +215,18 @@ def process_ids(pod: RunningPod, title: str, container: str | None = None) -> li
 
 
 def alive_nodes(head: RunningPod) -> list[Obj]:
-    """The Ray nodes the head's state API reports alive (none while the dashboard starts)."""
-    from ray.util.state import list_nodes
+    """The Ray nodes the head's state API reports alive (none while the dashboard starts).
 
+    Read as plain JSON rather than through `ray.util.state`: the tests' Ray client cannot
+    parse an older head's node records (Ray 2.9 has no `state_message`), and the failure
+    tests run a Ray below the plugin's floor."""
+    url = f"http://{head.ip}:{DASHBOARD_PORT}/api/v0/nodes?limit=1000"
     try:
-        nodes = list_nodes(address=f"http://{head.ip}:{DASHBOARD_PORT}", timeout=10)
+        with urllib.request.urlopen(url, timeout=10) as answer:  # noqa: S310 - the Pod's IP
+            nodes = json.load(answer)["data"]["result"]["result"]
     except Exception:  # noqa: BLE001 - not up yet (connection refused, 503): keep polling
         return []
-    return [dataclasses.asdict(n) for n in nodes if n.state == "ALIVE"]
+    return [n for n in nodes if n.get("state") == "ALIVE"]
 
 
 def wait_for_nodes(pods: Sequence[RunningPod], *, not_ids: Sequence[str] = ()) -> list[Obj]:
