@@ -100,6 +100,9 @@ def node_environment(store: Path, pixi_node_env: Mapping[str, str],
         "RAY_PIXI_STORE_DIR": str(store),
         # Tests read setup errors from the driver.
         "RAY_RUNTIME_ENV_LOG_TO_DRIVER_ENABLED": "1",
+        # No token auth unless a test asks for it (Ray 2.59+ turns it on by default for a
+        # local cluster ray.init starts, and for `ray start` when ~/.ray/auth_token exists).
+        "RAY_AUTH_MODE": "disabled",
         **extra,
     }
 
@@ -110,7 +113,12 @@ def pixi_cluster(tmp: Path, pixi_node_env: Mapping[str, str], nodes: int = 1, cp
     store = store or tmp / "store"
     # Ray's socket paths must stay short: a temp dir of its own under /tmp.
     temp_dir = Path(tempfile.mkdtemp(prefix="rp-", dir="/tmp"))
+    (temp_dir / "ray").mkdir()
     with pytest.MonkeyPatch.context() as mp:
+        # Ray's Cluster writes, and on shutdown deletes, the machine's "current cluster"
+        # file (<RAY_TMPDIR or /tmp>/ray/ray_current_cluster) that a bare ray.init() or
+        # `ray status` on this machine follows: keep ours in our own temp dir.
+        mp.setenv("RAY_TMPDIR", str(temp_dir))
         for name, value in node_environment(store, pixi_node_env, **extra).items():
             mp.setenv(name, value)
         for name in ("RAY_PIXI_PIXI_VERSION", "RAY_ADDRESS"):
