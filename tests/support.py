@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import random
+import socket
 import subprocess
 import sys
 import textwrap
@@ -24,6 +26,20 @@ def session_pixi() -> Path:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"CI=true, so real pixi must be present: {e}", pytrace=False)
         pytest.skip(str(e))
+
+
+def free_port() -> int:
+    """A free port below the kernel's ephemeral range (32768+): a port the kernel hands out
+    for bind(0) may be taken again by another Ray process before our dashboard binds it."""
+    rng = random.Random()
+    while True:
+        port = rng.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 def persistent_cache(name: str) -> Path:

@@ -6,9 +6,7 @@ on one machine never share a session, and its own store unless a test passes one
 from __future__ import annotations
 
 import json
-import random
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -21,23 +19,9 @@ import ray
 from ray.cluster_utils import Cluster
 from ray.job_submission import JobStatus, JobSubmissionClient
 
-from support import installs
+from support import free_port, installs
 
 PLUGINS = json.dumps([{"class": "ray_pixi.PixiPlugin"}])
-
-
-def free_port() -> int:
-    """A free port below the kernel's ephemeral range (32768+): a port the kernel hands out
-    for bind(0) may be taken again by another Ray process before our dashboard binds it."""
-    rng = random.Random()
-    while True:
-        port = rng.randrange(20000, 32000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
 
 
 @dataclass
