@@ -32,7 +32,7 @@ import ray
 import tomli_w
 import yaml
 
-from support import REPO, persistent_cache
+from support import REPO, persistent_cache, stop_cluster_under
 
 pytestmark = pytest.mark.integration
 IMAGE_PYTHONPATH = "/opt/image-code"
@@ -134,17 +134,6 @@ def mapped(env: Mapping[str, str], volume: Path, image_code: Path) -> dict[str, 
         value = value.replace("/ray-pixi/", f"{volume}/").replace(IMAGE_PYTHONPATH, str(image_code))
         out[name] = value
     return out
-
-
-def stop_cluster_under(temp: Path) -> None:
-    import signal
-
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            if str(temp).encode() in (entry / "cmdline").read_bytes():
-                os.kill(int(entry.name), signal.SIGKILL)
-        except (OSError, ValueError):
-            continue
 
 
 @pytest.mark.parametrize(

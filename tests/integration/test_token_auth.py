@@ -11,7 +11,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from ray_pixi import doctor, pixi
-from support import free_port, installs
+from support import free_port, installs, stop_cluster_under
 
 pytestmark = pytest.mark.integration
 RAY = Path(sys.executable).parent / "ray"
@@ -62,16 +61,6 @@ class TokenCluster:
 
     def with_token(self) -> dict[str, str]:
         return self.shell(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(self.token_file))
-
-
-def stop_cluster_under(temp: Path) -> None:
-    """SIGKILL the processes of the one Ray cluster whose temp dir is `temp`."""
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            if str(temp).encode() in (entry / "cmdline").read_bytes():
-                os.kill(int(entry.name), signal.SIGKILL)
-        except (OSError, ValueError):
-            continue
 
 
 @pytest.fixture(scope="module")
