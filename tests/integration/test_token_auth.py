@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -86,16 +87,20 @@ def token_cluster(tmp_path_factory: pytest.TempPathFactory,
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN_PATH": str(token_file),
     })
-    gcs_port, dashboard_port = free_port(), free_port()
+    dashboard_port = free_port()
+    # The GCS on a port the kernel picks (--port 0): Ray's GCS binds with SO_REUSEPORT, so
+    # on a port another process chose too, two clusters' GCS would share it and answer
+    # each other's clients.
     started = subprocess.run(
         [str(RAY), "start", "--head", "--num-cpus", "2", "--temp-dir", str(temp),
-         "--port", str(gcs_port), "--include-dashboard", "true",
+         "--port", "0", "--include-dashboard", "true",
          "--dashboard-port", str(dashboard_port),
          "--dashboard-agent-listen-port", str(free_port()),
          "--ray-client-server-port", str(free_port())],
         env=node, capture_output=True, text=True, timeout=300)
     try:
         assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
+        gcs_port = re.search(r"ray start --address='[^']+:(\d+)'", started.stdout)[1]  # type: ignore[index]
         yield TokenCluster(f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dashboard_port}",
                            token, token_file, store, temp, tmp / "user-home")
     finally:
