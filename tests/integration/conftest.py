@@ -96,13 +96,16 @@ def pixi_cluster(tmp: Path, pixi_node_env: Mapping[str, str], nodes: int = 1, cp
                  store: Path | None = None, **extra: str) -> Iterator[PixiCluster]:
     store = store or tmp / "store"
     # Ray's socket paths must stay short: a temp dir of its own under /tmp.
-    temp_dir = Path(tempfile.mkdtemp(prefix="rp-", dir="/tmp"))
-    (temp_dir / "ray").mkdir()
+    root = Path(tempfile.mkdtemp(prefix="rp-", dir="/tmp"))
+    temp_dir = root / "ray"
+    temp_dir.mkdir()
     with pytest.MonkeyPatch.context() as mp:
-        # Ray's Cluster writes, and on shutdown deletes, the machine's "current cluster"
-        # file (<RAY_TMPDIR or /tmp>/ray/ray_current_cluster) that a bare ray.init() or
-        # `ray status` on this machine follows: keep ours in our own temp dir.
-        mp.setenv("RAY_TMPDIR", str(temp_dir))
+        # Ray's Cluster writes (and on shutdown deletes) its address in
+        # $RAY_TMPDIR/ray/ray_current_cluster, by default the machine's /tmp/ray, which a
+        # bare ray.init() anywhere here follows. Ray's Jobs supervisor looks for it in the
+        # cluster's temp dir to give each job's driver its RAY_ADDRESS, and without it falls
+        # back to any GCS process running on the machine: a job landed on another cluster.
+        mp.setenv("RAY_TMPDIR", str(root))
         for name, value in node_environment(store, pixi_node_env, **extra).items():
             mp.setenv(name, value)
         for name in ("RAY_PIXI_PIXI_VERSION", "RAY_ADDRESS"):
@@ -121,7 +124,7 @@ def pixi_cluster(tmp: Path, pixi_node_env: Mapping[str, str], nodes: int = 1, cp
         finally:
             ray.shutdown()
             cluster.shutdown()
-            shutil.rmtree(temp_dir, ignore_errors=True)
+            shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
