@@ -199,6 +199,10 @@ class Node:
             # every start.
             "PYTHONDONTWRITEBYTECODE": "1",
             "RAY_USAGE_STATS_ENABLED": "0",
+            # Measured without token auth, which Ray 2.59+ turns on for a local ray.init
+            # cluster (and which writes ~/.ray/auth_token, turning it on for every later
+            # `ray start` on the machine).
+            "RAY_AUTH_MODE": "disabled",
             **extra,
         }
 
@@ -307,8 +311,8 @@ def local_cluster(n: Node, name: str, store: Path | None = None, cpus: int = 2,
     temp_dir.mkdir(parents=True)
     store = store or n.store
     with n.applied(**{"RAY_PIXI_STORE_DIR": str(store), **extra}):
-        ray.init(num_cpus=cpus, log_to_driver=False, include_dashboard=False,
-                 _temp_dir=str(temp_dir))
+        ray.init(address="local", num_cpus=cpus, log_to_driver=False,
+                 include_dashboard=False, _temp_dir=str(temp_dir))
         try:
             yield LocalCluster(temp_dir, store)
         finally:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import random
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -26,17 +29,49 @@ def session_pixi() -> Path:
         pytest.skip(str(e))
 
 
-def stop_cluster_under(temp: Path) -> None:
-    """SIGKILL the processes of the one Ray cluster whose temp dir is `temp` (a cluster a
-    test started with `ray start --temp-dir`; never `ray stop`, which stops every Ray on
-    the machine)."""
-    import signal
+def free_port() -> int:
+    """A free port below the kernel's ephemeral range (32768+): a port the kernel hands out
+    for bind(0) may be taken again by another Ray process before our dashboard binds it."""
+    rng = random.Random()
+    while True:
+        port = rng.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
+
+def stop_cluster_under(temp: Path) -> None:
+    """SIGKILL every process of the one Ray cluster whose temp dir is `temp`, and only those:
+    the processes naming `temp` on their command line or in their environment, and their
+    descendants. Ray's agents rename themselves (`ray::DashboardAgent`, `ray::IDLE`), so a
+    command-line match alone leaves them running, holding their ports, once their raylet
+    is gone. Never `ray stop`: it stops every Ray cluster on the machine."""
+    marker = str(temp).encode()
+    parent: dict[int, int] = {}
+    named: set[int] = set()
     for entry in Path("/proc").glob("[0-9]*"):
         try:
-            if str(temp).encode() in (entry / "cmdline").read_bytes():
-                os.kill(int(entry.name), signal.SIGKILL)
-        except (OSError, ValueError):
+            pid = int(entry.name)
+            parent[pid] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if marker in (entry / "cmdline").read_bytes() or \
+                    marker in (entry / "environ").read_bytes():
+                named.add(pid)
+        except (OSError, ValueError, IndexError):
+            continue
+    doomed = set(named)
+    grew = True
+    while grew:  # descendants, found before any dies and is re-parented to init
+        more = {pid for pid, ppid in parent.items() if ppid in doomed} - doomed
+        doomed |= more
+        grew = bool(more)
+    doomed.discard(os.getpid())
+    for pid in doomed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
             continue
 
 

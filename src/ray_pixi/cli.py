@@ -50,7 +50,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _register_plugin()
     spec = pixi(pypi_dependencies={"pyjokes": "==0.8.3"})
     print(f"runtime_env = {{'pixi': {spec}}}")
-    ray.init(num_cpus=args.num_cpus, runtime_env={"pixi": spec}, log_to_driver=False)
+    # A cluster of its own, never one already running here (a bare ray.init() joins that).
+    ray.init(address="local", num_cpus=args.num_cpus, runtime_env={"pixi": spec},
+             log_to_driver=False)
     try:
         @ray.remote(max_calls=1)
         def task() -> dict[str, str]:
@@ -85,6 +87,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     short = "this shell" if whose.startswith("this shell") else "the agent"
     checks = doctor.check_node(env, python, short, __version__, MIN_PIXI_VERSION,
                                read_pixi_version)
+    checks.append(_token_check(env, whose))
     for c in checks:
         print(f"  {c.status:<4}  {c.name}: {c.detail}")
         if c.fix and c.status != doctor.OK:
@@ -117,6 +120,15 @@ def _agent_view(args: argparse.Namespace) -> tuple[dict[str, str], str, str]:
     return dict(os.environ), args.python or _cluster_python(), \
         "this shell's environment (what `ray start` run from here would pass on)" + (
             "" if args.shell else "; no Ray runtime_env agent is running on this node")
+
+
+def _token_check(env: dict[str, str], whose: str) -> Any:
+    """Token auth as the checked node runs it, and for a running node whether this shell
+    has the token its clients need."""
+    from ray_pixi import auth
+
+    return auth.check_token_auth(env, auth.home_of(env), os.environ, auth.home_of(os.environ),
+                                 node_is_running=not whose.startswith("this shell"))
 
 
 def _whose(agent: Any) -> str:
@@ -446,10 +458,19 @@ def cmd_prefetch(args: argparse.Namespace) -> int:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    from ray_pixi import auth
+
     address = args.address or os.environ.get("RAY_ADDRESS") or "auto"
     _check_reachable(address)
+    refused = auth.client_refusal(address, os.environ, auth.home_of(os.environ))
+    if refused:
+        raise CliError(refused)
     try:
         ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+    except auth.ray_auth_errors() as e:  # Ray's own check (RAY_AUTH_MODE=token, no token)
+        raise CliError(f"this cluster requires a Ray auth token "
+                       f"({str(getattr(e, 'message', e)).splitlines()[0]}); pass it "
+                       f"{auth.AS_RAY_TAKES_IT}") from None
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise CliError(f"cannot connect to Ray at {address!r} ({str(e).splitlines()[0]}); "
                        "start the cluster (`ray start --head`) or pass --address") from None

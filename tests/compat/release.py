@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from support import REPO, persistent_cache, stop_cluster_under
+from support import REPO, free_port, persistent_cache, stop_cluster_under
 
 #: Which Ray releases the tier runs (comma-separated, or `long`): by default the supported
 #: floor and the newest.
@@ -59,17 +57,10 @@ def build_venv(release: str, root: Path) -> Path:
 
 
 def free_ports(count: int) -> list[int]:
-    """Distinct free ports below the kernel's ephemeral range (32768+), where a port the
-    kernel hands out for bind(0) may be taken again by another Ray process first."""
-    rng = random.Random()
+    """Distinct free ports (support.free_port: below the kernel's ephemeral range)."""
     ports: list[int] = []
     while len(ports) < count:
-        port = rng.randrange(20000, 32000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
+        port = free_port()
         if port not in ports:
             ports.append(port)
     return ports

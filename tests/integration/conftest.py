@@ -6,9 +6,7 @@ on one machine never share a session, and its own store unless a test passes one
 from __future__ import annotations
 
 import json
-import random
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -21,23 +19,9 @@ import ray
 from ray.cluster_utils import Cluster
 from ray.job_submission import JobStatus, JobSubmissionClient
 
-from support import installs
+from support import free_port, installs
 
 PLUGINS = json.dumps([{"class": "ray_pixi.PixiPlugin"}])
-
-
-def free_port() -> int:
-    """A free port below the kernel's ephemeral range (32768+): a port the kernel hands out
-    for bind(0) may be taken again by another Ray process before our dashboard binds it."""
-    rng = random.Random()
-    while True:
-        port = rng.randrange(20000, 32000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
 
 
 @dataclass
@@ -100,6 +84,9 @@ def node_environment(store: Path, pixi_node_env: Mapping[str, str],
         "RAY_PIXI_STORE_DIR": str(store),
         # Tests read setup errors from the driver.
         "RAY_RUNTIME_ENV_LOG_TO_DRIVER_ENABLED": "1",
+        # No token auth unless a test asks for it (Ray 2.59+ turns it on by default for a
+        # local cluster ray.init starts, and for `ray start` when ~/.ray/auth_token exists).
+        "RAY_AUTH_MODE": "disabled",
         **extra,
     }
 
@@ -109,8 +96,16 @@ def pixi_cluster(tmp: Path, pixi_node_env: Mapping[str, str], nodes: int = 1, cp
                  store: Path | None = None, **extra: str) -> Iterator[PixiCluster]:
     store = store or tmp / "store"
     # Ray's socket paths must stay short: a temp dir of its own under /tmp.
-    temp_dir = Path(tempfile.mkdtemp(prefix="rp-", dir="/tmp"))
+    root = Path(tempfile.mkdtemp(prefix="rp-", dir="/tmp"))
+    temp_dir = root / "ray"
+    temp_dir.mkdir()
     with pytest.MonkeyPatch.context() as mp:
+        # Ray's Cluster writes (and on shutdown deletes) its address in
+        # $RAY_TMPDIR/ray/ray_current_cluster, by default the machine's /tmp/ray, which a
+        # bare ray.init() anywhere here follows. Ray's Jobs supervisor looks for it in the
+        # cluster's temp dir to give each job's driver its RAY_ADDRESS, and without it falls
+        # back to any GCS process running on the machine: a job landed on another cluster.
+        mp.setenv("RAY_TMPDIR", str(root))
         for name, value in node_environment(store, pixi_node_env, **extra).items():
             mp.setenv(name, value)
         for name in ("RAY_PIXI_PIXI_VERSION", "RAY_ADDRESS"):
@@ -129,7 +124,7 @@ def pixi_cluster(tmp: Path, pixi_node_env: Mapping[str, str], nodes: int = 1, cp
         finally:
             ray.shutdown()
             cluster.shutdown()
-            shutil.rmtree(temp_dir, ignore_errors=True)
+            shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
