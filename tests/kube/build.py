@@ -75,7 +75,10 @@ class Component:
 
     @property
     def version(self) -> str:
-        """The module version the recipe's go.mod pins: the one definition of it."""
+        """The module version the recipe's go.mod pins: the one definition of it (a recipe of
+        its own, with no module, is versioned by its content)."""
+        if not self.module:
+            return "r" + self.recipe_digest()[:12]
         text = (self.recipe_dir / "go.mod").read_text()
         match = re.search(rf"^\s*(?:require\s+)?{re.escape(self.module)} (v\S+)", text, re.M)
         if not match:
@@ -84,6 +87,8 @@ class Component:
 
     def ldflags(self) -> str:
         flags = ["-s", "-w"]
+        if not self.x_flags:
+            return " ".join(flags)
         major, minor = self.version.lstrip("v").split(".")[:2]
         flags += [
             "-X " + flag.format(version=self.version, major=major, minor=minor)
@@ -136,7 +141,44 @@ KUBERAY = Component(
     recipe="kuberay-operator",
     cold_minutes=3,
 )
+# The real node's Kubernetes parts: one recipe (the kube-apiserver module set plus what these
+# commands need), four binaries. The kubelet first: the other three reuse its build cache.
+_KUBE_VERSION_FLAGS = APISERVER.x_flags
+
+
+def _kube_node_component(name: str, cold_minutes: int) -> Component:
+    return Component(
+        name=name,
+        module="k8s.io/kubernetes",
+        package=f"k8s.io/kubernetes/cmd/{name}",
+        recipe="kube-node",
+        x_flags=_KUBE_VERSION_FLAGS,
+        cold_minutes=cold_minutes,
+    )
+
+
+KUBELET = _kube_node_component("kubelet", 10)
+KUBE_PROXY = _kube_node_component("kube-proxy", 1)
+KUBE_SCHEDULER = _kube_node_component("kube-scheduler", 1)
+KUBE_CONTROLLER_MANAGER = _kube_node_component("kube-controller-manager", 1)
+# Cluster DNS, built from github.com/coredns/coredns with only the plugins the node uses.
+COREDNS = Component(
+    name="coredns",
+    module="github.com/coredns/coredns",
+    package="ray-pixi.test/kube/coredns",
+    recipe="coredns",
+    cold_minutes=2,
+)
+# The Pod sandbox's process (the pause image's only file): standard library Go.
+PAUSE = Component(
+    name="pause",
+    module="",
+    package="ray-pixi.test/kube/pause",
+    recipe="pause",
+    cold_minutes=1,
+)
 COMPONENTS = (ETCD, APISERVER, KUBERAY)
+NODE_COMPONENTS = (KUBELET, KUBE_CONTROLLER_MANAGER, KUBE_SCHEDULER, KUBE_PROXY, COREDNS, PAUSE)
 
 
 def cache_dir() -> Path:
@@ -307,14 +349,15 @@ def module_source(component: Component) -> Path:
     return source
 
 
-def ensure_all(log: Log = print) -> dict[str, Path]:
-    """Every component's binary by name, building what is missing.
+def ensure_all(log: Log = print, *, node: bool = False) -> dict[str, Path]:
+    """Every component's binary by name (with `node`, the real node's too), building what is
+    missing.
 
     `$RAY_PIXI_ETCD` names an etcd binary to use instead of building one (Debian's
     etcd-server 3.4.23 works with this kube-apiserver too).
     """
     binaries = {}
-    for component in COMPONENTS:
+    for component in (*COMPONENTS, *(NODE_COMPONENTS if node else ())):
         explicit = os.environ.get("RAY_PIXI_ETCD") if component is ETCD else None
         binaries[component.name] = Path(explicit) if explicit else ensure_built(component, log)
     return binaries

@@ -12,24 +12,29 @@ Service's Pods, so webhooks configured with a `service` clientConfig are reachab
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import tempfile
 import time
-import urllib.request
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .node import (
+    NODE_NAME,
+    Node,
+    NodeBinaries,
+    NodeLock,
+    node_ip,
+    pause_image,
+    teardown,
+)
 from .pki import CertificateAuthority, write_service_account_keys
+from .process import Service, StartupError, free_port, wait_http_ok
 from .rest import ApiError, Rest, poll
 from .services import ServiceRouter, egress_selector_config
 
@@ -56,113 +61,14 @@ rules:
 """
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 ADMIN_USER = "ray-pixi-admin"
-STOP_TIMEOUT = 15.0
 
 Log = Callable[[str], None]
-
-
-class StartupError(RuntimeError):
-    """A component did not come up; the message carries the tail of its log."""
 
 
 def kuberay_crds_dir() -> Path:
     """`$RAY_PIXI_KUBERAY_CRDS`, else `shared/kuberay/crds` beside the repository."""
     explicit = os.environ.get("RAY_PIXI_KUBERAY_CRDS")
     return Path(explicit) if explicit else REPO.parent / "shared" / "kuberay" / "crds"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    # PR_SET_PDEATHSIG: if the test process is killed outright (timeout, SIGKILL), the
-    # kernel sends SIGTERM to the component, so no stray server outlives the session.
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
-
-
-class Service:
-    """One child process in its own process group, logging to a file."""
-
-    def __init__(
-        self, name: str, argv: list[str], log_file: Path, env: dict[str, str] | None = None
-    ) -> None:
-        self.name = name
-        self.argv = argv
-        self.log_file = log_file
-        self.env = env
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Service:
-        with open(self.log_file, "ab") as log:
-            self._process = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-        return self
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process else None
-
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    @property
-    def returncode(self) -> int | None:
-        """The exit code once the process has exited by itself (None while it runs)."""
-        return self._process.poll() if self._process is not None else None
-
-    def tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_file.read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
-
-    def check(self) -> None:
-        """Raise `StartupError` if the process has exited."""
-        if self._process is not None and self._process.poll() is not None:
-            raise StartupError(
-                f"{self.name} exited with code {self._process.returncode}; "
-                f"log {self.log_file}:\n{self.tail()}"
-            )
-
-    def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-def _wait_http_ok(service: Service, url: str, timeout: float, context: Any = None) -> None:
-    def ready() -> bool:
-        service.check()
-        try:
-            with urllib.request.urlopen(url, timeout=2, context=context) as response:  # noqa: S310
-                return bool(response.status == 200)
-        except OSError:
-            return False
-
-    try:
-        poll(ready, timeout=timeout, what=f"{service.name} at {url}", interval=0.2)
-    except TimeoutError as error:
-        raise StartupError(f"{error}; log {service.log_file}:\n{service.tail()}") from None
 
 
 @dataclass(frozen=True)
@@ -198,8 +104,24 @@ class KubeCluster:
     `route_service()` / `unroute_service()` and `start_kuberay()` / `stop_kuberay()`.
     """
 
-    def __init__(self, binaries: Binaries, *, log: Log = print, workdir: Path | None = None):
+    def __init__(
+        self,
+        binaries: Binaries,
+        *,
+        log: Log = print,
+        workdir: Path | None = None,
+        node: NodeBinaries | None = None,
+        images: Sequence[str] = (),
+    ):
+        """`node`: also run a real node (kubelet, containerd, kube-proxy, CoreDNS) and the
+        scheduler and controller-manager, with Docker `images` imported into it."""
         self.binaries = binaries
+        self.node_binaries = node
+        self.node_images = list(images)
+        self.node: Node | None = None
+        self.node_lock: NodeLock | None = None
+        self.controllers: list[Service] = []
+        self.node_ip = node_ip() if node else "127.0.0.1"
         self._log = log
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="ray-pixi-kube-"))
@@ -222,10 +144,15 @@ class KubeCluster:
     def start(self) -> KubeCluster:
         started = time.monotonic()
         try:
+            if self.node_binaries is not None:
+                self.node_lock = NodeLock(self._log)
+                teardown(None, self._log)  # whatever a killed run left behind
             self._write_pki()
             self._start_etcd()
             self._start_apiserver()
             self._install_crds()
+            if self.node_binaries is not None:
+                self._start_node(self.node_binaries)
             self.start_kuberay()
         except BaseException:
             self.stop()
@@ -236,10 +163,73 @@ class KubeCluster:
         )
         return self
 
+    def _start_node(self, binaries: NodeBinaries) -> None:
+        """The controllers, then the node; ready when the node is Ready and DNS answers."""
+        started = time.monotonic()
+        self.controllers.append(Service("kube-controller-manager", [
+            str(binaries.kube_controller_manager), f"--kubeconfig={self.admin_kubeconfig}",
+            "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
+            f"--service-account-private-key-file={self.sa_keys.key_file}",
+            f"--root-ca-file={self.ca_file}", "--use-service-account-credentials=true",
+            f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+            "--controllers=*,-nodeipam,-cloud-node-lifecycle", "--v=1",
+        ], self.workdir / "kube-controller-manager.log").start())  # fmt: skip
+        self.controllers.append(Service("kube-scheduler", [
+            str(binaries.kube_scheduler), f"--kubeconfig={self.admin_kubeconfig}",
+            "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
+            "--v=1",
+        ], self.workdir / "kube-scheduler.log").start())  # fmt: skip
+        node_dir = self.workdir / "node"
+        node_dir.mkdir(exist_ok=True)
+        self.node = Node(binaries, node_dir, ip=self.node_ip, log=self._log)
+        sandbox = pause_image(binaries)
+        self.node.start_containerd(sandbox)
+        imported = time.monotonic()
+        self.node.import_images([sandbox, *self.node_images])
+        imported = time.monotonic() - imported
+        self.node.start_kubelet(
+            server=f"https://{self.node_ip}:{self.port}", ca_file=self.ca_file,
+            kubelet_client=self.kubelet_client, kubelet_serving=self.kubelet_serving,
+        )  # fmt: skip
+        self.node.start_kube_proxy(self.admin_kubeconfig)
+        self.node.start_coredns(self.admin_kubeconfig)
+        admin = self.rest()
+
+        def node_ready() -> bool:
+            for service in [*self.controllers, *self.node.services]:  # type: ignore[union-attr]
+                service.check()
+            try:
+                node = admin.get(f"/api/v1/nodes/{NODE_NAME}")
+            except ApiError:
+                return False
+            conditions = node.get("status", {}).get("conditions", [])
+            return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+        poll(node_ready, timeout=120, what=f"node {NODE_NAME} Ready")
+        poll(lambda: admin.exists("/api/v1/namespaces/default/serviceaccounts/default"),
+             timeout=60, what="the controller-manager's default ServiceAccount")  # fmt: skip
+        self._log(
+            f"kube: node {NODE_NAME} Ready at {self.node_ip} in "
+            f"{time.monotonic() - started:.1f} s (images imported in {imported:.1f} s)"
+        )
+
     def stop(self) -> None:
-        for service in (self.kuberay, self.apiserver, self.etcd):
+        if self.kuberay is not None:
+            self.kuberay.stop()
+        if self.node is not None:
+            self.node.stop()
+            self.node = None
+        for controller in reversed(self.controllers):
+            controller.stop()
+        self.controllers.clear()
+        for service in (self.apiserver, self.etcd):
             if service is not None:
                 service.stop()
+        if self.node_lock is not None:
+            if self.node_binaries is not None:
+                teardown(None, self._log)
+            self.node_lock.close()
+            self.node_lock = None
         if self.router is not None:
             self.router.stop()
         if self._own_workdir and not os.environ.get("RAY_PIXI_KUBE_KEEP"):
@@ -262,9 +252,23 @@ class KubeCluster:
                 "kubernetes.default",
                 "kubernetes.default.svc",
                 "10.96.0.1",
+                self.node_ip,
             ),
             server=True,
         )
+        # The node's kubelet: a client of the API server (the Node authorizer's user), and a
+        # server the API server reaches for logs and exec.
+        self.kubelet_client = self.ca.issue(
+            "kubelet-client", f"system:node:{NODE_NAME}", organizations=("system:nodes",),
+            client=True,
+        )  # fmt: skip
+        self.kubelet_serving = self.ca.issue(
+            "kubelet-serving", NODE_NAME, hosts=(self.node_ip, NODE_NAME), server=True
+        )
+        self.apiserver_kubelet_client = self.ca.issue(
+            "apiserver-kubelet-client", "kube-apiserver-kubelet-client",
+            organizations=("system:masters",), client=True,
+        )  # fmt: skip
         # system:masters is the superuser group: RBAC is bypassed for it, as for kubeadm's
         # admin.conf. Everyone else (tokens) goes through the RBAC authorizer.
         self.admin = self.ca.issue(
@@ -293,43 +297,59 @@ class KubeCluster:
             ],
             self.workdir / "etcd.log",
         ).start()
-        _wait_http_ok(self.etcd, f"{self.etcd_url}/health", timeout=30)
+        wait_http_ok(self.etcd, f"{self.etcd_url}/health", timeout=30)
 
     def _start_apiserver(self) -> None:
-        port = free_port()
+        self.port = port = free_port()
         self.server = f"https://127.0.0.1:{port}"
         pki = self.workdir / "pki"
         audit_policy = self.workdir / "audit-policy.yaml"
         audit_policy.write_text(AUDIT_POLICY)
         self.audit_log = self.workdir / "audit.log"
-        self.router = ServiceRouter(
-            self.workdir / "egress.sock", self.workdir / "service-router.log"
-        ).start()
-        egress = self.workdir / "egress-selector.yaml"
-        egress.write_text(egress_selector_config(self.router.socket_path))
-        self.apiserver = Service(
-            "kube-apiserver",
-            [
-                str(self.binaries.kube_apiserver),
-                f"--etcd-servers={self.etcd_url}",
+        if self.node_binaries is None:
+            self.router = ServiceRouter(
+                self.workdir / "egress.sock", self.workdir / "service-router.log"
+            ).start()
+            egress = self.workdir / "egress-selector.yaml"
+            egress.write_text(egress_selector_config(self.router.socket_path))
+            network = [
                 "--bind-address=127.0.0.1",
                 "--advertise-address=127.0.0.1",
-                f"--secure-port={port}",
-                f"--cert-dir={pki}",
-                f"--tls-cert-file={self.serving.cert_file}",
-                f"--tls-private-key-file={self.serving.key_file}",
-                f"--client-ca-file={self.ca_file}",
                 "--authorization-mode=RBAC",
-                "--anonymous-auth=false",
-                f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
-                f"--service-account-key-file={self.sa_keys.cert_file}",
-                f"--service-account-signing-key-file={self.sa_keys.key_file}",
-                f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
                 # The `kubernetes` Service's endpoints would point at 127.0.0.1, which
                 # Endpoints validation refuses; nothing in the box routes to it anyway.
                 "--endpoint-reconciler-type=none",
                 # Webhooks behind a Service are dialled at its ClusterIP through this.
                 f"--egress-selector-config-file={egress}",
+            ]
+        else:
+            # The node reaches it at the machine's address; Services are kube-proxy's.
+            network = [
+                "--bind-address=0.0.0.0",
+                f"--advertise-address={self.node_ip}",
+                "--authorization-mode=Node,RBAC",
+                f"--kubelet-client-certificate={self.apiserver_kubelet_client.cert_file}",
+                f"--kubelet-client-key={self.apiserver_kubelet_client.key_file}",
+                f"--kubelet-certificate-authority={self.ca_file}",
+                # Else logs and exec through the API fail: `lookup <node>: no such host`.
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
+            ]
+        self.apiserver = Service(
+            "kube-apiserver",
+            [
+                str(self.binaries.kube_apiserver),
+                f"--etcd-servers={self.etcd_url}",
+                *network,
+                f"--secure-port={port}",
+                f"--cert-dir={pki}",
+                f"--tls-cert-file={self.serving.cert_file}",
+                f"--tls-private-key-file={self.serving.key_file}",
+                f"--client-ca-file={self.ca_file}",
+                "--anonymous-auth=false",
+                f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+                f"--service-account-key-file={self.sa_keys.cert_file}",
+                f"--service-account-signing-key-file={self.sa_keys.key_file}",
+                f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
                 "--allow-privileged=true",
                 f"--audit-policy-file={audit_policy}",
                 f"--audit-log-path={self.audit_log}",
@@ -408,7 +428,7 @@ class KubeCluster:
             self.workdir / "kuberay-operator.log",
             env=env,
         ).start()
-        _wait_http_ok(self.kuberay, f"http://127.0.0.1:{probe}/readyz", timeout=60)
+        wait_http_ok(self.kuberay, f"http://127.0.0.1:{probe}/readyz", timeout=60)
 
     def stop_kuberay(self) -> None:
         if self.kuberay is not None:
