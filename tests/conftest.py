@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 # The cluster-in-a-box (tests/kube): etcd + kube-apiserver + KubeRay, for `-m apiserver`.
-from kube.fixtures import kube_cluster, kube_namespace  # noqa: E402, F401
+from kube.fixtures import (  # noqa: E402, F401
+    kube_cluster,
+    kube_namespace,
+    kube_node,
+    node_namespace,
+)
 
 # The offline world real pixi runs in (tests/realpixi): pixi, the local conda channel,
 # the loopback mirror and PyPI proxy, and the env a Ray node needs to use them.

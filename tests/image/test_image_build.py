@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from replay.images import docker_unavailable
+from node.images import docker_unavailable
 
 from support import REPO, persistent_cache, session_pixi
 
@@ -90,7 +90,7 @@ def image() -> Iterator[str]:
     if reason:
         pytest.skip(reason)
     session_pixi()
-    from replay.images import ensure_operator_image
+    from node.images import ensure_operator_image
 
     yield ensure_operator_image()
 

@@ -10,6 +10,10 @@ token (so the chart's RBAC is what it gets), and for the webhook the live Secret
 and key. The webhook Service is routed to the local webhook process (see `services.py`): the
 MutatingWebhookConfiguration is exactly what Helm applied. No kubelet runs, so the chart's own
 pods stay Pending; these processes stand in for them.
+
+On a cluster with a real node (`KubeCluster(node=...)`) nothing stands in: the chart's
+Deployments run the add-on's image as Pods behind the chart's Service, and `start` waits for
+their rollout.
 """
 
 from __future__ import annotations
@@ -174,12 +178,15 @@ class Release:
         self.roles = {role: Role(self, role) for role in ROLES}
         self.manifest: list[dict[str, Any]] = []
         self.owns_namespace = False
+        # With a node, the chart's own Pods serve; no process stands in for them.
+        self.on_node = cluster.node is not None
 
     # Helm ------------------------------------------------------------------------------
 
     def install(self, values: dict[str, Any]) -> None:
         self._took(self.helm.install(CHART, self.name, values, namespace=self.namespace))
-        self._route()
+        if not self.on_node:
+            self._route()
 
     def upgrade(self, values: dict[str, Any], *, restart: bool = True) -> None:
         """`helm upgrade` (then the new pods replace the old ones: the processes restart)."""
@@ -270,12 +277,56 @@ class Release:
         return self.roles["reconciler"]
 
     def start(self) -> None:
-        """Start every role the release deploys; return once the webhook injects."""
+        """Start every role the release deploys (on a node: wait for their rollout); return
+        once the webhook injects."""
         for role in ROLES:
             if self.has(role):
-                self.roles[role].start()
+                if self.on_node:
+                    self.wait_rolled_out(role)
+                else:
+                    self.roles[role].start()
         if self.has("webhook"):
             self.wait_admitting()
+
+    def wait_rolled_out(self, role: str, timeout: float = 180) -> None:
+        """Until the role's Deployment has all its replicas updated and available, as
+        `kubectl rollout status` waits."""
+
+        def done() -> bool:
+            deployment = self.deployment(role)
+            status = deployment.get("status") or {}
+            wanted = deployment["spec"].get("replicas", 1)
+            return (
+                status.get("observedGeneration", 0) >= deployment["metadata"]["generation"]
+                and status.get("updatedReplicas", 0) == wanted
+                and status.get("availableReplicas", 0) == wanted
+                and status.get("replicas", 0) == wanted
+            )
+
+        poll(done, timeout=timeout, what=f"the {role} Deployment's rollout", interval=0.5,
+             describe=lambda: self._describe_pods(role))  # fmt: skip
+
+    def _describe_pods(self, role: str) -> str:
+        """The role's Pods as `kubectl get` and `kubectl logs --previous` would show them."""
+        selector = ",".join(
+            f"{k}={v}" for k, v in self.deployment(role)["spec"]["selector"]["matchLabels"].items()
+        )
+        pods = self.admin.get(f"/api/v1/namespaces/{self.namespace}/pods",
+                              labelSelector=selector)["items"]  # fmt: skip
+        lines = []
+        for pod in pods:
+            name = pod["metadata"]["name"]
+            for status in pod["status"].get("containerStatuses") or []:
+                lines.append(f"{name}/{status['name']}: {status.get('state')} "
+                             f"restarts={status.get('restartCount')}")  # fmt: skip
+                if status.get("restartCount"):
+                    with contextlib.suppress(ApiError):
+                        log = self.admin.request_raw(
+                            "GET", f"/api/v1/namespaces/{self.namespace}/pods/{name}/log",
+                            params={"container": status["name"], "previous": "true"},
+                        ).decode(errors="replace")  # fmt: skip
+                        lines.append("  previous log: " + log[-1500:])
+        return "\n".join(lines) or "no Pods"
 
     def restart(self) -> None:
         self.stop()
@@ -293,8 +344,9 @@ class Release:
         path = self.cluster.path_for("ray.io/v1", "RayCluster", self.namespace)
 
         def injected() -> bool:
-            assert webhook.process is not None
-            webhook.process.check()
+            if not self.on_node:
+                assert webhook.process is not None
+                webhook.process.check()
             try:
                 answer = self.admin.request("POST", path, probe, params={"dryRun": "All"})
             except ApiError:

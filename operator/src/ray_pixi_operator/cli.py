@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Sequence
@@ -180,6 +181,10 @@ def _run(*, webhook: bool, reconciler: bool) -> int:
     registry = build_registry(webhook=webhook, reconciler=reconciler)
     stop = threading.Event()
     failure: list[BaseException] = []
+    # kopf names the operator `getpass.getuser()@host` unless told, and getuser raises for a
+    # uid without a passwd entry: the chart's 65532, or any uid a platform assigns. In a Pod
+    # the hostname is the Pod's name, which says more anyway.
+    identity = os.environ.get("POD_ID") or socket.gethostname()
 
     def operate() -> None:
         try:
@@ -190,6 +195,7 @@ def _run(*, webhook: bool, reconciler: bool) -> int:
                 namespaces=settings.namespaces,
                 liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz",
                 memo=kopf.Memo({MEMO_KEY: settings}),
+                identity=identity,  # type: ignore[arg-type]  # kopf's NewType over str
                 stop_flag=stop,
             )
         except BaseException as error:  # noqa: BLE001 -- reported by the main thread

@@ -11,8 +11,8 @@ import ray
 import yaml
 from ray_pixi_operator import names
 
-from replay.images import UNSUPPORTED_RAY
-from replay.kuberay import E2E_DIR, E2E_RAY_IMAGE, LABELS, cluster_templates
+from node.images import UNSUPPORTED_RAY
+from node.raycluster import E2E_DIR, E2E_RAY_IMAGE, LABELS, cluster_templates
 
 PYTHON = f"{sys.version_info[0]}{sys.version_info[1]}"
 

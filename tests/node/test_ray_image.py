@@ -10,7 +10,7 @@ from importlib import metadata
 
 import pytest
 
-from replay.images import HOST_CA_BUNDLE, PYTHON_PREFIX_IN_IMAGE, ray_image_with
+from node.images import HOST_CA_BUNDLE, PYTHON_PREFIX_IN_IMAGE, ray_image_with
 
 pytestmark = pytest.mark.docker
 
@@ -101,7 +101,7 @@ def test_a_thin_layer_changes_one_requirement(ray_image: str) -> None:
 
 def test_image_tag_follows_its_inputs(ray_image: str) -> None:
     """The same inputs give the same tag (found, not rebuilt); another Ray version another."""
-    from replay import images
+    from node import images
 
     python = images.PythonSource.current()
     ray = images.ray_version()

@@ -1,21 +1,19 @@
-"""The site settings a user declares in a RayCluster for air-gapped Ray nodes (tests/replay
-/site.py), without Docker: the add-on's webhook keeps them, and the Pod a kubelet runs finds
-pixi's configuration and the CA bundle at the paths its env names."""
+"""The site settings a user declares in a RayCluster for air-gapped Ray nodes (tests/node
+/site.py), without a node: the add-on's webhook keeps them. That a Pod finds pixi's
+configuration and the CA bundle at the paths its env names is what the node tests show."""
 
 from __future__ import annotations
 
 import ipaddress
 import os
 import tomllib
-from pathlib import Path
 
 from ray_pixi_operator import Settings
 from ray_pixi_operator.mutation import prepare
 
+from node.raycluster import e2e_cluster
+from node.site import add_site, build_no_proxy
 from realpixi.config import build_config_toml
-from replay.kuberay import e2e_cluster
-from replay.pod import PodContext, build_pod_plan
-from replay.site import add_site, build_config_maps, build_no_proxy
 
 IMAGES = {"rayproject/ray:2.60.0-py311": "ray:test"}
 PROXY = "http://172.30.0.1:40000"
@@ -57,34 +55,7 @@ def test_every_ray_container_gets_the_settings_and_the_webhook_keeps_them(monkey
         assert volumes["site-ca-bundle"]["configMap"] == {"name": "site-ca-bundle"}
 
 
-def test_a_pod_of_the_cluster_reads_the_config_and_ca_at_the_paths_its_env_names(
-    tmp_path: Path,
-) -> None:
-    cluster = add_site(e2e_cluster("raycluster.yaml", IMAGES), PROXY, NO_PROXY)
-    template = cluster["spec"]["headGroupSpec"]["template"]
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "c-head-x", "namespace": "ns", "uid": "u",
-                     "labels": {"ray.io/group": "headgroup"}},
-        "spec": {**template["spec"], "restartPolicy": "Always"},
-    }  # fmt: skip
-    maps = {m["metadata"]["name"]: m for m in build_config_maps("ns", CONFIG, "CA BUNDLE\n")}
-    context = PodContext(pod_ip="172.30.0.2", host_ip="172.30.0.1", sandbox="s", name_prefix="s",
-                         pod_dir=tmp_path / "pod", node_dir=tmp_path / "node", config_maps=maps,
-                         image_users={"ray:test": "1000:100"})  # fmt: skip
-    plan = build_pod_plan(pod, context)
-    (ray,) = plan.containers
-    env = dict(ray.env)
-    files = {f.path: f.content for f in plan.files}
-    mounts = [ray.options[i + 1] for i, o in enumerate(ray.options) if o == "-v"]
-    for variable, content in (("PIXI_CONFIG_FILE", CONFIG.encode()),
-                              ("SSL_CERT_FILE", b"CA BUNDLE\n")):  # fmt: skip
-        inside = Path(env[variable])
-        (mount,) = [m for m in mounts if m.split(":")[1] == str(inside.parent)]
-        host, _, mode = mount.split(":")
-        assert mode == "ro"
-        assert files[Path(host) / inside.name] == content
+def test_the_node_config_mirrors_conda_forge_to_the_site_and_trusts_the_system_roots() -> None:
     config = tomllib.loads(CONFIG)
     assert config["tls-root-certs"] == "system"
     assert config["mirrors"]["https://conda.anaconda.org/conda-forge"] == [

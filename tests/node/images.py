@@ -1,4 +1,4 @@
-"""The images a replayed Pod runs, built here once per machine and reused.
+"""The images the node's Pods run, built here once per machine and reused.
 
 No image registry is reachable on the build machines, so each image is built from the
 debootstrap base that .ci/setup-docker makes, and tagged by a key over everything that goes
@@ -9,7 +9,7 @@ into it (a changed input builds a new tag; an unchanged one is found and reused)
   `ray[default]` at this process's Ray version. Nothing of ray-pixi.
 - the same image at another Ray version (`ensure_ray_image(ray="2.9.3")`: a Ray the plugin
   does not support), and a thin layer over it for other failure cases (`ray_image_with`).
-- the add-on's image (`ray-pixi-replay-operator:<key>`): images/Dockerfile from this checkout
+- the add-on's image (`ray-pixi-test-operator:<key>`): images/Dockerfile from this checkout
   with a real pixi as the air-gapped PIXI_FILE, as a cluster operator builds it.
 
 Builds take a file lock, so a CI setup step and a test session never build one image twice.
@@ -90,7 +90,7 @@ def docker_unavailable() -> str | None:
         return f"base image {BASE_IMAGE} missing: run .ci/setup-docker ({docker_setup_said()})"
     return None
 RAY_REPOSITORY = "ray-pixi-test-ray"
-OPERATOR_REPOSITORY = "ray-pixi-replay-operator"
+OPERATOR_REPOSITORY = "ray-pixi-test-operator"
 PYTHON_PREFIX_IN_IMAGE = "/opt/python"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 # A Ray older than the plugin supports (>= 2.10), on the same Python: the plugin's entry point
@@ -110,7 +110,7 @@ class ImageError(RuntimeError):
 
 def cache_dir() -> Path:
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    path = root / "ray-pixi" / "replay"
+    path = root / "ray-pixi" / "images"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -160,7 +160,7 @@ def _build(context: Path, dockerfile: Path, tag: str, build_args: dict[str, str]
     if built.returncode != 0:
         tail = "\n".join((built.stdout + built.stderr).splitlines()[-30:])
         raise ImageError(f"docker build of {tag} failed (exit {built.returncode}):\n{tail}")
-    log(f"replay: built {tag} in {time.monotonic() - started:.0f} s")
+    log(f"images: built {tag} in {time.monotonic() - started:.0f} s")
 
 
 def _host_ca_into(inputs: Path) -> None:
@@ -252,7 +252,7 @@ def ray_image_tag(python: PythonSource, ray: str) -> str:
 
 
 def build_ray_image(python: PythonSource, ray: str, tag: str, log: Log) -> None:
-    with tempfile.TemporaryDirectory(prefix="ray-pixi-replay-image-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="ray-pixi-images-image-") as tmp:
         context = Path(tmp)
         python.copy_into(context / "python")
         _host_ca_into(context / "build-inputs")
@@ -278,7 +278,7 @@ def ensure_ray_image(log: Log = print, *, ray: str | None = None) -> str:
     with _build_lock("ray-image"):
         if image_exists(tag):
             return tag
-        log(f"replay: building {tag} (CPython {python.version} from {python.prefix}, ray {ray})")
+        log(f"images: building {tag} (CPython {python.version} from {python.prefix}, ray {ray})")
         build_ray_image(python, ray, tag, log)
     return tag
 
@@ -320,7 +320,7 @@ def ray_image_with(requirement: str, log: Log = print) -> str:
     with _build_lock("ray-image"):
         if image_exists(tag):
             return tag
-        with tempfile.TemporaryDirectory(prefix="ray-pixi-replay-layer-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="ray-pixi-images-layer-") as tmp:
             context = Path(tmp)
             (context / "Dockerfile").write_text(dockerfile)
             _host_ca_into(context / "build-inputs")
@@ -403,8 +403,8 @@ def ensure_operator_image(log: Log = print) -> str:
     with _build_lock("operator-image"):
         if image_exists(tag):
             return tag
-        log(f"replay: building {tag} from images/Dockerfile with pixi {pixi}")
-        with tempfile.TemporaryDirectory(prefix="ray-pixi-replay-operator-") as tmp:
+        log(f"images: building {tag} from images/Dockerfile with pixi {pixi}")
+        with tempfile.TemporaryDirectory(prefix="ray-pixi-test-operator-") as tmp:
             context = Path(tmp)
             for path in files:
                 target = context / path.relative_to(REPO)

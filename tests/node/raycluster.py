@@ -1,11 +1,11 @@
-"""A labelled RayCluster on the harness, its Pods replayed, and jobs through the head's Jobs API.
+"""A labelled RayCluster on the real node, its Pods, and jobs through the head's Jobs API.
 
-The shared steps of the KubeRay replay tests: the RayCluster a user writes (the manifests the
-kind flow applies, `e2e/raycluster*.yaml`, with local images standing in for Docker Hub's),
-the Pods KubeRay builds for it after the add-on's webhook, started with Docker (`Replay`),
-the Ray nodes they form, and jobs submitted with `ray job submit` from this process, as a
-user submits them to a cluster's dashboard. Where the add-on put things (volume, store,
-pixi) is read from the Pods, not assumed.
+The shared steps of the node tests: the RayCluster a user writes (the manifests the kind
+flow applies, `e2e/raycluster*.yaml`, with local images standing in for Docker Hub's), the
+Pods KubeRay builds for it after the add-on's webhook, run by the kubelet, the Ray nodes they
+form, and jobs submitted with `ray job submit` from this process to the dashboard behind the
+head's Service. Where the add-on put things (volume, store, pixi) is read from the Pods, not
+assumed; what is on a Pod's emptyDir is read where the kubelet keeps it on this machine.
 """
 
 from __future__ import annotations
@@ -25,11 +25,8 @@ import yaml
 from ray_pixi_operator import names
 
 from kube.cluster import KubeCluster
-from kube.manifests import wait_for_pods
-from kube.release import Release
-from kube.rest import poll
-
-from .runner import Replay, RunningPod
+from kube.manifests import cluster_pods
+from kube.rest import ApiError, poll
 
 __all__ = [
     "DASHBOARD_PORT",
@@ -43,7 +40,7 @@ __all__ = [
     "container_env",
     "host_path_of",
     "install_logs",
-    "kube_root_ca",
+    "NodePod",
     "process_ids",
     "cluster_templates",
     "e2e_cluster",
@@ -97,57 +94,145 @@ def cluster_templates(cluster: Mapping[str, Any]) -> list[Obj]:
             *(group["template"] for group in spec.get("workerGroupSpecs") or [])]  # fmt: skip
 
 
-def kube_root_ca(cluster: KubeCluster, namespace: str) -> Obj:
-    """The namespace's kube-root-ca.crt ConfigMap, which the projected token volume reads.
+@dataclasses.dataclass
+class NodePod:
+    """A Pod the kubelet runs: its latest object, exec and logs through the API server, and
+    its emptyDir volumes where the kubelet keeps them on this machine."""
 
-    kube-controller-manager's root-ca-cert-publisher creates it in a real cluster; the
-    harness runs no controller-manager, so the test creates it, with the cluster's CA.
-    """
-    body = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": "kube-root-ca.crt"},
-        "data": {"ca.crt": Path(cluster.ca_file).read_text()},
-    }
-    cluster.apply(body, namespace)
-    return dict(cluster.rest().get(f"/api/v1/namespaces/{namespace}/configmaps/kube-root-ca.crt"))
+    cluster: KubeCluster
+    pod: Obj
+
+    @property
+    def name(self) -> str:
+        return str(self.pod["metadata"]["name"])
+
+    @property
+    def namespace(self) -> str:
+        return str(self.pod["metadata"]["namespace"])
+
+    @property
+    def ip(self) -> str:
+        return str(self.pod["status"]["podIP"])
+
+    def refresh(self) -> NodePod:
+        self.pod = dict(self.cluster.rest().get(
+            f"/api/v1/namespaces/{self.namespace}/pods/{self.name}"))  # fmt: skip
+        return self
+
+    def host_path(self, volume: str) -> Path:
+        """Where the kubelet keeps the Pod's emptyDir `volume` on this machine."""
+        assert self.cluster.node is not None
+        uid = self.pod["metadata"]["uid"]
+        return (self.cluster.node.workdir / "kubelet" / "pods" / uid / "volumes"
+                / "kubernetes.io~empty-dir" / volume)  # fmt: skip
+
+    def exec(self, container: str, *argv: str) -> subprocess.CompletedProcess[str]:
+        """Run `argv` in the container through the API server (`kubectl exec`)."""
+        from kubernetes import client
+        from kubernetes.stream import stream
+
+        with self.cluster.api_client() as api:
+            session = stream(
+                client.CoreV1Api(api).connect_get_namespaced_pod_exec, self.name,
+                self.namespace, container=container, command=list(argv), stderr=True,
+                stdin=False, stdout=True, tty=False, _preload_content=False,
+            )  # fmt: skip
+            stdout, stderr = [], []
+            while session.is_open():
+                session.update(timeout=1)
+                stdout.append(session.read_stdout())
+                stderr.append(session.read_stderr())
+            session.close()
+            code = session.returncode
+        return subprocess.CompletedProcess(list(argv), code if code is not None else -1,
+                                           "".join(stdout), "".join(stderr))  # fmt: skip
+
+    def logs(self, container: str, *, previous: bool = False) -> str:
+        path = f"/api/v1/namespaces/{self.namespace}/pods/{self.name}/log"
+        try:
+            return self.cluster.rest().request_raw(
+                "GET", path, params={"container": container, "previous": str(previous).lower()}
+            ).decode(errors="replace")
+        except ApiError as error:
+            return f"(no log: {error})"
+
+    def container_status(self, container: str, *, init: bool = False) -> Obj:
+        key = "initContainerStatuses" if init else "containerStatuses"
+        for status in self.pod["status"].get(key) or []:
+            if status["name"] == container:
+                return dict(status)
+        raise AssertionError(f"{self.name} has no status for container {container}")
+
+    def ready(self) -> bool:
+        conditions = self.pod.get("status", {}).get("conditions") or []
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
 
 def start_cluster(
-    release: Release,
-    namespace: str,
-    manifest: Obj,
-    replay: Replay,
-    *,
-    config_maps: Sequence[Obj] = (),
-) -> list[RunningPod]:
-    """Create `config_maps` and the RayCluster, then replay every Pod KubeRay built (head
-    first) with Docker."""
-    cluster, admin = release.cluster, release.admin
-    objects = [kube_root_ca(cluster, namespace)]
+    cluster: KubeCluster, namespace: str, manifest: Obj, *, config_maps: Sequence[Obj] = (),
+    timeout: float = RAY_UP_TIMEOUT,
+) -> list[NodePod]:  # fmt: skip
+    """Create `config_maps` and the RayCluster, then wait until every Pod KubeRay built is
+    Ready by KubeRay's own probes; head first."""
     for body in config_maps:
         cluster.apply(body, namespace)
-        name = body["metadata"]["name"]
-        objects.append(dict(admin.get(f"/api/v1/namespaces/{namespace}/configmaps/{name}")))
     cluster.apply(manifest, namespace)
+    name = manifest["metadata"]["name"]
     spec = manifest["spec"]
     count = 1 + sum(int(g.get("replicas", 0)) for g in spec.get("workerGroupSpecs") or [])
-    pods = wait_for_pods(admin, namespace, manifest["metadata"]["name"], count)
-    services = admin.get(f"/api/v1/namespaces/{namespace}/services")["items"]
-    token = cluster.service_account_token(namespace, "default")
-    started = time.monotonic()
-    running = replay.start(pods, services=services, config_maps=objects,
-                           tokens={"default": token})  # fmt: skip
-    replay.log(f"replay: Pods' containers started in {time.monotonic() - started:.1f} s")
-    return running
+    return wait_for_ready_pods(cluster, namespace, name, count, timeout=timeout)
 
 
-def ray_container(pod: RunningPod) -> str:
+def wait_for_ready_pods(cluster: KubeCluster, namespace: str, name: str, count: int, *,
+                        timeout: float = RAY_UP_TIMEOUT, not_uids: Sequence[str] = ()
+                        ) -> list[NodePod]:  # fmt: skip
+    admin = cluster.rest()
+
+    def pods() -> list[NodePod]:
+        found = [NodePod(cluster, p) for p in cluster_pods(admin, namespace, name)
+                 if p["metadata"]["uid"] not in not_uids
+                 and not p["metadata"].get("deletionTimestamp")]  # fmt: skip
+        return sorted(found, key=lambda p: p.pod["metadata"]["labels"].get("ray.io/node-type")
+                      != "head")  # fmt: skip
+
+    def ready() -> list[NodePod] | None:
+        found = pods()
+        return found if len(found) == count and all(p.ready() for p in found) else None
+
+    def describe() -> str:
+        return "; ".join(
+            f"{p.name}: {p.pod['status'].get('phase')} "
+            f"{[(s['name'], s.get('state'), s.get('restartCount')) for s in (p.pod['status'].get('initContainerStatuses') or []) + (p.pod['status'].get('containerStatuses') or [])]}"  # noqa: E501
+            for p in pods()
+        )
+
+    return poll(ready, timeout=timeout, what=f"{count} Ready Pods of RayCluster {name}",
+                interval=1, describe=describe)  # fmt: skip
+
+
+def dashboard_address(cluster: KubeCluster, namespace: str, name: str) -> str:
+    """The head's dashboard through its Service: the ClusterIP (kube-proxy), or for KubeRay's
+    headless head Service its endpoint (what the Service's DNS name resolves to)."""
+    admin = cluster.rest()
+    service = admin.get(f"/api/v1/namespaces/{namespace}/services/{name}-head-svc")
+    ip = service["spec"].get("clusterIP")
+    if ip and ip != "None":
+        return f"http://{ip}:{DASHBOARD_PORT}"
+    slices = admin.get(f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices",
+                       labelSelector=f"kubernetes.io/service-name={name}-head-svc")
+    for endpoint_slice in slices["items"]:
+        for endpoint in endpoint_slice.get("endpoints") or []:
+            if (endpoint.get("conditions") or {}).get("ready"):
+                return f"http://{endpoint['addresses'][0]}:{DASHBOARD_PORT}"
+    raise AssertionError(f"Service {name}-head-svc has no ready endpoint")
+
+
+def ray_container(pod: NodePod) -> str:
     """The Ray container's name (`containers[0]`, as KubeRay and the add-on take it)."""
     return str(pod.pod["spec"]["containers"][0]["name"])
 
 
-def container_env(pod: RunningPod, container: str | None = None) -> dict[str, str]:
+def container_env(pod: NodePod, container: str | None = None) -> dict[str, str]:
     """The plain `value` env vars of a container as the Pod declares them (after the
     webhook), e.g. where the add-on put the store: `RAY_PIXI_STORE_DIR`."""
     name = container or ray_container(pod)
@@ -155,7 +240,7 @@ def container_env(pod: RunningPod, container: str | None = None) -> dict[str, st
     return {e["name"]: e["value"] for e in spec.get("env") or [] if "value" in e}
 
 
-def host_path_of(pod: RunningPod, path: str, container: str | None = None) -> Path:
+def host_path_of(pod: NodePod, path: str, container: str | None = None) -> Path:
     """Where a path inside the container lives on this host, through the container's
     emptyDir mounts (the deepest mount that holds it)."""
     name = container or ray_container(pod)
@@ -176,17 +261,17 @@ def host_path_of(pod: RunningPod, path: str, container: str | None = None) -> Pa
     return pod.host_path(mount["name"]) / mount.get("subPath", "") / target.relative_to(where)
 
 
-def store_dir(pod: RunningPod) -> Path:
+def store_dir(pod: NodePod) -> Path:
     """The host directory behind the Ray container's ray-pixi store (`RAY_PIXI_STORE_DIR`)."""
     return host_path_of(pod, container_env(pod)["RAY_PIXI_STORE_DIR"])
 
 
-def install_logs(pod: RunningPod) -> list[Path]:
+def install_logs(pod: NodePod) -> list[Path]:
     """The install logs in the Pod's store (`<store>/logs/install-<key>-<time>-<pid>.log`)."""
     return sorted((store_dir(pod) / "logs").glob("install-*.log"))
 
 
-def completed_installs(pod: RunningPod) -> list[Path]:
+def completed_installs(pod: NodePod) -> list[Path]:
     """The install logs of completed installs: their last line is the plugin's summary."""
     done = []
     for log in install_logs(pod):
@@ -196,7 +281,7 @@ def completed_installs(pod: RunningPod) -> list[Path]:
     return done
 
 
-def process_ids(pod: RunningPod, title: str, container: str | None = None) -> list[int]:
+def process_ids(pod: NodePod, title: str, container: str | None = None) -> list[int]:
     """PIDs (in the container's PID namespace) whose command line starts with `title`, e.g.
     `ray::RuntimeEnvAgent`, which Ray sets as its runtime_env agent's process title."""
     code = (
@@ -214,13 +299,13 @@ def process_ids(pod: RunningPod, title: str, container: str | None = None) -> li
     return [int(p) for p in found.stdout.split()]
 
 
-def alive_nodes(head: RunningPod) -> list[Obj]:
+def alive_nodes(address: str) -> list[Obj]:
     """The Ray nodes the head's state API reports alive (none while the dashboard starts).
 
     Read as plain JSON rather than through `ray.util.state`: the tests' Ray client cannot
     parse an older head's node records (Ray 2.9 has no `state_message`), and the failure
     tests run a Ray below the plugin's floor."""
-    url = f"http://{head.ip}:{DASHBOARD_PORT}/api/v0/nodes?limit=1000"
+    url = f"{address}/api/v0/nodes?limit=1000"
     try:
         with urllib.request.urlopen(url, timeout=10) as answer:  # noqa: S310 - the Pod's IP
             nodes = json.load(answer)["data"]["result"]["result"]
@@ -229,18 +314,18 @@ def alive_nodes(head: RunningPod) -> list[Obj]:
     return [n for n in nodes if n.get("state") == "ALIVE"]
 
 
-def wait_for_nodes(pods: Sequence[RunningPod], *, not_ids: Sequence[str] = ()) -> list[Obj]:
+def wait_for_nodes(address: str, pods: Sequence[NodePod], *, not_ids: Sequence[str] = ()
+                   ) -> list[Obj]:  # fmt: skip
     """Poll until one alive Ray node runs at each Pod's IP (none of them in `not_ids`)."""
-    head = pods[0]
 
     def ready() -> list[Obj] | None:
-        nodes = [n for n in alive_nodes(head) if n["node_id"] not in not_ids]
+        nodes = [n for n in alive_nodes(address) if n["node_id"] not in not_ids]
         return nodes if sorted(n["node_ip"] for n in nodes) == sorted(p.ip for p in pods) \
             else None
 
     def describe() -> str:
         logs = "\n".join(f"{p.name} log:\n{p.logs(ray_container(p))[-2000:]}" for p in pods)
-        return f"nodes {alive_nodes(head)}\n{logs}"
+        return f"nodes {alive_nodes(address)}\n{logs}"
 
     return poll(ready, timeout=RAY_UP_TIMEOUT, what=f"{len(pods)} alive Ray nodes",
                 describe=describe)  # fmt: skip
@@ -263,7 +348,7 @@ class Job:
 
 
 def submit_job(
-    head: RunningPod,
+    address: str,
     entrypoint: Sequence[str],
     *,
     submission_id: str,
@@ -271,11 +356,11 @@ def submit_job(
     runtime_env: Mapping[str, Any] | None = None,
     timeout: float = JOB_TIMEOUT,
 ) -> Job:
-    """`ray job submit` to the head's dashboard from this process, as a user submits a job;
-    then wait for it to end (Jobs API) and return what it printed."""
+    """`ray job submit` to the head's dashboard (`address`, see `dashboard_address`) from this
+    process, as a user submits a job; then wait for it to end (Jobs API) and return what it
+    printed."""
     from ray.job_submission import JobSubmissionClient
 
-    address = f"http://{head.ip}:{DASHBOARD_PORT}"
     argv = [str(RAY_CLI), "job", "submit", "--address", address, "--no-wait",
             "--submission-id", submission_id]  # fmt: skip
     if working_dir is not None:

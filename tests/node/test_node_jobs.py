@@ -1,11 +1,12 @@
-"""Jobs with `runtime_env={"pixi": ...}` on the Pods KubeRay builds, run for real with Docker.
+"""Jobs with `runtime_env={"pixi": ...}` on the Pods KubeRay builds, run by a real kubelet.
 
-The chart on the harness prepares a labelled RayCluster; the Pods KubeRay builds from it are
-replayed as a kubelet would run them (tests/replay/kuberay.py), on a network whose only way
-out is the site (tests/replay/site.py): the local channel as conda-forge and the mapping
-service on the bridge, PyPI through a recording proxy, and the node pixi configuration as a
-ConfigMap. Jobs go in through the head's Jobs API with `ray job submit` from this process.
-Real pixi runs inside the Ray containers as an air-gapped node runs it.
+The chart, installed on the node with the add-on's image, prepares a labelled RayCluster
+(`e2e/raycluster.yaml`: head and one worker); KubeRay builds its Pods, the kubelet runs them
+until KubeRay's own probes pass, on a bridge whose only way out is the site
+(tests/node/site.py): the local channel as conda-forge and the mapping service on the node's
+address, PyPI through a recording proxy, and the node pixi configuration as a ConfigMap. Jobs
+go in through the head's Jobs API behind its Service, with `ray job submit` from this
+process. Real pixi runs inside the Ray containers as an air-gapped node runs it.
 """
 
 from __future__ import annotations
@@ -29,17 +30,16 @@ from ray_pixi_operator import names
 import ray_pixi
 from kube.cluster import KubeCluster
 from kube.release import Release
-from ray_pixi import pixi
-from realpixi.channel import Channel
-from realpixi.recipes import ActivationRecipe
-from realpixi.run import run_pixi
-from realpixi.servers import PYPI_HOSTS
-from replay.images import BASE_IMAGE, PYTHON_PREFIX_IN_IMAGE, real_pixi
-from replay.kuberay import (
+from kube.rest import poll
+from node.images import PYTHON_PREFIX_IN_IMAGE, real_pixi
+from node.raycluster import (
     JOBS_DIR,
     Job,
+    NodePod,
+    Obj,
     completed_installs,
     container_env,
+    dashboard_address,
     e2e_cluster,
     host_path_of,
     install_logs,
@@ -50,10 +50,14 @@ from replay.kuberay import (
     submit_job,
     wait_for_nodes,
 )
-from replay.runner import Replay, RunningPod
-from replay.site import Site, open_site
+from node.site import Site
+from ray_pixi import pixi
+from realpixi.channel import Channel
+from realpixi.recipes import ActivationRecipe
+from realpixi.run import run_pixi
+from realpixi.servers import PYPI_HOSTS
 
-pytestmark = [pytest.mark.docker, pytest.mark.apiserver]
+pytestmark = [pytest.mark.node]
 
 PROBE = "probe_job.py"
 ACTIVATION = ActivationRecipe()
@@ -101,7 +105,7 @@ def project(
     return root
 
 
-def _in_environment(pod: RunningPod, seen: Mapping[str, Any], python: str) -> PurePosixPath:
+def _in_environment(pod: NodePod, seen: Mapping[str, Any], python: str) -> PurePosixPath:
     """What a worker in a pixi environment on `pod` saw; returns its sys.prefix.
 
     It ran on that Pod, with the environment's Python (the image's exact version), under the
@@ -122,7 +126,7 @@ def _in_environment(pod: RunningPod, seen: Mapping[str, Any], python: str) -> Pu
     return prefix
 
 
-def _payload_seen(pod: RunningPod, seen: Mapping[str, Any]) -> list[str]:
+def _payload_seen(pod: NodePod, seen: Mapping[str, Any]) -> list[str]:
     """What of the add-on's payload a worker could import: ray_pixi itself, sys.path entries
     on the ray-pixi volume outside the store, the Pod's declared PYTHONPATH entries."""
     store = PurePosixPath(container_env(pod)["RAY_PIXI_STORE_DIR"])
@@ -136,7 +140,7 @@ def _payload_seen(pod: RunningPod, seen: Mapping[str, Any]) -> list[str]:
     return found
 
 
-def _agent_used_the_payload(pod: RunningPod) -> list[int]:
+def _agent_used_the_payload(pod: NodePod) -> list[int]:
     """The Pod's runtime_env agent imports ray_pixi from the add-on's volume (`ray-pixi
     doctor` reads the running agent's own environment); returns the agent's PIDs."""
     agents = process_ids(pod, AGENT)
@@ -159,20 +163,19 @@ def _install_pids(logs: list[Path]) -> set[int]:
 
 
 class Timings:
-    """What each step took, logged as it goes (speed is measured, never asserted)."""
+    """What each step took, printed as it goes (speed is measured, never asserted)."""
 
-    def __init__(self, replay: Replay) -> None:
-        self.replay = replay
+    def __init__(self) -> None:
         self.started = time.monotonic()
 
     def mark(self, what: str) -> None:
         now = time.monotonic()
-        self.replay.log(f"replay: {what} in {now - self.started:.1f} s")
+        print(f"node: {what} in {now - self.started:.1f} s", flush=True)
         self.started = now
 
 
-def _submit(head: RunningPod, name: str, **options: Any) -> Job:
-    job = submit_job(head, submission_id=f"{name}-{secrets.token_hex(3)}", **options)
+def _submit(address: str, name: str, **options: Any) -> Job:
+    job = submit_job(address, submission_id=f"{name}-{secrets.token_hex(3)}", **options)
     assert job.status == "SUCCEEDED", job.logs[-4000:]
     return job
 
@@ -182,8 +185,10 @@ class Scenario:
     """The cluster and what each step of the scenario observed, in order."""
 
     site: Site
-    head: RunningPod
-    worker: RunningPod
+    cluster: Obj  # the RayCluster once its Pods were Ready
+    address: str  # the dashboard, behind the head's Service
+    head: NodePod
+    worker: NodePod
     image_python: str
     inline: Job
     project: Job
@@ -193,104 +198,133 @@ class Scenario:
     project_again: Job
     logs_again: dict[str, list[Path]]
     old_worker_id: str
+    worker_restarts: int  # the Ray container's restartCount after the kubelet restarted it
     restarted_agents: list[int]
     after_restart: Job
     logs_after_restart: dict[str, list[Path]]
 
     @property
-    def pods(self) -> dict[str, RunningPod]:
+    def pods(self) -> dict[str, NodePod]:
         return {"head": self.head, "worker": self.worker}
 
 
-def _install_logs(scenario_pods: Mapping[str, RunningPod]) -> dict[str, list[Path]]:
+def _install_logs(scenario_pods: Mapping[str, NodePod]) -> dict[str, list[Path]]:
     return {role: install_logs(pod) for role, pod in scenario_pods.items()}
 
 
 @pytest.fixture(scope="module")
 def scenario(
-    kube_cluster: KubeCluster,
+    kube_node: KubeCluster,
     release: Release,
     e2e_images: dict[str, str],
-    conda_channel: Channel,
+    site: Site,
     project: Path,
-    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Scenario]:
-    """e2e/raycluster.yaml (head + one worker) replayed on the site's network, and the
-    scenario run on it once: the inline and the project job, both again, then the worker's
-    Ray container restarted and the inline job once more. The tests below assert on it."""
-    namespace = kube_cluster.create_namespace(f"replay-jobs-{secrets.token_hex(3)}")
+    """e2e/raycluster.yaml (head + one worker) on the node, and the scenario run on it once:
+    the inline and the project job, both again, then the worker's Ray container restarted by
+    the kubelet and the inline job once more. The tests below assert on it."""
+    namespace = kube_node.create_namespace(f"node-jobs-{secrets.token_hex(3)}")
     try:
-        with Replay(tmp_path_factory.mktemp("replay-jobs-pods"), sandbox_image=BASE_IMAGE) \
-                as replay, open_site(replay, conda_channel) as site:
-            yield _run_scenario(release, namespace, e2e_images, replay, site, project)
-            assert not site.proxy.refused, (
-                f"the replayed Pods asked the proxy for hosts other than PyPI: "
-                f"{site.proxy.refused}"
-            )
+        yield _run_scenario(kube_node, namespace, e2e_images, site, project)
     finally:
-        kube_cluster.delete_namespace(namespace)
+        kube_node.delete_namespace(namespace)
 
 
-def _run_scenario(release: Release, namespace: str, e2e_images: Mapping[str, str],
-                  replay: Replay, site: Site, project: Path) -> Scenario:
-    took = Timings(replay)
+def _run_scenario(cluster: KubeCluster, namespace: str, e2e_images: Mapping[str, str],
+                  site: Site, project: Path) -> Scenario:
+    took = Timings()
     manifest = site.apply_to(e2e_cluster("raycluster.yaml", e2e_images))
-    head, worker = start_cluster(release, namespace, manifest, replay,
+    name = manifest["metadata"]["name"]
+    head, worker = start_cluster(cluster, namespace, manifest,
                                  config_maps=site.config_maps(namespace))  # fmt: skip
     pods = {"head": head, "worker": worker}
-    wait_for_nodes([head, worker])
-    took.mark("RayCluster created, its Pods replayed, both Ray nodes alive")
+    address = dashboard_address(cluster, namespace, name)
+    wait_for_nodes(address, [head, worker])
+    took.mark("RayCluster created, its Pods Ready by KubeRay's probes, both Ray nodes alive")
+    ray_cluster = dict(cluster.rest().get(
+        cluster.path_for("ray.io/v1", "RayCluster", namespace, name)))  # fmt: skip
     image_python = head.exec(ray_container(head), "python", "-c",
                              "import platform; print(platform.python_version())").stdout.strip()
 
     inline_entry = _probe("pyjokes", {"pixi": INLINE})
-    inline = _submit(head, "inline", entrypoint=inline_entry, working_dir=JOBS_DIR)
+    inline = _submit(address, "inline", entrypoint=inline_entry, working_dir=JOBS_DIR)
     took.mark(f"inline job: an install on each node ({inline.seconds:.0f} s from submission)")
     runtime_env = {"working_dir": str(project),
                    "pixi": pixi("pixi.toml", include=["mypkg/**"], working_dir=project)}
     project_entry = _probe("mypkg", None)
-    project_job = _submit(head, "project", entrypoint=project_entry, runtime_env=runtime_env)
+    project_job = _submit(address, "project", entrypoint=project_entry, runtime_env=runtime_env)
     took.mark(f"project job: an install on each node ({project_job.seconds:.0f} s)")
     agents = {role: _agent_used_the_payload(pod) for role, pod in pods.items()}
     logs = _install_logs(pods)
     for role, pod in pods.items():
         for log in completed_installs(pod):
-            replay.log(f"replay: {role}: {log.read_text().splitlines()[-1]}")
+            print(f"node: {role}: {log.read_text().splitlines()[-1]}", flush=True)
 
-    inline_again = _submit(head, "inline-again", entrypoint=inline_entry, working_dir=JOBS_DIR)
-    project_again = _submit(head, "project-again", entrypoint=project_entry,
+    inline_again = _submit(address, "inline-again", entrypoint=inline_entry, working_dir=JOBS_DIR)
+    project_again = _submit(address, "project-again", entrypoint=project_entry,
                             runtime_env=runtime_env)  # fmt: skip
     took.mark(f"both jobs again ({inline_again.seconds:.0f} s, {project_again.seconds:.0f} s)")
     logs_again = _install_logs(pods)
 
     old_worker_id = inline.result["nodes"]["worker"]["node_id"]
-    worker.restart(ray_container(worker))
-    wait_for_nodes([head, worker], not_ids=[old_worker_id])
-    took.mark("the worker's Ray container restarted and its node rejoined")
+    before = worker.refresh().container_status(ray_container(worker))["restartCount"]
+    # Ray stops inside the worker's Ray container only (its own PID namespace); `ray start
+    # --block` then exits, and the kubelet restarts the container by the Pod's policy. The
+    # exec dies with the container (often before it can report), so its status says nothing.
+    worker.exec(ray_container(worker), "ray", "stop", "--force")
+
+    def restarted() -> bool:
+        status = worker.refresh().container_status(ray_container(worker))
+        return status["restartCount"] > before and worker.ready()
+
+    poll(restarted, timeout=240, what="the kubelet to restart the worker's Ray container",
+         interval=1)  # fmt: skip
+    worker_restarts = worker.container_status(ray_container(worker))["restartCount"]
+    wait_for_nodes(address, [head, worker], not_ids=[old_worker_id])
+    took.mark("the worker's Ray container restarted by the kubelet and its node rejoined")
     restarted_agents = process_ids(worker, AGENT)
-    after_restart = _submit(head, "inline-after-restart", entrypoint=inline_entry,
+    after_restart = _submit(address, "inline-after-restart", entrypoint=inline_entry,
                             working_dir=JOBS_DIR)  # fmt: skip
     took.mark(f"the inline job after the restart ({after_restart.seconds:.0f} s)")
     return Scenario(
-        site=site, head=head, worker=worker, image_python=image_python, inline=inline,
-        project=project_job, agents=agents, logs=logs, inline_again=inline_again,
+        site=site, cluster=ray_cluster, address=address, head=head, worker=worker,
+        image_python=image_python, inline=inline, project=project_job, agents=agents,
+        logs=logs, inline_again=inline_again,
         project_again=project_again, logs_again=logs_again, old_worker_id=old_worker_id,
-        restarted_agents=restarted_agents, after_restart=after_restart,
+        worker_restarts=worker_restarts, restarted_agents=restarted_agents,
+        after_restart=after_restart,
         logs_after_restart=_install_logs(pods),
     )  # fmt: skip
 
 
+def test_the_labelled_raycluster_becomes_ready_by_kuberays_own_probes(scenario: Scenario) -> None:
+    """KubeRay's exec probes (they call wget, as on Ray's own images) passed in each Ray
+    container the webhook prepared, and KubeRay calls the cluster ready."""
+    assert scenario.cluster["status"]["state"] == "ready", scenario.cluster["status"]
+    for pod in scenario.pods.values():
+        (ray_spec,) = [c for c in pod.pod["spec"]["containers"]
+                       if c["name"] == ray_container(pod)]  # fmt: skip
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert "wget" in " ".join(ray_spec[probe]["exec"]["command"]), ray_spec[probe]
+        assert pod.container_status(ray_container(pod))["ready"] is True
+        assert "RAY_PIXI_STORE_DIR" in container_env(pod)  # the webhook prepared it
+
+
 def test_the_pods_run_as_the_webhook_and_kuberay_prepared_them(scenario: Scenario) -> None:
-    """The payload init container ran non-root with a read-only root and no capabilities and
-    put the real pixi on the volume; the Ray user imports ray_pixi from the volume only; `ray
-    status` names each node by its group (a fieldRef the replay resolved)."""
+    """The payload init container ran to completion non-root, read-only, with no
+    capabilities (what the webhook asked, the kubelet enforced) and put the real pixi on the
+    volume; the Ray user imports ray_pixi from the volume only; `ray status` names each node
+    by its group (a fieldRef the kubelet resolved)."""
     _, pixi_sha = real_pixi()
     for pod in scenario.pods.values():
-        init = pod.inspect(names.INIT_CONTAINER_NAME)
-        assert init["State"]["ExitCode"] == 0
-        assert init["HostConfig"]["ReadonlyRootfs"] is True
-        assert init["HostConfig"]["CapDrop"] == ["ALL"]
-        assert "no-new-privileges" in init["HostConfig"]["SecurityOpt"]
+        status = pod.container_status(names.INIT_CONTAINER_NAME, init=True)
+        assert status["state"]["terminated"]["exitCode"] == 0, status
+        (init,) = [c for c in pod.pod["spec"]["initContainers"]
+                   if c["name"] == names.INIT_CONTAINER_NAME]  # fmt: skip
+        context = init["securityContext"]
+        assert context["readOnlyRootFilesystem"] is True
+        assert context["capabilities"]["drop"] == ["ALL"]
+        assert context["allowPrivilegeEscalation"] is False
         # RAY_PIXI_EXE is the payload's launcher (bin/pixi), which runs <arch>/pixi.
         launcher = host_path_of(pod, container_env(pod)["RAY_PIXI_EXE"])
         pixi_file = launcher.parent.parent / platform.machine() / "pixi"
@@ -384,6 +418,7 @@ def test_a_restarted_worker_container_reuses_the_environment_on_its_volume(
     worker = scenario.worker
     seen = scenario.after_restart.result["nodes"]["worker"]
     assert seen["node_id"] != scenario.old_worker_id  # a new Ray node, a new agent
+    assert scenario.worker_restarts >= 1  # the kubelet restarted the container in its Pod
     # (PIDs cannot tell: the new container has a new PID namespace, and its processes start
     # in the same order, so the new agent often gets the old one's PID.)
     assert scenario.restarted_agents

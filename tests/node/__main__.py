@@ -1,9 +1,9 @@
-"""Build the replay tests' images by hand or from .ci/setup-docker.
+"""Build the node tests' images by hand or from .ci/setup-docker.
 
-PYTHONPATH=tests python -m replay image            # the Ray image (what .ci/setup-docker runs)
-PYTHONPATH=tests python -m replay image --operator # also the add-on's image with the real pixi
-PYTHONPATH=tests python -m replay image --unsupported-ray  # also the Ray 2.9.3 image (failures)
-PYTHONPATH=tests python -m replay image --ray 2.50.0   # also the Ray image at another version
+PYTHONPATH=tests python -m node image            # the Ray image (what .ci/setup-docker runs)
+PYTHONPATH=tests python -m node image --operator # also the add-on's image with the real pixi
+PYTHONPATH=tests python -m node image --unsupported-ray  # also the Ray 2.9.3 image (failures)
+PYTHONPATH=tests python -m node image --ray 2.50.0   # also the Ray image at another version
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def _log(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m replay",
+        prog="python -m node",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -40,9 +40,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.operator:
             print(ensure_operator_image(_log))
     except ImageError as error:
-        _log(f"replay: {error}")
+        _log(f"images: {error}")
         return 2
-    _log(f"replay: images ready in {time.monotonic() - started:.0f} s")
+    _log(f"images: images ready in {time.monotonic() - started:.0f} s")
     return 0
 
 

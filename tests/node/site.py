@@ -1,12 +1,12 @@
-"""The air-gapped site a replayed Ray cluster lives in: its mirror, its PyPI proxy, and the
+"""The air-gapped site the node's Ray clusters live in: its mirror, its PyPI proxy, and the
 pixi configuration its Ray nodes get.
 
 The build machines reach no conda channel and PyPI only through a TLS-intercepting proxy:
-an air-gapped cluster's situation. So the replayed Pods get the offline world the other
+an air-gapped cluster's situation. So the node's Pods get the offline world the other
 tests use (tests/realpixi), reachable from their own network and from nowhere else: the
 `Mirror` (the local channel as conda-forge, and the conda->PyPI mapping service) and the
 `ConnectRecorder` (an HTTPS_PROXY that tunnels only to PyPI and records every attempt) listen
-on the host's address on the replay's Docker bridge.
+on the node's address, which the Pods reach through their bridge.
 
 What the Ray containers get is what a user declares in the RayCluster today: the chart has no
 value for the node pixi configuration yet (issue 13 adds one), so `add_site` puts into each
@@ -38,7 +38,6 @@ from realpixi.config import LOOPBACK_NO_PROXY, build_config_toml
 from realpixi.servers import ConnectRecorder, Mirror
 
 from .images import HOST_CA_BUNDLE
-from .runner import Replay
 
 __all__ = [
     "CA_BUNDLE_CONFIG_MAP",
@@ -64,7 +63,7 @@ CLUSTER_DOMAIN_SUFFIX = ".svc.cluster.local"
 
 @dataclass(frozen=True)
 class Site:
-    """The site's servers (on the replay's bridge) and what its Ray containers need."""
+    """The site's servers (on the node's address) and what its Ray containers need."""
 
     mirror: Mirror
     proxy: ConnectRecorder
@@ -141,19 +140,18 @@ def add_site(manifest: Mapping[str, Any], https_proxy: str, no_proxy: str) -> Ob
 
 
 @contextmanager
-def open_site(replay: Replay, channel: Channel, ca_bundle: Path = HOST_CA_BUNDLE) -> Iterator[Site]:
-    """The mirror and the PyPI proxy on the replay's bridge address, until the block ends."""
-    if not replay.host_ip:
-        raise RuntimeError("open_site needs a Replay whose network exists (enter it first)")
+def open_site(host: str, subnet: ipaddress.IPv4Network, channel: Channel,
+              ca_bundle: Path = HOST_CA_BUNDLE) -> Iterator[Site]:  # fmt: skip
+    """The mirror and the PyPI proxy on `host` (the node's address), for Pods on `subnet`,
+    until the block ends."""
     if not ca_bundle.is_file():
         raise RuntimeError(f"no CA bundle at {ca_bundle}: the Ray containers could not verify "
                            "PyPI through this machine's proxy")
-    with Mirror(channel, host=replay.host_ip) as mirror, \
-            ConnectRecorder(host=replay.host_ip) as proxy:
+    with Mirror(channel, host=host) as mirror, ConnectRecorder(host=host) as proxy:
         yield Site(
             mirror=mirror,
             proxy=proxy,
             config_toml=build_config_toml(mirror.channel_url, mirror.mapping_url),
             ca_bundle=ca_bundle.read_text(),
-            no_proxy=build_no_proxy(replay.subnet),
+            no_proxy=build_no_proxy(subnet),
         )

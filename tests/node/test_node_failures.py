@@ -1,8 +1,8 @@
-"""What a cluster user meets when ray-pixi cannot work on a replayed Ray Pod: the Ray node
-stays up, jobs without `runtime_env["pixi"]` run, and pixi jobs fail with the reason.
+"""What a cluster user meets when ray-pixi cannot work on a Ray Pod: the Ray node stays up,
+jobs without `runtime_env["pixi"]` run, and pixi jobs fail with the reason.
 
-Each test replays the head Pod KubeRay built for a labelled, head-only RayCluster of e2e/
-(after the add-on's webhook; the kind flow applies the same manifests) and submits one job
+Each test creates a labelled, head-only RayCluster of e2e/ (the kind flow applies the same
+manifests) on the node, waits for its Pod to be Ready by KubeRay's probes, and submits one job
 through the head's Jobs API: a plain task, and a task and an actor with an inline pixi
 environment, each reporting what happened.
 """
@@ -15,59 +15,70 @@ import secrets
 import pytest
 from ray_pixi_operator import names
 
+from kube.cluster import KubeCluster
 from kube.release import Release
-from replay.images import PYTHON_PREFIX_IN_IMAGE, UNSUPPORTED_RAY
-from replay.kuberay import (
+from node.images import PYTHON_PREFIX_IN_IMAGE, UNSUPPORTED_RAY
+from node.raycluster import (
     JOBS_DIR,
+    NodePod,
     alive_nodes,
     container_env,
+    dashboard_address,
     e2e_cluster,
     ray_container,
     start_cluster,
     submit_job,
     wait_for_nodes,
 )
-from replay.runner import Replay, RunningPod
 
-pytestmark = [pytest.mark.docker, pytest.mark.apiserver]
+pytestmark = [pytest.mark.node]
 
 INLINE = {"pypi_dependencies": {"pyjokes": "==0.8.3"}}
 PROBE = ["python", "probe_job.py", json.dumps({"module": None, "runtime_env": {"pixi": INLINE}})]
 
 
-def _head_only(release: Release, namespace: str, manifest: dict, replay: Replay) -> RunningPod:
-    (head,) = start_cluster(release, namespace, manifest, replay)
-    wait_for_nodes([head])
-    return head
+def _head_only(cluster: KubeCluster, namespace: str, manifest: dict) -> tuple[NodePod, str]:
+    """The head Pod, Ready, and its dashboard's address (behind the head's Service)."""
+    (head,) = start_cluster(cluster, namespace, manifest)
+    address = dashboard_address(cluster, namespace, manifest["metadata"]["name"])
+    wait_for_nodes(address, [head])
+    return head, address
 
 
-def _run_probe(head: RunningPod) -> dict:
+def _run_probe(address: str) -> dict:
     """The probe job; it succeeds (it catches the setup errors) and returns what it saw."""
-    job = submit_job(head, PROBE, submission_id=f"probe-{secrets.token_hex(3)}",
+    job = submit_job(address, PROBE, submission_id=f"probe-{secrets.token_hex(3)}",
                      working_dir=JOBS_DIR)  # fmt: skip
     assert job.status == "SUCCEEDED", job.logs[-4000:]
     return dict(job.result["nodes"]["head"])
 
 
-def _prepared(pod: RunningPod) -> None:
+def _prepared(pod: NodePod) -> None:
     """The webhook prepared the Pod and the payload init container ran."""
-    init = pod.inspect(names.INIT_CONTAINER_NAME)
-    assert init["State"]["ExitCode"] == 0
+    status = pod.container_status(names.INIT_CONTAINER_NAME, init=True)
+    assert status["state"]["terminated"]["exitCode"] == 0, status
     assert "RAY_PIXI_STORE_DIR" in container_env(pod)
 
 
+def _never_restarted(pod: NodePod) -> None:
+    """The Ray container runs, Ready, and the kubelet never had to restart it."""
+    status = pod.refresh().container_status(ray_container(pod))
+    assert "running" in status["state"] and status["ready"], status
+    assert status["restartCount"] == 0, status
+
+
 def test_a_ray_the_plugin_cannot_run_on_keeps_its_node_up_and_fails_pixi_jobs_with_the_reason(
-    release: Release, kube_namespace: str, e2e_images: dict[str, str], replay: Replay
+    kube_node: KubeCluster, release: Release, node_namespace: str, e2e_images: dict[str, str]
 ) -> None:
     """Ray 2.9.3 (the plugin supports >= 2.10) with `rayVersion` absent, so admission cannot
     know: the node starts with the plugin registered, and only pixi requests fail."""
     manifest = e2e_cluster("raycluster-unsupported-ray.yaml", e2e_images)
     assert "rayVersion" not in manifest["spec"]
-    head = _head_only(release, kube_namespace, manifest, replay)
+    head, address = _head_only(kube_node, node_namespace, manifest)
     _prepared(head)
-    (node_before,) = alive_nodes(head)
+    (node_before,) = alive_nodes(address)
 
-    seen = _run_probe(head)
+    seen = _run_probe(address)
     assert seen["plain"]["prefix"] == PYTHON_PREFIX_IN_IMAGE  # the plain task ran
     for kind in ("task", "actor"):
         error = seen[kind].get("error", "")
@@ -76,13 +87,12 @@ def test_a_ray_the_plugin_cannot_run_on_keeps_its_node_up_and_fails_pixi_jobs_wi
         assert "Jobs without runtime_env['pixi'] are not affected" in error
 
     # The same Ray node is still alive, its container running: nothing crashed.
-    assert [n["node_id"] for n in alive_nodes(head)] == [node_before["node_id"]]
-    assert head.running(ray_container(head))
-    assert head.inspect(ray_container(head))["RestartCount"] == 0
+    assert [n["node_id"] for n in alive_nodes(address)] == [node_before["node_id"]]
+    _never_restarted(head)
 
 
 def test_a_read_only_store_fails_pixi_jobs_naming_the_path_and_plain_jobs_run(
-    release: Release, kube_namespace: str, e2e_images: dict[str, str], replay: Replay
+    kube_node: KubeCluster, release: Release, node_namespace: str, e2e_images: dict[str, str]
 ) -> None:
     """The Ray container mounts the add-on's volume read-only (a user's mount, which the
     add-on keeps): the payload imports, the store cannot be written."""
@@ -90,18 +100,18 @@ def test_a_read_only_store_fails_pixi_jobs_naming_the_path_and_plain_jobs_run(
     ray = manifest["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert {"name": names.VOLUME_NAME, "mountPath": names.MOUNT_PATH,
             "readOnly": True} in ray["volumeMounts"]  # fmt: skip
-    head = _head_only(release, kube_namespace, manifest, replay)
+    head, address = _head_only(kube_node, node_namespace, manifest)
     _prepared(head)
-    mounts = head.inspect(ray_container(head))["Mounts"]
-    assert [m["RW"] for m in mounts if m["Destination"] == names.MOUNT_PATH] == [False]
+    # The kubelet mounted it read-only: the Ray user cannot write there.
+    touched = head.exec(ray_container(head), "touch", f"{names.MOUNT_PATH}/probe")
+    assert touched.returncode != 0 and "Read-only file system" in touched.stderr, touched
     store = container_env(head)["RAY_PIXI_STORE_DIR"]
 
-    seen = _run_probe(head)
+    seen = _run_probe(address)
     assert seen["plain"]["prefix"] == PYTHON_PREFIX_IN_IMAGE  # the plain task ran
     for kind in ("task", "actor"):
         error = seen[kind].get("error", "")
         assert f"ray-pixi's environment store {store} cannot be used" in error, seen[kind]
         assert "it is on a read-only filesystem" in error
         assert "jobs without runtime_env['pixi'] are not affected" in error
-    assert head.running(ray_container(head))
-    assert head.inspect(ray_container(head))["RestartCount"] == 0
+    _never_restarted(head)

@@ -1,5 +1,5 @@
-"""Fixtures for replaying Pods with Docker: the images (built once per machine), a `Replay`,
-and the add-on's chart on the harness (installed once per session).
+"""Fixtures of the node tests: the images (built once per machine, imported into the node
+once), the cluster with its real node, the add-on's chart on it, and the offline site.
 
 Without a Docker daemon or the base image the docker tests skip with the reason that
 .ci/setup-docker recorded; on CI (`CI=true`) after a setup that said `ready`, a missing
@@ -8,16 +8,16 @@ image or a failed build fails them instead, so a broken build cannot hide behind
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from kube.cluster import KubeCluster
+from kube.node import POD_SUBNET
 from kube.release import Release, install_release, operator_executable
-from replay.images import (
-    BASE_IMAGE,
+from node.images import (
     UNSUPPORTED_RAY,
     ImageError,
     PythonSource,
@@ -27,8 +27,9 @@ from replay.images import (
     ensure_ray_image,
     ray_version,
 )
-from replay.kuberay import E2E_RAY_IMAGE
-from replay.runner import Replay
+from node.raycluster import E2E_RAY_IMAGE
+from node.site import Site, open_site
+from realpixi.channel import Channel
 
 
 def _need_docker() -> None:
@@ -61,7 +62,7 @@ def _image(build: object, what: str, request: pytest.FixtureRequest) -> str:
 def ray_image(request: pytest.FixtureRequest) -> str:
     """The Ray image: this process's CPython and Ray version, nothing of ray-pixi."""
     _need_docker()
-    return _image(ensure_ray_image, "the replay's Ray image", request)
+    return _image(ensure_ray_image, "the node tests' Ray image", request)
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +70,7 @@ def unsupported_ray_image(request: pytest.FixtureRequest) -> str:
     """The Ray image at Ray 2.9.3, below the supported floor (same Python, nothing of ray-pixi)."""
     _need_docker()
     return _image(lambda log: ensure_ray_image(log, ray=UNSUPPORTED_RAY),
-                  f"the replay's Ray {UNSUPPORTED_RAY} image", request)
+                  f"the node tests' Ray {UNSUPPORTED_RAY} image", request)
 
 
 @pytest.fixture(scope="session")
@@ -79,28 +80,27 @@ def operator_image(request: pytest.FixtureRequest) -> str:
     return _image(ensure_operator_image, "the add-on's image", request)
 
 
-@pytest.fixture
-def replay(tmp_path: Path) -> Iterator[Replay]:
-    """A Replay on a network of its own; everything it started is removed afterwards."""
-    _need_docker()
-    with Replay(tmp_path / "replay", sandbox_image=BASE_IMAGE) as running:
-        yield running
+@pytest.fixture(scope="session")
+def node_images(ray_image: str, unsupported_ray_image: str, operator_image: str) -> list[str]:
+    """What the node's containerd gets from the Docker engine (no registry here)."""
+    return [ray_image, unsupported_ray_image, operator_image]
 
 
 @pytest.fixture(scope="session")
 def release(
-    kube_cluster: KubeCluster, operator_image: str, tmp_path_factory: pytest.TempPathFactory
+    kube_node: KubeCluster, operator_image: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Release]:
-    """The chart, installed once per session with the add-on's image built from this checkout."""
+    """The chart, `helm install`ed once per session with the add-on's image built from this
+    checkout: its webhook and reconciler run as the chart's own Pods on the node."""
     executable = operator_executable()
     assert executable is not None, "no ray-pixi-operator executable (pip install -e operator)"
     repository, tag = operator_image.rsplit(":", 1)
     installed = install_release(
-        kube_cluster,
-        tmp_path_factory.mktemp("replay-release"),
+        kube_node,
+        tmp_path_factory.mktemp("node-release"),
         executable=executable,
-        name="ray-pixi-replay",  # its own release, next to any other test's
-        namespace="ray-pixi-replay",
+        name="ray-pixi",
+        namespace="ray-pixi-system",
         values={"image": {"repository": repository, "tag": tag, "pullPolicy": "IfNotPresent"}},
     )
     try:
@@ -108,6 +108,15 @@ def release(
     finally:
         installed.uninstall()
 
+
+@pytest.fixture(scope="session")
+def site(kube_node: KubeCluster, conda_channel: Channel) -> Iterator[Site]:
+    """The offline world on the node's address: the local channel as conda-forge, the
+    mapping service and the PyPI proxy, which the Pods reach through their bridge."""
+    with open_site(kube_node.node_ip, ipaddress.ip_network(POD_SUBNET), conda_channel) as opened:
+        yield opened
+        assert not opened.proxy.refused, (
+            f"Pods asked the proxy for hosts other than PyPI: {opened.proxy.refused}")
 
 
 @pytest.fixture(scope="session")
