@@ -60,6 +60,15 @@ def _prepared(pod: NodePod) -> None:
     assert "RAY_PIXI_STORE_DIR" in container_env(pod)
 
 
+def _ready_by_wget_probes(pod: NodePod) -> None:
+    """Without rayVersion (or below 2.53) KubeRay probes with `wget` in the Ray container, as
+    Ray's own images allow: the Pod is Ready only because the image has it."""
+    (ray_spec,) = [c for c in pod.pod["spec"]["containers"] if c["name"] == ray_container(pod)]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert "wget " in " ".join(ray_spec[probe]["exec"]["command"]), ray_spec[probe]
+    assert pod.ready()
+
+
 def _never_restarted(pod: NodePod) -> None:
     """The Ray container runs, Ready, and the kubelet never had to restart it."""
     status = pod.refresh().container_status(ray_container(pod))
@@ -76,6 +85,7 @@ def test_a_ray_the_plugin_cannot_run_on_keeps_its_node_up_and_fails_pixi_jobs_wi
     assert "rayVersion" not in manifest["spec"]
     head, address = _head_only(kube_node, node_namespace, manifest)
     _prepared(head)
+    _ready_by_wget_probes(head)
     (node_before,) = alive_nodes(address)
 
     seen = _run_probe(address)

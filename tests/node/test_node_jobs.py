@@ -298,14 +298,15 @@ def _run_scenario(cluster: KubeCluster, namespace: str, e2e_images: Mapping[str,
 
 
 def test_the_labelled_raycluster_becomes_ready_by_kuberays_own_probes(scenario: Scenario) -> None:
-    """KubeRay's exec probes (they call wget, as on Ray's own images) passed in each Ray
+    """KubeRay's probes (for rayVersion >= 2.53 one HTTP check on the dashboard agent's
+    /api/healthz; the wget probes of older Rays are test_node_failures') passed in each Ray
     container the webhook prepared, and KubeRay calls the cluster ready."""
     assert scenario.cluster["status"]["state"] == "ready", scenario.cluster["status"]
     for pod in scenario.pods.values():
         (ray_spec,) = [c for c in pod.pod["spec"]["containers"]
                        if c["name"] == ray_container(pod)]  # fmt: skip
         for probe in ("readinessProbe", "livenessProbe"):
-            assert "wget" in " ".join(ray_spec[probe]["exec"]["command"]), ray_spec[probe]
+            assert ray_spec[probe]["httpGet"]["path"] == "/api/healthz", ray_spec[probe]
         assert pod.container_status(ray_container(pod))["ready"] is True
         assert "RAY_PIXI_STORE_DIR" in container_env(pod)  # the webhook prepared it
 
