@@ -29,6 +29,7 @@ import logging
 import os
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +42,7 @@ from ray_pixi.install import InstalledEnv, ProjectFiles, install_environment, lo
 from ray_pixi.key import build_env_key
 from ray_pixi.pixi_cli import PixiExe, check_min_version, find_pixi_on_node, read_pixi_version
 from ray_pixi.settings import InvalidSettings, NodeSettings
-from ray_pixi.spec import Mode, PixiSpec, parse_runtime_env
+from ray_pixi.spec import Mode, PixiSpec, parse_runtime_env_cached
 from ray_pixi.store import HeldLock, Store
 from ray_pixi.workers import worker_env_vars
 
@@ -70,9 +71,28 @@ def _written(logger: logging.Logger) -> logging.Logger:
             return logging.getLogger(name)
     return logger
 
-_SPEC_CACHE_SIZE = 256
 # Last use is recorded on every setup, but written at most this often per environment.
 _TOUCH_EVERY_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class _Booking:
+    """A URI `create` set up: its store key, and the bytes booked for it in Ray's URI cache
+    (0 when another URI already booked the same environment)."""
+
+    key: str
+    size_bytes: int
+
+
+@dataclass
+class _Held:
+    """An environment this agent holds: its shared use lock, from the first `create` until
+    Ray evicts the last URI mapping to it; the environment once installed; and when its use
+    was last written to the store (monotonic)."""
+
+    lock: HeldLock
+    env: InstalledEnv | None = None
+    touched: float = float("-inf")
 
 
 def wanted_pixi_version(spec: PixiSpec, node_pin: str | None) -> str | None:
@@ -100,13 +120,11 @@ class PixiNode:
         log_dir = settings.agent_flag(settings.LOG_DIR_FLAG)
         self._session_log_dir = Path(log_dir) if log_dir else None
         self._resources_dir = settings.agent_flag(settings.RUNTIME_ENV_DIR_FLAG)
-        self._specs: dict[str, PixiSpec] = {}
-        self._keys: dict[str, str] = {}  # URI -> store key
-        self._installed: dict[str, InstalledEnv] = {}  # store key -> environment
-        self._booked: dict[str, int] = {}  # URI -> bytes reported to Ray's URI cache
-        self._held: dict[str, HeldLock] = {}  # store key -> our shared use lock
-        self._setups: dict[str, asyncio.Lock] = {}  # URI -> one create at a time
-        self._touched: dict[str, float] = {}
+        # What Ray's plugin contract needs, as in Ray's uv plugin: one create at a time per
+        # URI, what each URI booked, and (several URIs may share one) the environments held.
+        self._setups: dict[str, asyncio.Lock] = {}  # URI -> its create lock
+        self._uris: dict[str, _Booking] = {}  # URI -> store key and bytes booked
+        self._held: dict[str, _Held] = {}  # store key -> our use lock and the environment
         # Leftovers of crashed installs are swept off the agent's startup path.
         if self._node_store is not None:
             threading.Thread(target=self._sweep, name="ray-pixi-sweep", daemon=True).start()
@@ -133,7 +151,7 @@ class PixiNode:
     # -- Ray's protocol ------------------------------------------------------------------
     def validate(self, runtime_env: Any) -> None:
         self._settings  # noqa: B018 - a malformed node setting fails the request first
-        self._spec(runtime_env)
+        parse_runtime_env_cached(runtime_env)
 
     async def create(
         self,
@@ -142,16 +160,15 @@ class PixiNode:
         context: RuntimeEnvContext,
         logger: logging.Logger = default_logger,
     ) -> int:
-        spec = self._spec(runtime_env)
+        spec = parse_runtime_env_cached(runtime_env)
         uri = uri or ""
         async with self._setups.setdefault(uri, asyncio.Lock()):
-            if uri in self._keys and self._keys[uri] in self._installed:
+            if uri in self._uris:
                 return 0  # another setup of this URI finished while we waited
             key, pixi, files = await self._resolve(spec, runtime_env)
-            await self._hold(key)
+            held = await self._hold(key)
             try:
-                env = self._installed.get(key) or await asyncio.to_thread(
-                    load_installed, self._store, key)
+                env = held.env or await asyncio.to_thread(load_installed, self._store, key)
                 installed = False
                 if env is None:
                     env, installed = await install_environment(
@@ -164,15 +181,16 @@ class PixiNode:
             except BaseException:
                 self._release_unless_used(key)  # a failed setup holds nothing
                 raise
-            self._installed[key] = env
-            self._keys[uri] = key
+            # Held again if Ray evicted another URI of this environment meanwhile.
+            held = await self._hold(key)
+            held.env = env
+            # Ray adds each URI's bytes to its cache total: book one environment once.
+            booking = _Booking(key, 0 if self._in_use(key) else env.size_bytes)
+            self._uris[uri] = booking
         self._touch(key, force=True)
         if installed:
             self._evict_in_background(key, logger)
-        shared = any(k == key for u, k in self._keys.items() if u != uri and u in self._booked)
-        # Ray adds each URI's bytes to its cache total: book one environment once.
-        self._booked[uri] = 0 if shared else env.size_bytes
-        return self._booked[uri]
+        return booking.size_bytes
 
     def modify_context(
         self,
@@ -181,35 +199,33 @@ class PixiNode:
         context: RuntimeEnvContext,
         logger: logging.Logger = default_logger,
     ) -> None:
-        key = self._keys.get(uris[0] if uris else "")
-        env = self._installed.get(key) if key else None
-        if key is None or env is None:
+        booking = self._uris.get(uris[0] if uris else "")
+        held = self._held.get(booking.key) if booking else None
+        if booking is None or held is None or held.env is None:
             raise RuntimeError("This node's ray-pixi has no record of the environment for "
                                f"{uris}; its setup did not finish. Resubmit the job.")
-        context.py_executable = env.activation.py_executable()
-        context.env_vars = worker_env_vars(env.activation, context.env_vars)
-        self._touch(key)
+        context.py_executable = held.env.activation.py_executable()
+        context.env_vars = worker_env_vars(held.env.activation, context.env_vars)
+        self._touch(booking.key)
 
     def delete_uri(self, uri: str, logger: logging.Logger = default_logger) -> int:
         """Forget `uri`; free its environment's disk unless another URI of this agent, or
         another process sharing the store, still uses it. Never raises, never blocks: Ray
         calls it on the agent's event loop."""
         logger = _written(logger)
-        booked = self._booked.pop(uri, 0)
-        key = self._keys.pop(uri, None)
+        booking = self._uris.pop(uri, None)
         self._setups.pop(uri, None)
-        if key is None:
+        if booking is None:
             logger.info("Ray evicted %s, which this ray-pixi never set up", uri)
-            return booked
-        if key in self._keys.values():
+            return 0
+        key, booked = booking.key, booking.size_bytes
+        if self._in_use(key):
             logger.info("Ray evicted %s; pixi environment %s stays: another runtime_env on "
                         "this node uses it", uri, key)
             return booked
-        self._installed.pop(key, None)
-        self._touched.pop(key, None)
         held = self._held.pop(key, None)
         if held is not None:
-            held.release()
+            held.lock.release()
         try:
             freed = self._store.delete_if_unused(key)
         except OSError as e:
@@ -221,7 +237,7 @@ class PixiNode:
 
     async def key_for(self, runtime_env: Any) -> str:
         """The store key this node installs `runtime_env`'s environment under."""
-        key, _, _ = await self._resolve(self._spec(runtime_env), runtime_env)
+        key, _, _ = await self._resolve(parse_runtime_env_cached(runtime_env), runtime_env)
         return key
 
     # -- helpers -------------------------------------------------------------------------
@@ -237,21 +253,6 @@ class PixiNode:
             files, digest = await asyncio.to_thread(
                 self._project_files, spec, self._working_dir(runtime_env))
         return build_env_key(spec, self._cluster, pixi.version_str, digest), pixi, files
-
-    def _spec(self, runtime_env: Any) -> PixiSpec:
-        """Parsed spec, cached by the runtime_env's text: Ray validates on every setup,
-        and most worker starts re-run the plugin pipeline."""
-        try:
-            cache_key = repr(sorted((k, runtime_env.get(k)) for k in runtime_env))
-        except TypeError:
-            return parse_runtime_env(runtime_env)
-        spec = self._specs.get(cache_key)
-        if spec is None:
-            spec = parse_runtime_env(runtime_env)
-            if len(self._specs) >= _SPEC_CACHE_SIZE:
-                self._specs.pop(next(iter(self._specs)))
-            self._specs[cache_key] = spec
-        return spec
 
     def _sweep(self) -> None:
         try:
@@ -270,25 +271,37 @@ class PixiNode:
             await asyncio.to_thread(self._store.ensure)  # raises PixiStoreError with the fix
             self._store_ready = True
 
-    async def _hold(self, key: str) -> None:
+    async def _hold(self, key: str) -> _Held:
         """Mark `key` used by this agent, so no other process deletes it under our workers.
         Waits in a thread while a deletion holds the lock."""
-        if key not in self._held:
-            self._held[key] = await self._store.use_lock(key).acquire_async(shared=True)
+        held = self._held.get(key)
+        if held is None:
+            lock = await self._store.use_lock(key).acquire_async(shared=True)
+            held = self._held.get(key)
+            if held is None:
+                held = self._held[key] = _Held(lock)
+            else:  # another URI's setup took it while we waited: one lock per environment
+                lock.release()
+        return held
+
+    def _in_use(self, key: str) -> bool:
+        """Whether a URI Ray has booked maps to `key`."""
+        return any(booking.key == key for booking in self._uris.values())
 
     def _release_unless_used(self, key: str) -> None:
-        if key not in self._keys.values() and key not in self._installed:
-            held = self._held.pop(key, None)
-            if held is not None:
-                held.release()
+        held = self._held.get(key)
+        if held is not None and held.env is None and not self._in_use(key):
+            del self._held[key]
+            held.lock.release()
 
     def _touch(self, key: str, force: bool = False) -> None:
         """Record a use for LRU eviction and `ray-pixi envs`, off the event loop."""
+        held = self._held.get(key)
         now = time.monotonic()
-        if not force and now - self._touched.get(key, -_TOUCH_EVERY_SECONDS) \
-                < _TOUCH_EVERY_SECONDS:
-            return
-        self._touched[key] = now
+        if held is not None:
+            if not force and now - held.touched < _TOUCH_EVERY_SECONDS:
+                return
+            held.touched = now
         try:
             asyncio.get_running_loop().run_in_executor(None, self._store.touch, key)
         except RuntimeError:  # no loop (a direct call in a test): touch inline

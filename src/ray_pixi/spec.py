@@ -29,6 +29,7 @@ __all__ = [
     "Mode",
     "PixiSpec",
     "parse_runtime_env",
+    "parse_runtime_env_cached",
     "parse_spec",
 ]
 
@@ -381,4 +382,24 @@ def parse_runtime_env(runtime_env: Mapping[str, Any]) -> PixiSpec:
             "directory, or use pixi('path/to/pixi.toml') without include/exclude to inline "
             "the manifest and its pixi.lock."
         )
+    return spec
+
+
+_PARSED_CACHE_SIZE = 256
+_parsed: dict[str, PixiSpec] = {}
+
+
+def parse_runtime_env_cached(runtime_env: Mapping[str, Any]) -> PixiSpec:
+    """`parse_runtime_env`, remembered by the runtime_env's text: Ray's agent validates on
+    every setup, and most worker starts re-run the plugin pipeline."""
+    try:
+        text = repr(sorted((k, runtime_env.get(k)) for k in runtime_env))
+    except TypeError:
+        return parse_runtime_env(runtime_env)
+    spec = _parsed.get(text)
+    if spec is None:
+        spec = parse_runtime_env(runtime_env)
+        if len(_parsed) >= _PARSED_CACHE_SIZE:
+            _parsed.pop(next(iter(_parsed)))
+        _parsed[text] = spec
     return spec

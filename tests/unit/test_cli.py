@@ -13,6 +13,7 @@ import pytest
 
 from ray_pixi import cli, doctor, pixi, settings
 from ray_pixi.activation import Activation
+from ray_pixi.commands import prefetch
 from ray_pixi.pixi_cli import MIN_PIXI_VERSION, read_pixi_version
 from ray_pixi.records import ReadyRecord
 from ray_pixi.store import Store
@@ -55,13 +56,13 @@ def test_help_lists_every_option(capsys, argv: list[str], options: list[str]) ->
     ("typing_extensions >= 4, <5", ("typing_extensions", ">= 4, <5")),
 ])
 def test_requirements_become_pixi_dependency_tables(text: str, expected: tuple) -> None:
-    assert cli._requirement(text, "--pypi") == expected
+    assert prefetch._requirement(text, "--pypi") == expected
 
 
 def test_prefetch_builds_the_runtime_env_a_job_would_send() -> None:
     args = cli.build_parser().parse_args(
         ["prefetch", "--pypi", "pyjokes==0.8.3", "--timeout", "60"])
-    assert cli.build_prefetch_env(args) == {
+    assert prefetch.build_prefetch_env(args) == {
         "pixi": pixi(pypi_dependencies={"pyjokes": "==0.8.3"}),
         "config": {"setup_timeout_seconds": 60}}
 
@@ -87,7 +88,7 @@ def test_a_setup_failure_is_shortened_to_the_plugins_message() -> None:
             "  · linking packages\nError:   × failed to solve the conda requirements\n"
             "  ╰─▶ No candidates were found for numpy >=2.\n[exit code 1]\n"
             "Full log: /tmp/l.log\n")
-    line = cli._one_line(RuntimeError(text))
+    line = prefetch._one_line(RuntimeError(text))
     assert "\n" not in line
     assert "failed to solve" in line and "No candidates were found for numpy >=2." in line
     assert line.endswith("Full log: /tmp/l.log")
@@ -101,7 +102,7 @@ def test_pixi_0_77s_wrapped_error_report_gives_its_first_and_innermost_lines() -
             "platform 'linux-\n  │ 64'\n  ├─▶   × failed to solve the environment\n  │   \n"
             "  ╰─▶ Cannot solve the request because of: No candidates were found for numpy\n"
             "      >=2.\n      \n\n[exit code 1 after 0.1 s]\nFull log: /tmp/l.log\n")
-    line = cli._one_line(RuntimeError(text))
+    line = prefetch._one_line(RuntimeError(text))
     assert line == (
         "`pixi install --manifest-path m` exited with code 1. pixi: failed to solve "
         "requirements of environment 'default' for platform 'linux-64' cause: Cannot solve "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from ray_pixi.errors import PixiSpecError
-from ray_pixi.spec import Mode, parse_runtime_env, parse_spec
+from ray_pixi.spec import Mode, parse_runtime_env, parse_runtime_env_cached, parse_spec
 
 LOCKED_MANIFEST = {"manifest": "pixi.toml", "manifest_content": "[workspace]\n",
                    "lock_content": "version: 6\n"}
@@ -130,3 +130,13 @@ def test_a_corrupt_compressed_lock_is_refused() -> None:
     with pytest.raises(PixiSpecError, match=r"\['lock_zlib'\] must be pixi.lock compressed"):
         parse_spec({"manifest": "pixi.toml", "manifest_content": "[workspace]\n",
                     "lock_zlib": "bm90IHpsaWI="})
+
+
+def test_a_runtime_env_seen_before_is_parsed_once_and_a_bad_one_is_refused_every_time() -> None:
+    runtime_env = {"pixi": {"pypi_dependencies": {"six": "*"}}, "env_vars": {"A": "1"}}
+    first = parse_runtime_env_cached(runtime_env)
+    assert parse_runtime_env_cached(dict(reversed(runtime_env.items()))) is first
+    assert first == parse_runtime_env(runtime_env)
+    for _ in range(2):
+        with pytest.raises(PixiSpecError, match="combines 'pixi' with 'pip'"):
+            parse_runtime_env_cached({**runtime_env, "pip": ["six"]})
