@@ -2,7 +2,7 @@
 
 Needs a Docker daemon and the local base image that .ci/setup-docker makes (no image registry is
 reachable on the build machines); skips with the reason otherwise. The image is the one the
-replay tests run (`replay.images.ensure_operator_image`, built once per checkout): its pixi is
+node tests run (`node.images.ensure_operator_image`, built once per checkout): its pixi is
 the real pixi the tests use (`../shared/pixi/pixi`, checked against its sha256), given as an
 air-gapped build gives it (PIXI_FILE), its non-release checksum added to the table with
 PIXI_SHA256; the Python packages come from PyPI (with this machine's CA certificates, kept out

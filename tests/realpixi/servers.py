@@ -12,7 +12,7 @@
 
 Both bind 127.0.0.1 on a free port by default, serve from daemon threads, and stop on
 `close()`. `host=` binds another address of this machine instead, e.g. the host's address on
-a Docker bridge, so containers on that network (tests/replay) reach them; nothing else can.
+the node's address, so the node's Pods (tests/node) reach them; nothing else can.
 """
 
 from __future__ import annotations
