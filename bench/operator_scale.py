@@ -349,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         etcd=paths["etcd"],
         kube_apiserver=paths["kube-apiserver"],
         kuberay_operator=paths["kuberay-operator"],
+        kube_controller_manager=paths["kube-controller-manager"],
     )
     with (
         tempfile.TemporaryDirectory(prefix="ray-pixi-operator-scale-") as tmp,

@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    binaries = Binaries(paths[ETCD.name], paths["kube-apiserver"], paths["kuberay-operator"])
+    binaries = Binaries(paths[ETCD.name], paths["kube-apiserver"], paths["kuberay-operator"],
+                        paths["kube-controller-manager"])  # fmt: skip
     node = None if args.no_node else NodeBinaries.find(paths)
     with KubeCluster(binaries, log=_log, node=node, images=args.image) as cluster:
         print(f"export KUBECONFIG={cluster.admin_kubeconfig}", flush=True)

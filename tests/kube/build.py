@@ -177,8 +177,10 @@ PAUSE = Component(
     recipe="pause",
     cold_minutes=1,
 )
-COMPONENTS = (ETCD, APISERVER, KUBERAY)
-NODE_COMPONENTS = (KUBELET, KUBE_CONTROLLER_MANAGER, KUBE_SCHEDULER, KUBE_PROXY, COREDNS, PAUSE)
+# The controller-manager runs with or without the node: its namespace, ServiceAccount and
+# root-CA publisher controllers are what a cluster provides.
+COMPONENTS = (ETCD, APISERVER, KUBERAY, KUBE_CONTROLLER_MANAGER)
+NODE_COMPONENTS = (KUBELET, KUBE_SCHEDULER, KUBE_PROXY, COREDNS, PAUSE)
 
 
 def cache_dir() -> Path:

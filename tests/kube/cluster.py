@@ -1,12 +1,12 @@
-"""etcd + kube-apiserver + the KubeRay operator as plain processes on loopback.
+"""etcd + kube-apiserver + kube-controller-manager + the KubeRay operator as plain processes,
+and with `node=` a real node (see node.py) and the scheduler.
 
-No controller-manager, scheduler or kubelet run: Pods stay Pending, which is enough to
-read the specs KubeRay builds. Two controllers that a real cluster would provide are
-emulated where tests need them: a new namespace gets its `default` ServiceAccount (the
-ServiceAccount admission plugin refuses Pods without it), and deleting a namespace deletes
-its contents and then finalizes it (the namespace controller's job). A Service can be
-routed to a process on loopback (`route_service`), standing in for kube-proxy and the
-Service's Pods, so webhooks configured with a `service` clientConfig are reachable.
+Without the node no scheduler or kubelet runs: Pods stay Pending, which is enough to read
+the specs KubeRay builds. The controller-manager runs either way: new namespaces get their
+`default` ServiceAccount and `kube-root-ca.crt`, deleted ones are emptied by the namespace
+controller. Without the node a Service can be routed to a process on loopback
+(`route_service`), standing in for kube-proxy and the Service's Pods, so webhooks configured
+with a `service` clientConfig are reachable; with the node kube-proxy routes Services.
 """
 
 from __future__ import annotations
@@ -93,6 +93,7 @@ class Binaries:
     etcd: Path
     kube_apiserver: Path
     kuberay_operator: Path
+    kube_controller_manager: Path
 
 
 class KubeCluster:
@@ -151,6 +152,7 @@ class KubeCluster:
             self._start_etcd()
             self._start_apiserver()
             self._install_crds()
+            self._start_controller_manager()
             if self.node_binaries is not None:
                 self._start_node(self.node_binaries)
             self.start_kuberay()
@@ -163,17 +165,33 @@ class KubeCluster:
         )
         return self
 
-    def _start_node(self, binaries: NodeBinaries) -> None:
-        """The controllers, then the node; ready when the node is Ready and DNS answers."""
-        started = time.monotonic()
-        self.controllers.append(Service("kube-controller-manager", [
-            str(binaries.kube_controller_manager), f"--kubeconfig={self.admin_kubeconfig}",
+    def _start_controller_manager(self) -> None:
+        """The controllers a cluster runs: new namespaces get their `default` ServiceAccount
+        and `kube-root-ca.crt`, deleted ones are emptied, Deployments get ReplicaSets and Pods
+        (Pending without a node), owners' dependents are collected."""
+        manager = Service("kube-controller-manager", [
+            str(self.binaries.kube_controller_manager), f"--kubeconfig={self.admin_kubeconfig}",
             "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
             f"--service-account-private-key-file={self.sa_keys.key_file}",
             f"--root-ca-file={self.ca_file}", "--use-service-account-credentials=true",
             f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
             "--controllers=*,-nodeipam,-cloud-node-lifecycle", "--v=1",
-        ], self.workdir / "kube-controller-manager.log").start())  # fmt: skip
+        ], self.workdir / "kube-controller-manager.log").start()  # fmt: skip
+        self.controllers.append(manager)
+        admin = self.rest()
+
+        def serving() -> bool:
+            manager.check()
+            return bool(admin.exists("/api/v1/namespaces/default/serviceaccounts/default"))
+
+        try:
+            poll(serving, timeout=60, what="the controller-manager's default ServiceAccount")
+        except TimeoutError as error:
+            raise StartupError(f"{error}; log {manager.log_file}:\n{manager.tail()}") from None
+
+    def _start_node(self, binaries: NodeBinaries) -> None:
+        """The scheduler, then the node; ready when the node is Ready."""
+        started = time.monotonic()
         self.controllers.append(Service("kube-scheduler", [
             str(binaries.kube_scheduler), f"--kubeconfig={self.admin_kubeconfig}",
             "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
@@ -206,8 +224,6 @@ class KubeCluster:
             return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
         poll(node_ready, timeout=120, what=f"node {NODE_NAME} Ready")
-        poll(lambda: admin.exists("/api/v1/namespaces/default/serviceaccounts/default"),
-             timeout=60, what="the controller-manager's default ServiceAccount")  # fmt: skip
         self._log(
             f"kube: node {NODE_NAME} Ready at {self.node_ip} in "
             f"{time.monotonic() - started:.1f} s (images imported in {imported:.1f} s)"
@@ -579,7 +595,8 @@ class KubeCluster:
         return dict(admin.replace(f"{path}/{meta['name']}", obj))
 
     def create_namespace(self, name: str, labels: dict[str, str] | None = None) -> str:
-        """Create a namespace with its `default` ServiceAccount, as the controllers would."""
+        """Create a namespace; return once the controller-manager gave it its `default`
+        ServiceAccount (the ServiceAccount admission plugin refuses Pods without it)."""
         admin = self.rest()
         admin.create(
             "/api/v1/namespaces",
@@ -589,82 +606,35 @@ class KubeCluster:
                 "metadata": {"name": name, "labels": labels or {}},
             },
         )
-        if self.controllers:  # the controller-manager's serviceaccount controller makes it
-            poll(lambda: admin.exists(f"/api/v1/namespaces/{name}/serviceaccounts/default"),
-                 timeout=30, what=f"ServiceAccount {name}/default")  # fmt: skip
-            return name
-        admin.create(
-            f"/api/v1/namespaces/{name}/serviceaccounts",
-            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}},
-        )
+        poll(lambda: admin.exists(f"/api/v1/namespaces/{name}/serviceaccounts/default"),
+             timeout=30, what=f"ServiceAccount {name}/default")  # fmt: skip
         return name
 
-    def delete_namespace(self, name: str, timeout: float = 60) -> None:
-        """Delete a namespace and everything in it, then wait until it is gone."""
+    def delete_namespace(self, name: str, timeout: float = 120) -> None:
+        """Delete a namespace (the namespace controller deletes what is in it) and wait until
+        it is gone. Finalizers whose controller a test stopped (an uninstalled operator) would
+        pin it forever: after half the time they are removed, as an admin would."""
         admin = self.rest()
         if admin.delete(f"/api/v1/namespaces/{name}", missing_ok=True) is None:
             return
-        if self.controllers:  # the controller-manager's namespace controller empties it
-            poll(lambda: not admin.exists(f"/api/v1/namespaces/{name}"), timeout=max(timeout, 120),
-                 what=f"namespace {name} to be deleted", interval=0.5)  # fmt: skip
+
+        def gone() -> bool:
+            return not admin.exists(f"/api/v1/namespaces/{name}")
+
+        with contextlib.suppress(TimeoutError):
+            poll(gone, timeout=timeout / 2, what=f"namespace {name} to be deleted", interval=0.5)
             return
-        # Terminating now: NamespaceLifecycle refuses new objects, so KubeRay cannot
-        # recreate what is deleted below.
-        # Custom resources (RayJobs, RayClusters) before the Pods their operators own.
-        collections = sorted(
-            {
-                resource.path(name)
-                for resource in self._resources().values()
-                if resource.namespaced and {"list", "deletecollection"} <= resource.verbs
-            },
-            key=lambda path: (path.startswith("/api/v1/"), path),
-        )
-        for path in collections:
+        for resource in self._resources().values():
+            if not (resource.namespaced and "list" in resource.verbs):
+                continue
             with contextlib.suppress(ApiError):
-                admin.delete(path)
-
-        def leftovers() -> list[tuple[str, dict[str, Any]]]:
-            found = []
-            for path in collections:
-                with contextlib.suppress(ApiError):
-                    found += [(path, item) for item in admin.get(path).get("items", [])]
-            return found
-
-        def describe() -> str:
-            return ", ".join(f"{path}/{item['metadata']['name']}" for path, item in leftovers())
-
-        deadline = time.monotonic() + timeout / 2
-        while (remaining := leftovers()) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        for path, item in remaining:
-            # Finalizers whose controller is gone (a stopped operator) would pin the
-            # object forever; a namespace controller would wait, a test harness does not.
-            if item["metadata"].get("finalizers"):
-                item_path = f"{path}/{item['metadata']['name']}"
-                with contextlib.suppress(ApiError):
-                    admin.merge_patch(item_path, {"metadata": {"finalizers": None}})
-                    admin.delete(item_path, missing_ok=True)
-        poll(
-            lambda: not leftovers(),
-            timeout=timeout / 2,
-            what=f"namespace {name} to empty",
-            describe=describe,
-        )
-        with contextlib.suppress(ApiError):
-            admin.replace(
-                f"/api/v1/namespaces/{name}/finalize",
-                {
-                    "apiVersion": "v1",
-                    "kind": "Namespace",
-                    "metadata": {"name": name},
-                    "spec": {"finalizers": []},
-                },
-            )
-        poll(
-            lambda: not admin.exists(f"/api/v1/namespaces/{name}"),
-            timeout=10,
-            what=f"namespace {name} to be deleted",
-        )
+                for item in admin.get(resource.path(name)).get("items", []):
+                    if item["metadata"].get("finalizers"):
+                        with contextlib.suppress(ApiError):
+                            admin.merge_patch(resource.path(name, item["metadata"]["name"]),
+                                              {"metadata": {"finalizers": None}})  # fmt: skip
+        poll(gone, timeout=timeout / 2, what=f"namespace {name} to be deleted", interval=0.5,
+             describe=lambda: str(admin.get(f"/api/v1/namespaces/{name}")["status"]))  # fmt: skip
 
     def audit_events(self, username: str, since: int = 0) -> tuple[list[dict[str, Any]], int]:
         """The completed requests of ``username`` (a ServiceAccount's full user name) after

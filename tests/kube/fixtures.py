@@ -123,6 +123,7 @@ def kube_cluster(
         etcd=paths["etcd"],
         kube_apiserver=paths["kube-apiserver"],
         kuberay_operator=paths["kuberay-operator"],
+        kube_controller_manager=paths["kube-controller-manager"],
     )
     with KubeCluster(binaries, log=log) as cluster:
         yield cluster
@@ -144,6 +145,7 @@ def kube_node(
         etcd=paths["etcd"],
         kube_apiserver=paths["kube-apiserver"],
         kuberay_operator=paths["kuberay-operator"],
+        kube_controller_manager=paths["kube-controller-manager"],
     )
     try:
         node = NodeBinaries.find(paths)
