@@ -432,6 +432,10 @@ class KubeCluster:
         self.stop_kuberay()
         probe = free_port()
         env = {**os.environ, "KUBECONFIG": str(self.admin_kubeconfig), **(extra_env or {})}
+        # With a node, KubeRay (a host process: no cluster DNS) reaches a head's dashboard,
+        # to follow a RayJob or a RayService, through the API server's Service proxy, which
+        # dials the head Pod's IP; by the Service's DNS name it would never resolve it.
+        proxy = ["--use-kubernetes-proxy"] if self.node_binaries is not None else []
         self.kuberay = Service(
             "kuberay-operator",
             [
@@ -440,6 +444,7 @@ class KubeCluster:
                 "--metrics-addr=0",
                 f"--health-probe-bind-address=127.0.0.1:{probe}",
                 "--log-stdout-encoder=console",
+                *proxy,
             ],
             self.workdir / "kuberay-operator.log",
             env=env,
