@@ -315,6 +315,10 @@ class Store:
     def _ready_path(self, key: str) -> Path:
         return self.envs / f"{key}.json"
 
+    def progress_path(self, key: str) -> Path:
+        """What an install under way is doing (`ray_pixi.progress`), beside its workspace."""
+        return self.envs / f"{key}.progress"
+
     def _failed_path(self, key: str) -> Path:
         return self.envs / f"{key}.failed"
 

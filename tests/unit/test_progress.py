@@ -1,0 +1,98 @@
+"""What a user watching an install reads: the setup log's progress lines and the phase
+`ray-pixi envs list` shows."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import pytest
+
+from ray_pixi import progress
+from ray_pixi.progress import (
+    Progress,
+    build_progress_line,
+    dump_progress,
+    parse_progress,
+    phase_after_pixi_line,
+)
+from ray_pixi.watch import InstallWatch
+
+
+def test_a_line_names_node_environment_phase_and_time_so_far() -> None:
+    assert build_progress_line("10.0.0.5", "3f2a", progress.SOLVING, 8.06) == \
+        "ray-pixi: node 10.0.0.5 env 3f2a: solving (8.1 s)"
+
+
+@pytest.mark.parametrize("line", [
+    " INFO pixi_core::lock_file::update: resolved conda environment for environment "
+    "'default' 'linux-64' in 14ms 679us 888ns",
+    " INFO pixi_core::lock_file::update: resolved pypi environment for environment "
+    "'default' 'linux-64' in 2s",
+])
+def test_pixis_solved_line_ends_solving(line: str) -> None:
+    assert phase_after_pixi_line(progress.SOLVING, line) == progress.INSTALLING
+
+
+def test_other_pixi_lines_keep_the_phase() -> None:
+    line = (" INFO pixi_core::lock_file::outdated: environment 'default' is out of date "
+            "because it does not exist in the lock file.")
+    assert phase_after_pixi_line(progress.SOLVING, line) == progress.SOLVING
+    solved = " INFO x: resolved conda environment for environment 'default'"
+    assert phase_after_pixi_line(progress.COMPILING, solved) == progress.COMPILING
+
+
+def test_the_record_reads_back_and_a_torn_one_is_none() -> None:
+    record = Progress("10.0.0.5", "k", progress.INSTALLING, 1700000000.5, 42)
+    assert parse_progress(dump_progress(record)) == record
+    assert parse_progress(dump_progress(record)[:-3]) is None
+    assert parse_progress('{"node": "n"}') is None
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[tuple[float, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append((time.monotonic(), record.getMessage()))
+
+
+def test_the_watch_says_each_phase_and_ticks_between(tmp_path: Path) -> None:
+    """A line at once, one at each phase, one per tick between; the file says the phase
+    while the install runs and is gone after."""
+    logger = logging.getLogger("test-watch")
+    logger.setLevel(logging.INFO)
+    handler = _Lines()
+    logger.addHandler(handler)
+    path = tmp_path / "k.progress"
+    seen_in_file = []
+
+    async def scenario() -> None:
+        async with InstallWatch(node="10.0.0.5", key="k", logger=logger,
+                                progress_path=path, tick=0.2) as watch:
+            await asyncio.sleep(0.05)
+            watch.phase = progress.SOLVING
+            await asyncio.sleep(0.5)
+            record = parse_progress(path.read_text())
+            assert record is not None
+            seen_in_file.append(record.phase)
+            watch.on_pixi_line(" INFO x: resolved conda environment for environment 'd'")
+            await asyncio.sleep(0.1)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        logger.removeHandler(handler)
+    messages = [m for _, m in handler.lines]
+    assert all(m.startswith("ray-pixi: node 10.0.0.5 env k: ") for m in messages)
+    phases = [m.split(": ", 2)[2].rsplit(" (", 1)[0] for m in messages]
+    assert phases[0] == progress.STARTING and phases[-1] == progress.INSTALLING
+    assert phases.count(progress.SOLVING) >= 3  # the change, then ticks
+    elapsed = [float(m.rsplit("(", 1)[1].split()[0]) for m in messages]
+    assert elapsed == sorted(elapsed)
+    gaps = [b - a for (a, _), (b, _) in zip(handler.lines, handler.lines[1:], strict=False)]
+    assert max(gaps) < 0.45
+    assert seen_in_file == [progress.SOLVING] and not path.exists()
