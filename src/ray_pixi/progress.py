@@ -2,9 +2,11 @@
 environment it concerns, and the time so far. Pure: the install (`install.py`) reports
 phases, `watch.py` prints and records them, `ray-pixi envs list` reads them back.
 
-pixi 0.77 prints no progress without a terminal; run with `-v` it logs one line when the
-solve is done (`resolved conda environment ...`, `resolved pypi ...`), which ends the
-`solving` phase. The plugin's own steps mark the rest.
+pixi 0.77 prints no progress without a terminal; run with `-v` it logs a line at each
+step: the conda solve done (`resolved conda environment ...`), then, once the conda
+packages are in the prefix, the PyPI solve (`resolve_pypi{...}: ...`) and its end
+(`resolved pypi packages ...`), the PyPI downloads (`*installing* from remote because no
+version is cached: a, b, c`). The plugin's own steps mark the rest.
 """
 
 from __future__ import annotations
@@ -19,27 +21,38 @@ __all__ = [
     "CHECKING",
     "COMPILING",
     "INSTALLING",
+    "INSTALLING_PYPI",
     "PHASES",
     "SOLVING",
+    "SOLVING_PYPI",
     "STARTING",
     "Progress",
     "build_progress_line",
     "dump_progress",
     "parse_progress",
+    "phase_rank",
     "phase_after_pixi_line",
 ]
 
 STARTING = "writing the workspace"
 SOLVING = "solving"
-INSTALLING = "downloading and linking packages"
+INSTALLING = "downloading and linking conda packages"
+SOLVING_PYPI = "solving PyPI packages"
+INSTALLING_PYPI = "downloading and installing PyPI packages"
 ACTIVATING = "reading the activation"
 COMPILING = "compiling bytecode"
 CHECKING = "checking Python and Ray"
-#: In the order an install passes through them.
-PHASES = (STARTING, SOLVING, INSTALLING, ACTIVATING, COMPILING, CHECKING)
+#: In the order an install passes through them (an environment without PyPI packages
+#: skips theirs).
+PHASES = (STARTING, SOLVING, INSTALLING, SOLVING_PYPI, INSTALLING_PYPI, ACTIVATING,
+          COMPILING, CHECKING)
 
-# pixi's INFO lines (`-v`) when a solve is done, conda's or PyPI's.
-_SOLVED = re.compile(r"\bresolved (conda|pypi) environment\b")
+# pixi's INFO lines (`-v`), in the order it prints them.
+_CONDA_SOLVED = re.compile(r"\bresolved conda environment\b")
+_PYPI_SOLVING = re.compile(r"\bresolve_pypi\{|::resolve::pypi:")
+_PYPI_SOLVED = re.compile(r"\bresolved pypi (packages|environment)\b")
+_PYPI_DOWNLOADS = re.compile(r"\*installing\* from remote because no version is cached: "
+                            r"(?P<names>.+)$")
 
 
 @dataclass(frozen=True)
@@ -59,10 +72,30 @@ def build_progress_line(node: str, key: str, phase: str, elapsed: float) -> str:
     return f"ray-pixi: node {node} env {key}: {phase} ({elapsed:.1f} s)"
 
 
+def phase_rank(phase: str) -> int:
+    """Where `phase` comes in PHASES (a count in it aside)."""
+    return PHASES.index(re.sub(r"\d+ ", "", phase))
+
+
+def _later(phase: str, new: str) -> str:
+    return new if phase_rank(new) > phase_rank(phase) else phase
+
+
 def phase_after_pixi_line(phase: str, line: str) -> str:
-    """The phase once pixi printed `line` during `phase`: a finished solve moves on."""
-    if phase == SOLVING and _SOLVED.search(line):
-        return INSTALLING
+    """The phase once pixi printed `line` during `phase`. Never goes back: a phase pixi
+    announces late (or twice) does not undo a later one."""
+    if phase_rank(phase) > phase_rank(INSTALLING_PYPI):
+        return phase
+    if _CONDA_SOLVED.search(line):
+        return _later(phase, INSTALLING)
+    if _PYPI_SOLVED.search(line):
+        return _later(phase, INSTALLING_PYPI)
+    downloads = _PYPI_DOWNLOADS.search(line)
+    if downloads:
+        count = len([n for n in downloads["names"].split(",") if n.strip()])
+        return f"downloading and installing {count} PyPI packages"
+    if _PYPI_SOLVING.search(line):
+        return _later(phase, SOLVING_PYPI)
     return phase
 
 

@@ -386,6 +386,7 @@ class Store:
         """Remove an entry's marker and files. The caller holds its install lock. The
         marker goes first, so a crash part-way leaves an unmarked (untrusted) workspace."""
         self._ready_path(key).unlink(missing_ok=True)
+        self.progress_path(key).unlink(missing_ok=True)  # what a crashed install said
         workspace = self.workspace(key)
         if workspace.exists():
             doomed = self.trash / f"{key}-{uuid.uuid4().hex[:8]}"

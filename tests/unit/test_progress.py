@@ -8,8 +8,6 @@ import logging
 import time
 from pathlib import Path
 
-import pytest
-
 from ray_pixi import progress
 from ray_pixi.progress import (
     Progress,
@@ -17,6 +15,7 @@ from ray_pixi.progress import (
     dump_progress,
     parse_progress,
     phase_after_pixi_line,
+    phase_rank,
 )
 from ray_pixi.watch import InstallWatch
 
@@ -26,22 +25,48 @@ def test_a_line_names_node_environment_phase_and_time_so_far() -> None:
         "ray-pixi: node 10.0.0.5 env 3f2a: solving (8.1 s)"
 
 
-@pytest.mark.parametrize("line", [
+# What pixi 0.77 `install -v` printed without a terminal, in order, for an environment with
+# conda and PyPI packages (a cold PyPI cache).
+PIXI_V = [
+    " INFO pixi_core::lock_file::outdated: environment 'default' is out of date because it "
+    "does not exist in the lock file.",
     " INFO pixi_core::lock_file::update: resolved conda environment for environment "
-    "'default' 'linux-64' in 14ms 679us 888ns",
-    " INFO pixi_core::lock_file::update: resolved pypi environment for environment "
-    "'default' 'linux-64' in 2s",
-])
-def test_pixis_solved_line_ends_solving(line: str) -> None:
-    assert phase_after_pixi_line(progress.SOLVING, line) == progress.INSTALLING
+    "'default' 'linux-64' in 20ms 345us 547ns",
+    " INFO resolve_pypi{group=default platform=linux-64}: pixi_core::lock_file::resolve::pypi: "
+    "the following python packages are assumed to be installed by conda: six==1.17.0",
+    " INFO pixi_core::lock_file::update: resolved pypi packages for environment 'default' "
+    "'linux-64' in 469ms 606us 319ns",
+    " INFO pixi_install_pypi: *installing* from remote because no version is cached: "
+    "pyjokes 0.8.3, mdurl 0.1.2, pygments 2.21.0, rich 15.0.0, markdown-it-py 4.0.0",
+    " INFO pixi_install_pypi: Prepared 5 packages in 95ms",
+    " INFO pixi_install_pypi: Installed 5 packages in 12ms",
+    " INFO pixi_core::lock_file::update: Installed environment 'default' in 882.946573ms",
+    "The default environment has been installed.",
+]
 
 
-def test_other_pixi_lines_keep_the_phase() -> None:
-    line = (" INFO pixi_core::lock_file::outdated: environment 'default' is out of date "
-            "because it does not exist in the lock file.")
-    assert phase_after_pixi_line(progress.SOLVING, line) == progress.SOLVING
-    solved = " INFO x: resolved conda environment for environment 'default'"
-    assert phase_after_pixi_line(progress.COMPILING, solved) == progress.COMPILING
+def test_pixis_lines_move_the_phase_on_in_order() -> None:
+    phase, seen = progress.SOLVING, []
+    for line in PIXI_V:
+        phase = phase_after_pixi_line(phase, line)
+        seen.append(phase)
+    assert seen == [progress.SOLVING, progress.INSTALLING, progress.SOLVING_PYPI,
+                    progress.INSTALLING_PYPI] + \
+        ["downloading and installing 5 PyPI packages"] * 5
+
+
+def test_a_conda_only_solve_goes_straight_to_its_packages() -> None:
+    assert phase_after_pixi_line(progress.SOLVING, PIXI_V[1]) == progress.INSTALLING
+    assert phase_after_pixi_line(progress.SOLVING, PIXI_V[0]) == progress.SOLVING
+
+
+def test_the_phase_never_goes_back() -> None:
+    for line in PIXI_V:
+        assert phase_after_pixi_line(progress.COMPILING, line) == progress.COMPILING
+    assert phase_after_pixi_line(progress.INSTALLING_PYPI, PIXI_V[2]) == \
+        progress.INSTALLING_PYPI
+    assert phase_rank("downloading and installing 12 PyPI packages") == \
+        phase_rank(progress.INSTALLING_PYPI)
 
 
 def test_the_record_reads_back_and_a_torn_one_is_none() -> None:
