@@ -58,6 +58,8 @@ class InstallWatch:
         self._started_wall = time.time()
         self._started = time.monotonic()
         self._changed = asyncio.Event()
+        # Phases not yet told: pixi may print two steps in one burst, and each is shown.
+        self._untold: list[str] = [STARTING]
         self._ticker: asyncio.Task[None] | None = None
 
     @property
@@ -68,13 +70,14 @@ class InstallWatch:
     def phase(self, phase: str) -> None:
         if phase != self._phase:
             self._phase = phase
+            self._untold.append(phase)
             self._changed.set()
 
     def on_pixi_line(self, line: str) -> None:
         self.phase = phase_after_pixi_line(self._phase, line)
 
-    def line(self) -> str:
-        return build_progress_line(self._node, self._key, self._phase,
+    def line(self, phase: str | None = None) -> str:
+        return build_progress_line(self._node, self._key, phase or self._phase,
                                    time.monotonic() - self._started)
 
     async def _record(self) -> None:
@@ -84,7 +87,9 @@ class InstallWatch:
     async def _run(self) -> None:
         while True:
             self._changed.clear()
-            self._logger.info("%s", self.line())
+            untold, self._untold = self._untold or [self._phase], []
+            for phase in untold:
+                self._logger.info("%s", self.line(phase))
             await self._record()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), self._tick)

@@ -50,17 +50,18 @@ def test_a_slow_install_shows_its_phases_in_order_with_node_key_and_time(
     key = python.split("/envs/")[1].split("/")[0]
     node = c.cluster.head_node.node_ip_address
     ours = [m for m in _progress_lines(c) if m["key"] == key]
+    said = "\n".join(m[0] for m in ours)  # what the user read, for a failure's message
     assert ours, "no progress line in the setup log"
-    assert {m["node"] for m in ours} == {node}
+    assert {m["node"] for m in ours} == {node}, said
     elapsed = [float(m["elapsed"]) for m in ours]
-    assert elapsed == sorted(elapsed) and elapsed[-1] >= STALL_SECONDS - 1
+    assert elapsed == sorted(elapsed) and elapsed[-1] >= STALL_SECONDS - 1, said
     phases = [m["phase"] for m in ours]
     ranks = [progress.phase_rank(p) for p in phases]
-    assert ranks == sorted(ranks), phases
+    assert ranks == sorted(ranks), said
     for phase in (progress.STARTING, progress.SOLVING, progress.INSTALLING,
                   progress.INSTALLING_PYPI, progress.COMPILING, progress.CHECKING):
-        assert progress.phase_rank(phase) in ranks, phases
-    assert phases.count(progress.SOLVING) >= 3, phases  # the stall, told every few seconds
+        assert progress.phase_rank(phase) in ranks, said
+    assert phases.count(progress.SOLVING) >= 3, said  # the stall, told every few seconds
     line = next(ln for ln in listed[0].splitlines() if ln.startswith(key))
     assert re.search(rf"installing on node {re.escape(node)}: solving \(\d+ s so far\)",
                      line), listed[0]

@@ -121,3 +121,28 @@ def test_the_watch_says_each_phase_and_ticks_between(tmp_path: Path) -> None:
     gaps = [b - a for (a, _), (b, _) in zip(handler.lines, handler.lines[1:], strict=False)]
     assert max(gaps) < 0.45
     assert seen_in_file == [progress.SOLVING] and not path.exists()
+
+
+def test_phases_set_in_one_burst_are_each_told_in_order(tmp_path: Path) -> None:
+    """pixi may print two steps at once; the user still reads both."""
+    logger = logging.getLogger("test-watch-burst")
+    logger.setLevel(logging.INFO)
+    handler = _Lines()
+    logger.addHandler(handler)
+
+    async def scenario() -> None:
+        async with InstallWatch(node="n", key="k", logger=logger,
+                                progress_path=tmp_path / "k.progress", tick=5) as watch:
+            await asyncio.sleep(0.05)
+            watch.phase = progress.SOLVING
+            for line in PIXI_V[:3]:
+                watch.on_pixi_line(line)
+            await asyncio.sleep(0.05)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        logger.removeHandler(handler)
+    phases = [m.split(": ", 2)[2].rsplit(" (", 1)[0] for _, m in handler.lines]
+    assert phases == [progress.STARTING, progress.SOLVING, progress.INSTALLING,
+                      progress.SOLVING_PYPI]
