@@ -326,9 +326,10 @@ async def _install(
     # can be linking from it.
     watch.phase = progress.SOLVING
     with await store.cache_lock().acquire_async(shared=True) as cache_lock:
-        # -v: pixi's one line when the solve is done, the end of `solving`.
+        # -v: pixi logs a line at each step, which the progress follows (last, so the
+        # log still reads `pixi install --manifest-path ...`).
         await run_pixi(
-            pixi, ["install", "-v", *common, *lock_args, *spec.pixi_install_options],
+            pixi, ["install", *common, *lock_args, *spec.pixi_install_options, "-v"],
             log_path=log_path, cwd=workspace, hold_fds=(lock_fd, cache_lock.fd),
             on_line=watch.on_pixi_line,
         )
