@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ray_pixi import project, settings
+from ray_pixi import progress, project, settings
 from ray_pixi.activation import Activation, build_activation
 from ray_pixi.bytecode import compile_environment, share_bytecode
 from ray_pixi.cluster import ClusterInfo, python_mismatch
@@ -34,6 +34,7 @@ from ray_pixi.process import StepTimeout, run_logged
 from ray_pixi.records import ReadyRecord
 from ray_pixi.spec import Mode, PixiSpec
 from ray_pixi.store import Store, directory_size
+from ray_pixi.watch import InstallWatch, node_name
 
 __all__ = [
     "InstalledEnv",
@@ -289,70 +290,16 @@ async def install_environment(
                 "`platforms` to use the node's own."
             )
         await asyncio.to_thread(store.discard, key)  # what an interrupted install left
-        workspace = store.workspace(key)
         log_path = await asyncio.to_thread(_log_path, store, key, session_log_dir)
         logger.info("Installing pixi environment %s for this job; pixi's output: %s",
                     key, log_path)
         started = time.monotonic()
+        watch = InstallWatch(node=node_name(), key=key, logger=logger,
+                             progress_path=store.progress_path(key))
         try:
-            manifest = await asyncio.to_thread(_write_workspace, spec, cluster, workspace, files)
-            common = ["--manifest-path", str(manifest), "--environment", spec.environment]
-            lock_args = ["--locked"] if spec.install_locked else []
-            # Shared: pruning the package cache (ray_pixi.disk) waits until no install
-            # can be linking from it.
-            with await store.cache_lock().acquire_async(shared=True) as cache_lock:
-                await run_pixi(
-                    pixi, ["install", *common, *lock_args, *spec.pixi_install_options],
-                    log_path=log_path, cwd=workspace, hold_fds=(lock_fd, cache_lock.fd),
-                )
-            installed_at = time.monotonic()
-            env = pixi_env()
-            if shutil.which("bash", path=env.get("PATH", os.defpath)) is None:
-                raise PixiInstallError(
-                    "There is no bash on this node's PATH: pixi runs an environment's "
-                    "activation scripts with bash (`pixi shell-hook`), and Ray starts every "
-                    "worker with `bash -c`. Install bash in the node's image.")
-            # --as-is: activate what was just installed; never re-check, re-solve or
-            # re-install (pixi would re-run uv for a path dependency without it).
-            hook = await run_pixi(
-                pixi, ["shell-hook", "--json", "--as-is", *common],
-                log_path=log_path, cwd=workspace, capture_stdout=True, hold_fds=(lock_fd,),
-            )
-            prefix = env_prefix(hook, workspace)
-            activation = build_activation(hook, prefix, pixi_env())
-            compile_started = time.monotonic()
-            await compile_environment(activation.python, prefix, log_path, lock_fd)
-            shared = await asyncio.to_thread(
-                share_bytecode, prefix, pixi_cache_dir(pixi_env())[0])
-            compiled = time.monotonic() - compile_started
-            await asyncio.to_thread(
-                _note, log_path, f"[ray-pixi: linked {shared} compiled file(s) into pixi's "
-                "cache for later environments]")
-            versions = await _probe_versions(activation, log_path)
-            problem = _check_versions(spec, cluster, versions["python"], versions["ray"])
-            if problem is not None:
-                await asyncio.to_thread(store.write_failed, key, problem)
-                raise PixiVersionMismatchError(problem)
-            size = await asyncio.to_thread(directory_size, workspace)
-            seconds = time.monotonic() - started
-            timings = {"pixi_install": round(installed_at - started, 3),
-                       "bytecode": round(compiled, 3), "total": round(seconds, 3)}
-            await asyncio.to_thread(store.write_ready, ReadyRecord(
-                key=key,
-                layout=STORE_LAYOUT,
-                activation=activation,
-                prefix=str(prefix),
-                size_bytes=size,
-                python=versions["python"],
-                ray=versions["ray"],
-                pixi_version=pixi.version_str,
-                mode=spec.mode.value,
-                environment=spec.environment,
-                manifest=spec.manifest,
-                installed_at=time.time(),
-                seconds=timings,
-                log=str(log_path),
-            ))
+            async with watch:
+                return await _install(key, spec, cluster, store, pixi, logger, files,
+                                      watch, log_path, lock_fd, started)
         except PixiInstallError as e:
             store.discard_in_background(key)
             if spec.install_locked and is_stale_lock(str(e)):
@@ -362,9 +309,84 @@ async def install_environment(
         except BaseException:
             store.discard_in_background(key)
             raise
-        _note(log_path, f"[ray-pixi: installed {key} in {seconds:.1f} s: pixi install "
-                        f"{timings['pixi_install']:.1f} s, bytecode {compiled:.1f} s; "
-                        f"{size / 2**20:.0f} MiB]")
-        logger.info("Installed pixi environment %s in %.1fs (%d MiB)", key, seconds,
-                    size // 2**20)
-        return InstalledEnv(key, activation, size, versions["python"], versions["ray"]), True
+
+
+async def _install(
+    key: str, spec: PixiSpec, cluster: ClusterInfo, store: Store, pixi: PixiExe,
+    logger: logging.Logger, files: ProjectFiles | None, watch: InstallWatch,
+    log_path: Path, lock_fd: int, started: float,
+) -> tuple[InstalledEnv, bool]:
+    """The install's steps, each announced to `watch`; the caller discards what a failure
+    leaves."""
+    workspace = store.workspace(key)
+    manifest = await asyncio.to_thread(_write_workspace, spec, cluster, workspace, files)
+    common = ["--manifest-path", str(manifest), "--environment", spec.environment]
+    lock_args = ["--locked"] if spec.install_locked else []
+    # Shared: pruning the package cache (ray_pixi.disk) waits until no install
+    # can be linking from it.
+    watch.phase = progress.SOLVING
+    with await store.cache_lock().acquire_async(shared=True) as cache_lock:
+        # -v: pixi logs a line at each step, which the progress follows (last, so the
+        # log still reads `pixi install --manifest-path ...`).
+        await run_pixi(
+            pixi, ["install", *common, *lock_args, *spec.pixi_install_options, "-v"],
+            log_path=log_path, cwd=workspace, hold_fds=(lock_fd, cache_lock.fd),
+            on_line=watch.on_pixi_line,
+        )
+    installed_at = time.monotonic()
+    env = pixi_env()
+    if shutil.which("bash", path=env.get("PATH", os.defpath)) is None:
+        raise PixiInstallError(
+            "There is no bash on this node's PATH: pixi runs an environment's "
+            "activation scripts with bash (`pixi shell-hook`), and Ray starts every "
+            "worker with `bash -c`. Install bash in the node's image.")
+    # --as-is: activate what was just installed; never re-check, re-solve or
+    # re-install (pixi would re-run uv for a path dependency without it).
+    watch.phase = progress.ACTIVATING
+    hook = await run_pixi(
+        pixi, ["shell-hook", "--json", "--as-is", *common],
+        log_path=log_path, cwd=workspace, capture_stdout=True, hold_fds=(lock_fd,),
+    )
+    prefix = env_prefix(hook, workspace)
+    activation = build_activation(hook, prefix, pixi_env())
+    watch.phase = progress.COMPILING
+    compile_started = time.monotonic()
+    await compile_environment(activation.python, prefix, log_path, lock_fd)
+    shared = await asyncio.to_thread(
+        share_bytecode, prefix, pixi_cache_dir(pixi_env())[0])
+    compiled = time.monotonic() - compile_started
+    await asyncio.to_thread(
+        _note, log_path, f"[ray-pixi: linked {shared} compiled file(s) into pixi's "
+        "cache for later environments]")
+    watch.phase = progress.CHECKING
+    versions = await _probe_versions(activation, log_path)
+    problem = _check_versions(spec, cluster, versions["python"], versions["ray"])
+    if problem is not None:
+        await asyncio.to_thread(store.write_failed, key, problem)
+        raise PixiVersionMismatchError(problem)
+    size = await asyncio.to_thread(directory_size, workspace)
+    seconds = time.monotonic() - started
+    timings = {"pixi_install": round(installed_at - started, 3),
+               "bytecode": round(compiled, 3), "total": round(seconds, 3)}
+    await asyncio.to_thread(store.write_ready, ReadyRecord(
+        key=key,
+        layout=STORE_LAYOUT,
+        activation=activation,
+        prefix=str(prefix),
+        size_bytes=size,
+        python=versions["python"],
+        ray=versions["ray"],
+        pixi_version=pixi.version_str,
+        mode=spec.mode.value,
+        environment=spec.environment,
+        manifest=spec.manifest,
+        installed_at=time.time(),
+        seconds=timings,
+        log=str(log_path),
+    ))
+    _note(log_path, f"[ray-pixi: installed {key} in {seconds:.1f} s: pixi install "
+                    f"{timings['pixi_install']:.1f} s, bytecode {compiled:.1f} s; "
+                    f"{size / 2**20:.0f} MiB]")
+    logger.info("Installed pixi environment %s in %.1fs (%d MiB)", key, seconds,
+                size // 2**20)
+    return InstalledEnv(key, activation, size, versions["python"], versions["ray"]), True

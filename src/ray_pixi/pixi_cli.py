@@ -10,7 +10,7 @@ import re
 import shlex
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +31,7 @@ __all__ = [
 #: `shell-hook --json --as-is`, `--locked` and the `[workspace]` table all work from here.
 MIN_PIXI_VERSION = (0, 53, 0)
 _VERSION_TIMEOUT_SECONDS = 30
+PIXI_NO_WRAP = "PIXI_NO_WRAP"
 
 # Inherited variables that would make pixi act on another workspace, environment, platform
 # or lock mode than the one the plugin names on the command line (a driver or agent started
@@ -55,6 +56,9 @@ def pixi_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
         if name not in _STRIPPED and not name.startswith(_STRIPPED_PREFIXES)
     }
     env["PIXI_NO_PATH_UPDATE"] = "1"
+    # pixi wraps its error reports at 80 columns without a terminal (0.77), which splits a
+    # long package name across lines; the user reads them in the job's setup log whole.
+    env[PIXI_NO_WRAP] = "1"
     return env
 
 
@@ -142,11 +146,12 @@ async def run_pixi(
     cwd: Path,
     capture_stdout: bool = False,
     hold_fds: Sequence[int] = (),
+    on_line: Callable[[str], None] | None = None,
 ) -> str:
     """Run `pixi <args>`, appending its output to `log_path`; on failure raise
     PixiInstallError with the command, exit code, the log's tail and the log's path."""
     done = await run_logged([exe.path, *args], log_path=log_path, cwd=cwd, env=pixi_env(),
-                            capture_stdout=capture_stdout, hold_fds=hold_fds)
+                            capture_stdout=capture_stdout, hold_fds=hold_fds, on_line=on_line)
     if done.returncode != 0:
         message = (
             f"`{shlex.join(done.command)}` exited with code {done.returncode}.\n"

@@ -20,9 +20,10 @@ import shlex
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 __all__ = ["Completed", "StepTimeout", "run_logged", "tail"]
 
@@ -76,6 +77,39 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
     _kill_group(proc, signal.SIGKILL)
 
 
+async def _pump(stream: asyncio.StreamReader, log: BinaryIO,
+                on_line: Callable[[str], None]) -> None:
+    """Copy `stream` into the log as it arrives, handing each complete line to `on_line`
+    (read in chunks: a line of any length is copied whole)."""
+    pending = b""
+    while chunk := await stream.read(64 * 1024):
+        log.write(chunk)
+        log.flush()
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            on_line(line.decode(errors="replace"))
+    if pending:
+        on_line(pending.decode(errors="replace"))
+
+
+async def _finish(proc: asyncio.subprocess.Process, log: BinaryIO,
+                  on_line: Callable[[str], None] | None) -> bytes | None:
+    """Wait for `proc`, with its stderr streamed through `on_line` when one is given."""
+    if on_line is None or proc.stderr is None:
+        out, _ = await proc.communicate()
+        return out
+    stdout = proc.stdout
+    reading = asyncio.ensure_future(stdout.read()) if stdout is not None else None
+    try:
+        await _pump(proc.stderr, log, on_line)
+        got = await reading if reading is not None else None
+    finally:
+        if reading is not None:
+            reading.cancel()
+    await proc.wait()
+    return got
+
+
 async def run_logged(
     argv: Sequence[str],
     *,
@@ -86,12 +120,15 @@ async def run_logged(
     timeout: float | None = None,
     shown: str | None = None,
     hold_fds: Sequence[int] = (),
+    on_line: Callable[[str], None] | None = None,
 ) -> Completed:
     """Run `argv`, appending `$ <command>`, its output and its exit code to `log_path`.
 
     Raises StepTimeout after `timeout` seconds; re-raises cancellation. In both cases the
     process group is stopped first (SIGTERM, then SIGKILL after a grace period).
     `hold_fds` (lock descriptors) are inherited, so their locks live as long as the child.
+    `on_line` sees each line of stderr as it arrives (for the install's progress); the log
+    still gets every byte.
     """
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -106,13 +143,13 @@ async def run_logged(
             env=dict(env),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE if capture_stdout else log,
-            stderr=log,
+            stderr=subprocess.PIPE if on_line else log,
             start_new_session=sys.platform != "win32",
             pass_fds=tuple(hold_fds),
             preexec_fn=_PREEXEC,
         )
         try:
-            stdout, _ = await asyncio.wait_for(proc.communicate(), timeout)
+            stdout = await asyncio.wait_for(_finish(proc, log, on_line), timeout)
         except asyncio.TimeoutError:
             await _stop(proc)
             log.write(f"[stopped after {timeout:.0f} s]\n".encode())

@@ -315,6 +315,10 @@ class Store:
     def _ready_path(self, key: str) -> Path:
         return self.envs / f"{key}.json"
 
+    def progress_path(self, key: str) -> Path:
+        """What an install under way is doing (`ray_pixi.progress`), beside its workspace."""
+        return self.envs / f"{key}.progress"
+
     def _failed_path(self, key: str) -> Path:
         return self.envs / f"{key}.failed"
 
@@ -382,6 +386,7 @@ class Store:
         """Remove an entry's marker and files. The caller holds its install lock. The
         marker goes first, so a crash part-way leaves an unmarked (untrusted) workspace."""
         self._ready_path(key).unlink(missing_ok=True)
+        self.progress_path(key).unlink(missing_ok=True)  # what a crashed install said
         workspace = self.workspace(key)
         if workspace.exists():
             doomed = self.trash / f"{key}-{uuid.uuid4().hex[:8]}"

@@ -184,12 +184,15 @@ def test_an_env_without_the_clusters_ray_fails_setup_with_the_remedy(shared_clus
 
 
 def test_a_failed_install_surfaces_pixis_error_and_the_log(shared_cluster) -> None:
-    spec = pixi(dependencies={"no-such-package": "*"})
+    """pixi's report reaches the user whole: a long hyphenated name on one line (pixi wraps
+    at 80 columns without a terminal unless told not to)."""
+    name = "my-long-hyphenated-package-name-that-nobody-ever-published"
+    spec = pixi(dependencies={name: "*"})
     with shared_cluster.job(), pytest.raises(RuntimeEnvSetupError) as e:
         ray.get(probe.options(runtime_env={"pixi": spec}).remote())
     text = str(e.value)
     assert "exited with code 1" in text
-    assert "No candidates were found for no-" in text  # pixi's own words
+    assert f"No candidates were found for {name} *." in text  # pixi's own words, unbroken
     log = text.split("Full log: ", 1)[1].split()[0]
     assert log.startswith(str(shared_cluster.store / "logs")) and Path(log).is_file()
     # The session's logs link to it, for the dashboard's log view.

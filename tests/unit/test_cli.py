@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -233,6 +234,27 @@ def test_envs_list_shows_every_entry_and_who_uses_it(capsys, store: Store) -> No
     assert "2.0 MB" in line_a and f"yes: pid {os.getpid()}" in line_a
     assert "3d ago" in next(ln for ln in out.splitlines() if ln.startswith("b" * 32))
     assert "2 environment(s), 5.0 MB; 1 in use" in out
+
+
+def test_envs_list_shows_an_install_under_way_with_its_phase_and_time(
+        capsys, store: Store) -> None:
+    from ray_pixi.progress import Progress, dump_progress
+
+    key = "d" * 32
+    store.progress_path(key).write_text(dump_progress(Progress(
+        "10.0.0.5", key, "downloading and linking packages", time.time() - 12, os.getpid())))
+    held = store.install_lock(key).acquire()  # as the installing agent holds it
+    try:
+        _, out, _ = run(capsys, "envs", "list")
+        rows = json.loads(run(capsys, "envs", "list", "--json")[1])
+    finally:
+        held.release()
+    row = next(r for r in rows if r["key"] == key)
+    assert row["status"] == "installing" and row["phase"] == "downloading and linking packages"
+    assert 12 <= row["elapsed_seconds"] < 60 and row["node"] == "10.0.0.5"
+    line = next(ln for ln in out.splitlines() if ln.startswith(key))
+    assert re.search(r"installing on node 10\.0\.0\.5: downloading and linking packages "
+                     r"\(1[2-9] s so far\)", line)
 
 
 def test_envs_rm_never_removes_an_env_in_use(capsys, store: Store) -> None:

@@ -4,6 +4,7 @@ session's real pixi)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 from pathlib import Path
@@ -26,7 +27,8 @@ def test_only_what_selects_another_workspace_or_environment_is_stripped() -> Non
                 "PIXI_LOCKED": "1", "PIXI_NO_INSTALL": "1", "PIXI_OVERRIDE_PLATFORM": "osx-64",
                 "PYTHONPATH": "/p", "PYTHONHOME": "/h", "VIRTUAL_ENV": "/v",
                 "CONDA_PREFIX": "/c", "SOURCE_DATE_EPOCH": "0"}
-    assert pixi_env({**kept, **steering}) == {**kept, "PIXI_NO_PATH_UPDATE": "1"}
+    assert pixi_env({**kept, **steering}) == {**kept, "PIXI_NO_PATH_UPDATE": "1",
+                                              "PIXI_NO_WRAP": "1"}
 
 
 def test_explicit_pixi_wins_over_path(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -81,6 +83,49 @@ def test_a_failed_command_reports_command_exit_code_tail_and_log(tmp_path: Path)
     assert "Error:   × lock file not up-to-date with the workspace" in message
     assert f"Full log: {log}" in message
     assert "lock file not up-to-date" in log.read_text()
+
+
+def test_a_missing_long_hyphenated_package_is_named_on_one_line(tmp_path: Path) -> None:
+    """pixi wraps its reports at 80 columns without a terminal; the error a user reads
+    names the package whole (real pixi, an empty local channel)."""
+    exe = PixiExe(str(session_pixi()), (0, 77, 0))
+    for subdir in ("linux-64", "noarch"):
+        (tmp_path / "channel" / subdir).mkdir(parents=True)
+        (tmp_path / "channel" / subdir / "repodata.json").write_text(
+            json.dumps({"info": {"subdir": subdir}, "packages": {}, "packages.conda": {}}))
+    name = "my-very-long-hyphenated-package-name-that-does-not-exist-anywhere"
+    (tmp_path / "pixi.toml").write_text(
+        f'[workspace]\nname = "x"\nchannels = ["{(tmp_path / "channel").as_uri()}"]\n'
+        f'platforms = ["linux-64"]\n[dependencies]\n{name} = "*"\n')
+    with pytest.MonkeyPatch.context() as mp:  # nothing of this machine's pixi config
+        mp.setenv("PIXI_HOME", str(tmp_path / "home"))
+        mp.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+        mp.setenv("PIXI_CACHE_DIR", str(tmp_path / "cache"))
+        with pytest.raises(PixiInstallError) as e:
+            asyncio.run(run_pixi(exe, ["install", "--manifest-path",
+                                       str(tmp_path / "pixi.toml")],
+                                 log_path=tmp_path / "install.log", cwd=tmp_path))
+    line = next(ln for ln in str(e.value).splitlines() if "No candidates" in ln)
+    assert f"No candidates were found for {name} *." in line
+
+
+def test_stderr_lines_are_seen_as_they_come_and_all_logged(tmp_path: Path) -> None:
+    """The install's progress reads pixi's stderr while it runs; the log keeps it all."""
+    script = "echo one >&2; sleep 0.3; printf 'two\\nthree' >&2; echo out"
+    seen: list[tuple[str, float]] = []
+
+    async def scenario() -> str:
+        loop = asyncio.get_running_loop()
+        done = await run_logged(["/bin/sh", "-c", script], log_path=tmp_path / "log",
+                                cwd=tmp_path, env=dict(os.environ), capture_stdout=True,
+                                on_line=lambda line: seen.append((line, loop.time())))
+        return done.stdout
+
+    assert asyncio.run(scenario()) == "out\n"
+    assert [line for line, _ in seen] == ["one", "two", "three"]
+    assert seen[1][1] - seen[0][1] > 0.2  # "one" arrived before the command went on
+    log = (tmp_path / "log").read_text()
+    assert "one\ntwo\nthree" in log and "out\n" in log
 
 
 def test_cancelling_a_step_kills_its_whole_process_group(tmp_path: Path) -> None:

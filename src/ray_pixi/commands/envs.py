@@ -70,6 +70,20 @@ def parse_age(text: str) -> float:
                               "w": 604800}[match[2]]
 
 
+def _install_progress(path: Path) -> dict[str, Any]:
+    """What the install under way says it is doing (`ray_pixi.progress`), if it says."""
+    from ray_pixi.progress import parse_progress
+
+    try:
+        progress = parse_progress(path.read_text())
+    except OSError:
+        return {}
+    if progress is None:
+        return {}
+    return {"phase": progress.phase, "node": progress.node, "installer_pid": progress.pid,
+            "elapsed_seconds": round(max(0.0, time.time() - progress.started), 1)}
+
+
 def _rows(store: Any) -> list[dict[str, Any]]:
     """Every environment in the store (`Store.entries`), as `envs list --json` prints it,
     with the processes that use each ready one."""
@@ -88,8 +102,17 @@ def _rows(store: Any) -> list[dict[str, Any]]:
         elif e.failure is not None:
             message = e.failure.strip().splitlines()
             row["error"] = message[0] if message else ""
+        elif e.state.value == "installing":
+            row.update(_install_progress(store.progress_path(e.key)))
         rows.append(row)
     return rows
+
+
+def _under_way(row: dict[str, Any]) -> str:
+    if "phase" not in row:
+        return "an install is under way"
+    return (f"installing on node {row['node']}: {row['phase']} "
+            f"({row['elapsed_seconds']:.0f} s so far)")
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -113,7 +136,7 @@ def run_list(args: argparse.Namespace) -> int:
         elif r["status"] == "failed":
             what = r["error"][:100]
         else:
-            what = "an install is under way" if r["status"] == "installing" else \
+            what = _under_way(r) if r["status"] == "installing" else \
                 "an interrupted install; `ray-pixi envs gc` removes it"
         in_use = ("yes: " + "; ".join(r["used_by"])) if r["used_by"] else \
             ("yes" if r["in_use"] else "no")
