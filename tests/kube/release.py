@@ -1,19 +1,21 @@
-"""The ray-pixi chart installed into the cluster-in-a-box with real Helm, its roles as local
-processes.
+"""The ray-pixi chart installed into the cluster-in-a-box with real Helm.
 
 `install_release` runs `helm install` (helm-python-sdk's Helm library against the harness's
 API server: real `lookup`, real release history, so `helm upgrade` and `helm rollback` are
-Helm's own), then runs each Deployment's command locally, as that Deployment would: the
-webhook (`ray-pixi-operator webhook`) and the reconciler (`ray-pixi-operator reconcile`), each
-with its container's env vars from the live Deployment, its own ServiceAccount's TokenRequest
-token (so the chart's RBAC is what it gets), and for the webhook the live Secret's certificate
-and key. The webhook Service is routed to the local webhook process (see `services.py`): the
-MutatingWebhookConfiguration is exactly what Helm applied. No kubelet runs, so the chart's own
-pods stay Pending; these processes stand in for them.
+Helm's own).
 
 On a cluster with a real node (`KubeCluster(node=...)`) nothing stands in: the chart's
-Deployments run the add-on's image as Pods behind the chart's Service, and `start` waits for
-their rollout.
+Deployments run the add-on's image as Pods behind the chart's Service (`PodRole`); `start`
+waits for their rollout, an upgrade or rollback for the new ReplicaSet's Pods alone, an
+outage scales a Deployment to 0, and logs and env come from the API.
+
+Without a node (for Pods as objects in numbers no node runs: `test_operator_scale.py`,
+`bench/operator-scale`) each Deployment's command runs locally, as that Deployment would
+(`Role`): the webhook (`ray-pixi-operator webhook`) and the reconciler (`ray-pixi-operator
+reconcile`), each with its container's env vars from the live Deployment, its own
+ServiceAccount's TokenRequest token (so the chart's RBAC is what it gets), and for the webhook
+the live Secret's certificate and key. The webhook Service is routed to the local webhook
+process (see `services.py`): the MutatingWebhookConfiguration is exactly what Helm applied.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def operator_executable() -> str | None:
 
 
 class Role:
-    """One Deployment of the release, run as a local process."""
+    """One Deployment of the release, run as a local process (a cluster without a node)."""
 
     def __init__(self, release: Release, role: str) -> None:
         self.release = release
@@ -137,11 +139,6 @@ class Role:
                 return bool(reply.status == 200)
         except OSError:
             return False
-
-    def terminate(self) -> None:
-        """SIGTERM, as kubelet sends it; the process then drains and exits by itself."""
-        assert self.process is not None and self.process.pid is not None
-        os.kill(self.process.pid, signal.SIGTERM)
 
     def stop(self) -> None:
         """Stop now: SIGTERM then a second signal, which skips the webhook's drain."""
@@ -258,7 +255,7 @@ class PodRole:
 
 
 class Release:
-    """A Helm release of the chart and the local processes that stand in for its pods."""
+    """A Helm release of the chart: its Pods on a node, else local processes standing in."""
 
     def __init__(
         self, cluster: KubeCluster, name: str, namespace: str, workdir: Path, executable: str
@@ -554,7 +551,8 @@ def install_release(
     create_namespace: bool = True,
     start: bool = True,
 ) -> Release:
-    """`helm install`, route the webhook Service, and start the roles' processes."""
+    """`helm install`, then wait for the roles' Pods (without a node: route the webhook
+    Service and start the roles' processes)."""
     if create_namespace:
         cluster.create_namespace(namespace)
     release = Release(cluster, name, namespace, workdir, executable)
