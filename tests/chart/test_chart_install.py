@@ -6,7 +6,7 @@ live API server shows: the API server accepts every object; `lookup` finds the i
 Secret so an upgrade keeps the certificate; the operator's ServiceAccount gets exactly the
 rights it needs; with failurePolicy Fail an unanswered webhook rejects opted-in RayClusters
 only. The release runs in namespaced mode, so its webhook never touches other tests' namespaces.
-The chart's roles running against such a release are tests/kube/test_chart_e2e.py's business.
+The chart's roles running against such a release are tests/node/test_chart_e2e.py's business.
 """
 
 from __future__ import annotations

@@ -13,8 +13,10 @@ from typing import Any
 from .rest import Rest, poll
 
 __all__ = [
+    "NO_NODE",
     "RAY_IMAGE",
     "cluster_pods",
+    "off_node",
     "raycluster",
     "raycluster_spec",
     "rayjob",
@@ -119,6 +121,22 @@ def rayservice(
             "rayClusterConfig": raycluster_spec(workers),
         },
     }
+
+
+NO_NODE = {"ray-pixi.test/node": "none"}
+
+
+def off_node(body: dict[str, Any]) -> dict[str, Any]:
+    """`body` (RayCluster, RayJob or RayService) with a nodeSelector no node matches on every
+    Pod template: KubeRay still builds its Pods (objects the API server admitted, defaulted
+    and classed), the scheduler leaves them Pending and no sandbox starts."""
+    spec = body["spec"]
+    spec = spec.get("rayClusterSpec") or spec.get("rayClusterConfig") or spec
+    templates = [spec["headGroupSpec"]["template"]]
+    templates += [group["template"] for group in spec.get("workerGroupSpecs", [])]
+    for template in templates:
+        template["spec"]["nodeSelector"] = dict(NO_NODE)
+    return body
 
 
 def cluster_pods(rest: Rest, namespace: str, cluster: str) -> list[dict[str, Any]]:

@@ -1,19 +1,21 @@
-"""The ray-pixi chart installed into the cluster-in-a-box with real Helm, its roles as local
-processes.
+"""The ray-pixi chart installed into the cluster-in-a-box with real Helm.
 
 `install_release` runs `helm install` (helm-python-sdk's Helm library against the harness's
 API server: real `lookup`, real release history, so `helm upgrade` and `helm rollback` are
-Helm's own), then runs each Deployment's command locally, as that Deployment would: the
-webhook (`ray-pixi-operator webhook`) and the reconciler (`ray-pixi-operator reconcile`), each
-with its container's env vars from the live Deployment, its own ServiceAccount's TokenRequest
-token (so the chart's RBAC is what it gets), and for the webhook the live Secret's certificate
-and key. The webhook Service is routed to the local webhook process (see `services.py`): the
-MutatingWebhookConfiguration is exactly what Helm applied. No kubelet runs, so the chart's own
-pods stay Pending; these processes stand in for them.
+Helm's own).
 
 On a cluster with a real node (`KubeCluster(node=...)`) nothing stands in: the chart's
-Deployments run the add-on's image as Pods behind the chart's Service, and `start` waits for
-their rollout.
+Deployments run the add-on's image as Pods behind the chart's Service (`PodRole`); `start`
+waits for their rollout, an upgrade or rollback for the new ReplicaSet's Pods alone, an
+outage scales a Deployment to 0, and logs and env come from the API.
+
+Without a node (for Pods as objects in numbers no node runs: `test_operator_scale.py`,
+`bench/operator-scale`) each Deployment's command runs locally, as that Deployment would
+(`Role`): the webhook (`ray-pixi-operator webhook`) and the reconciler (`ray-pixi-operator
+reconcile`), each with its container's env vars from the live Deployment, its own
+ServiceAccount's TokenRequest token (so the chart's RBAC is what it gets), and for the webhook
+the live Secret's certificate and key. The webhook Service is routed to the local webhook
+process (see `services.py`): the MutatingWebhookConfiguration is exactly what Helm applied.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def operator_executable() -> str | None:
 
 
 class Role:
-    """One Deployment of the release, run as a local process."""
+    """One Deployment of the release, run as a local process (a cluster without a node)."""
 
     def __init__(self, release: Release, role: str) -> None:
         self.release = release
@@ -138,11 +140,6 @@ class Role:
         except OSError:
             return False
 
-    def terminate(self) -> None:
-        """SIGTERM, as kubelet sends it; the process then drains and exits by itself."""
-        assert self.process is not None and self.process.pid is not None
-        os.kill(self.process.pid, signal.SIGTERM)
-
     def stop(self) -> None:
         """Stop now: SIGTERM then a second signal, which skips the webhook's drain."""
         if self.process is not None:
@@ -157,8 +154,108 @@ class Role:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
 
 
+class PodRole:
+    """One Deployment of the release on a cluster with a node: the chart's own Pods, driven
+    only as a cluster drives them (scale, delete, rollout) and read through the API."""
+
+    def __init__(self, release: Release, role: str) -> None:
+        self.release = release
+        self.role = role
+        self.admin = release.admin
+        # Logs of the role's Pods that are gone (read while they were still terminating).
+        self.past_logs: dict[str, str] = {}
+
+    @property
+    def deployment(self) -> dict[str, Any]:
+        return self.release.deployment(self.role)
+
+    @property
+    def deployment_path(self) -> str:
+        meta = self.deployment["metadata"]
+        return f"/apis/apps/v1/namespaces/{meta['namespace']}/deployments/{meta['name']}"
+
+    @property
+    def container(self) -> dict[str, Any]:
+        return dict(self.deployment["spec"]["template"]["spec"]["containers"][0])
+
+    @property
+    def service_account(self) -> str:
+        return str(self.deployment["spec"]["template"]["spec"]["serviceAccountName"])
+
+    @property
+    def username(self) -> str:
+        return f"system:serviceaccount:{self.release.namespace}:{self.service_account}"
+
+    def env(self) -> dict[str, str]:
+        """The env vars of the Deployment's container, as its Pods get them."""
+        return {e["name"]: e.get("value", "") for e in self.container.get("env", [])}
+
+    def pods(self) -> list[dict[str, Any]]:
+        """The role's Pods, terminating ones included."""
+        selector = ",".join(
+            f"{k}={v}" for k, v in self.deployment["spec"]["selector"]["matchLabels"].items()
+        )
+        return list(self.admin.get(f"/api/v1/namespaces/{self.release.namespace}/pods",
+                                   labelSelector=selector)["items"])  # fmt: skip
+
+    def pod_log(self, name: str) -> str:
+        """`kubectl logs <pod>`; empty when the Pod or its container is not there (yet)."""
+        try:
+            return self.admin.request_raw(
+                "GET", f"/api/v1/namespaces/{self.release.namespace}/pods/{name}/log"
+            ).decode(errors="replace")
+        except ApiError:
+            return ""
+
+    def keep_logs(self) -> None:
+        """Read the logs of the role's Pods now, before a rollout or scale-down removes them."""
+        for pod in self.pods():
+            name = pod["metadata"]["name"]
+            if text := self.pod_log(name):
+                self.past_logs[name] = text
+
+    def log(self) -> str:
+        """What every Pod of the role wrote, the gone ones included (as far as kept)."""
+        self.keep_logs()
+        return "\n".join(f"--- {name} ---\n{text}" for name, text in self.past_logs.items())
+
+    def scale(self, replicas: int) -> None:
+        self.keep_logs()
+        self.admin.merge_patch(f"{self.deployment_path}/scale", {"spec": {"replicas": replicas}})
+
+    def stop(self, timeout: float = 120) -> None:
+        """An outage: the Deployment scaled to 0, its Pods gone, the Service without endpoints."""
+        self.scale(0)
+
+        def gone() -> bool:
+            for pod in self.pods():
+                if text := self.pod_log(pod["metadata"]["name"]):
+                    self.past_logs[pod["metadata"]["name"]] = text
+            return not self.pods() and not self.release.endpoints()
+
+        poll(gone, timeout=timeout, what=f"the {self.role}'s Pods and endpoints to be gone",
+             interval=0.5, describe=lambda: self.release._describe_pods(self.role))  # fmt: skip
+
+    def terminate(self) -> None:
+        """Scale to 0 without waiting: the ReplicaSet deletes the Pod, the kubelet sends
+        SIGTERM, and the Pod drains and exits by itself; no Pod replaces it."""
+        self.scale(0)
+
+    def start(self) -> None:
+        """Back to the replicas the release asks for, rolled out."""
+        (wanted,) = [
+            doc["spec"].get("replicas", 1)
+            for doc in self.release.manifest
+            if doc["kind"] == "Deployment"
+            and (doc["metadata"].get("labels") or {}).get("ray-pixi.io/role") == self.role
+        ]
+        if self.deployment["spec"].get("replicas", 1) != wanted:
+            self.scale(wanted)
+        self.release.wait_rolled_out(self.role)
+
+
 class Release:
-    """A Helm release of the chart and the local processes that stand in for its pods."""
+    """A Helm release of the chart: its Pods on a node, else local processes standing in."""
 
     def __init__(
         self, cluster: KubeCluster, name: str, namespace: str, workdir: Path, executable: str
@@ -175,11 +272,13 @@ class Release:
             kubeconfig_path=cluster.admin_kubeconfig, namespace=namespace
         )
         self.webhook_port = free_port()
-        self.roles = {role: Role(self, role) for role in ROLES}
         self.manifest: list[dict[str, Any]] = []
         self.owns_namespace = False
         # With a node, the chart's own Pods serve; no process stands in for them.
         self.on_node = cluster.node is not None
+        self.roles: dict[str, Any] = {
+            role: (PodRole if self.on_node else Role)(self, role) for role in ROLES
+        }
 
     # Helm ------------------------------------------------------------------------------
 
@@ -189,16 +288,25 @@ class Release:
             self._route()
 
     def upgrade(self, values: dict[str, Any], *, restart: bool = True) -> None:
-        """`helm upgrade` (then the new pods replace the old ones: the processes restart)."""
+        """`helm upgrade`, then the new pods replace the old ones (on a node: the rollout,
+        waited for; without one: the processes restart)."""
+        self._keep_logs()
         self._took(self.helm.upgrade(CHART, self.name, values, namespace=self.namespace))
         if restart:
             self.restart()
 
     def rollback(self, revision: int, *, restart: bool = True) -> None:
+        self._keep_logs()
         self.helm.rollback(self.name, version=revision)
         self._took(self.helm.status(self.name))
         if restart:
             self.restart()
+
+    def _keep_logs(self) -> None:
+        if self.on_node:
+            for role in ROLES:
+                if self.has(role):
+                    self.roles[role].keep_logs()
 
     def _took(self, release: Any) -> None:
         import yaml
@@ -269,11 +377,11 @@ class Release:
     # the processes ------------------------------------------------------------------------
 
     @property
-    def webhook(self) -> Role:
+    def webhook(self) -> Any:
         return self.roles["webhook"]
 
     @property
-    def reconciler(self) -> Role:
+    def reconciler(self) -> Any:
         return self.roles["reconciler"]
 
     def start(self) -> None:
@@ -281,10 +389,7 @@ class Release:
         once the webhook injects."""
         for role in ROLES:
             if self.has(role):
-                if self.on_node:
-                    self.wait_rolled_out(role)
-                else:
-                    self.roles[role].start()
+                self.roles[role].start()
         if self.has("webhook"):
             self.wait_admitting()
 
@@ -328,18 +433,70 @@ class Release:
                         lines.append("  previous log: " + log[-1500:])
         return "\n".join(lines) or "no Pods"
 
+    def wait_replaced(self, role: str, timeout: float = 180) -> None:
+        """Until every Pod of the role belongs to the Deployment's newest ReplicaSet (the old
+        ReplicaSet's Pods gone, drained), after `wait_rolled_out`."""
+        deployment = self.deployment(role)
+        revision = deployment["metadata"].get("annotations", {}).get(
+            "deployment.kubernetes.io/revision")  # fmt: skip
+        sets = self.admin.get(
+            f"/apis/apps/v1/namespaces/{self.namespace}/replicasets",
+            labelSelector=",".join(
+                f"{k}={v}" for k, v in deployment["spec"]["selector"]["matchLabels"].items()
+            ),
+        )["items"]
+        (newest,) = [
+            r for r in sets
+            if r["metadata"].get("annotations", {}).get("deployment.kubernetes.io/revision")
+            == revision
+        ]  # fmt: skip
+        current = newest["metadata"]["labels"]["pod-template-hash"]
+        role_ = self.roles[role]
+
+        def replaced() -> bool:
+            role_.keep_logs()
+            return all(
+                p["metadata"]["labels"].get("pod-template-hash") == current
+                and not p["metadata"].get("deletionTimestamp")
+                for p in role_.pods()
+            )
+
+        poll(replaced, timeout=timeout, what=f"the {role}'s old Pods to be gone", interval=0.5,
+             describe=lambda: self._describe_pods(role))  # fmt: skip
+
+    def endpoints(self) -> list[dict[str, Any]]:
+        """The endpoints of the webhook Service's EndpointSlices (terminating ones included)."""
+        name = self.service["metadata"]["name"]
+        slices = self.admin.get(
+            f"/apis/discovery.k8s.io/v1/namespaces/{self.namespace}/endpointslices",
+            labelSelector=f"kubernetes.io/service-name={name}",
+        )["items"]
+        return [e for s in slices for e in s.get("endpoints") or []]
+
     def restart(self) -> None:
+        if self.on_node:
+            for role in ROLES:
+                if self.has(role):
+                    self.wait_rolled_out(role)
+                    self.wait_replaced(role)
+            if self.has("webhook"):
+                self.wait_admitting()
+            return
         self.stop()
         self.start()
 
     def stop(self) -> None:
-        for role in self.roles.values():
-            role.stop()
+        for role in ROLES:
+            if not self.on_node or self.has(role):
+                self.roles[role].stop()
 
     def wait_admitting(self, timeout: float = 90) -> None:
         """Until a dry-run create of a labelled RayCluster comes back injected."""
         webhook = self.webhook
-        describe: Callable[[], str] = lambda: webhook.process.tail(20) if webhook.process else ""  # noqa: E731
+        describe: Callable[[], str] = (
+            (lambda: self._describe_pods("webhook")) if self.on_node
+            else (lambda: webhook.process.tail(20) if webhook.process else "")
+        )  # fmt: skip
         probe = raycluster("admission-probe", labels={"ray-pixi.io/enabled": "true"}, workers=0)
         path = self.cluster.path_for("ray.io/v1", "RayCluster", self.namespace)
 
@@ -367,7 +524,8 @@ class Release:
         return "\n".join(f"--- {name} ---\n{role.log()}" for name, role in self.roles.items())
 
     def uninstall(self) -> None:
-        self.stop()
+        if not self.on_node:
+            self.stop()
         with contextlib.suppress(Exception):
             service = self.service
             self.cluster.unroute_service(
@@ -393,7 +551,8 @@ def install_release(
     create_namespace: bool = True,
     start: bool = True,
 ) -> Release:
-    """`helm install`, route the webhook Service, and start the roles' processes."""
+    """`helm install`, then wait for the roles' Pods (without a node: route the webhook
+    Service and start the roles' processes)."""
     if create_namespace:
         cluster.create_namespace(namespace)
     release = Release(cluster, name, namespace, workdir, executable)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -80,18 +81,37 @@ def operator_image(request: pytest.FixtureRequest) -> str:
     return _image(ensure_operator_image, "the add-on's image", request)
 
 
+# The names under which the lifecycle tests install the chart: a registry's tags of two
+# releases (0.2.0 is the chart's appVersion), each the add-on's image of this checkout.
+CHART_IMAGE = "registry.example.com/ml/ray-pixi"
+CHART_TAGS = ("0.1.0", "0.2.0")
+
+
 @pytest.fixture(scope="session")
-def node_images(ray_image: str, unsupported_ray_image: str, operator_image: str) -> list[str]:
+def chart_images(operator_image: str) -> list[str]:
+    """The add-on's image `docker tag`ged as `CHART_IMAGE:<tag>` for each of `CHART_TAGS`, so
+    the node has the images a chart installed with those names runs (nothing is pulled)."""
+    tags = [f"{CHART_IMAGE}:{tag}" for tag in CHART_TAGS]
+    for tag in tags:
+        subprocess.run(["docker", "tag", operator_image, tag], check=True, timeout=60)
+    return tags
+
+
+@pytest.fixture(scope="session")
+def node_images(
+    ray_image: str, unsupported_ray_image: str, operator_image: str, chart_images: list[str]
+) -> list[str]:
     """What the node's containerd gets from the Docker engine (no registry here)."""
-    return [ray_image, unsupported_ray_image, operator_image]
+    return [ray_image, unsupported_ray_image, operator_image, *chart_images]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def release(
     kube_node: KubeCluster, operator_image: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Release]:
-    """The chart, `helm install`ed once per session with the add-on's image built from this
-    checkout: its webhook and reconciler run as the chart's own Pods on the node."""
+    """The chart, `helm install`ed once per module (cluster-wide, so never beside a test's
+    own namespaced release) with the add-on's image built from this checkout: its webhook and
+    reconciler run as the chart's own Pods on the node."""
     executable = operator_executable()
     assert executable is not None, "no ray-pixi-operator executable (pip install -e operator)"
     repository, tag = operator_image.rsplit(":", 1)

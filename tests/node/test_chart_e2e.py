@@ -1,9 +1,11 @@
-"""End to end at the API level: the chart's webhook, its reconciler and KubeRay together.
+"""End to end on the real node: the chart's webhook, its reconciler and KubeRay together.
 
-The chart is installed with real Helm; its two roles run locally, each as its own
-ServiceAccount (a TokenRequest token), so a missing RBAC rule fails these tests; the API
-server calls the webhook through the chart's own MutatingWebhookConfiguration (Service
-reference, generated CA); KubeRay builds the Pods.
+The chart is installed with real Helm (the `release` fixture: cluster-wide, the add-on's image
+of this checkout); its two roles are the chart's own Pods, each running as its own
+ServiceAccount, so a missing RBAC rule fails these tests; the API server calls the webhook
+through the chart's own MutatingWebhookConfiguration (Service reference, generated CA, the
+Service's ClusterIP through kube-proxy); KubeRay builds the Ray Pods, which stay objects here
+(a nodeSelector no node matches keeps them Pending: these tests read their specs).
 """
 
 from __future__ import annotations
@@ -12,18 +14,18 @@ import copy
 import importlib.util
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from kube.cluster import KubeCluster
-from kube.manifests import raycluster, rayjob, wait_for_pods
-from kube.release import CHART, Release, install_release, operator_executable
+from kube.manifests import off_node, wait_for_pods
+from kube.manifests import raycluster as _raycluster
+from kube.manifests import rayjob as _rayjob
+from kube.release import CHART, Release
 from kube.rest import Rest, poll
 
-pytestmark = pytest.mark.apiserver
+pytestmark = pytest.mark.node
 
 LABELS = {"ray-pixi.io/enabled": "true"}
 PAYLOAD = "ray-pixi-payload"
@@ -40,27 +42,13 @@ def _missing(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="module")
-def release(
-    kube_cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Release]:
-    if not (CHART / "Chart.yaml").exists():
-        _missing(f"no chart at {CHART}")
-    if importlib.util.find_spec("helm_python") is None:
-        _missing("helm-python-sdk is not installed (pip install helm-python-sdk)")
-    if importlib.util.find_spec("ray_pixi_operator") is None:
-        _missing("the operator is not installed (pip install -e operator)")
-    executable = operator_executable()
-    if executable is None:
-        _missing("no ray-pixi-operator executable (pip install -e operator)")
-    assert executable is not None
-    installed = install_release(
-        kube_cluster, tmp_path_factory.mktemp("release"), executable=executable
-    )
-    try:
-        yield installed
-    finally:
-        installed.uninstall()
+def raycluster(name: str, **kw: Any) -> dict[str, Any]:
+    """A RayCluster whose Pods stay objects (Pending, off the node)."""
+    return off_node(_raycluster(name, **kw))
+
+
+def rayjob(name: str, **kw: Any) -> dict[str, Any]:
+    return off_node(_rayjob(name, **kw))
 
 
 # --- reading what the API server stored and KubeRay built ---------------------------------
@@ -69,7 +57,11 @@ def release(
 def _settings(release: Release) -> Any:
     from ray_pixi_operator import Settings
 
-    return Settings.from_env(release.webhook.env())
+    # The webhook Pod's settings; the TLS pair's paths are the Pod's mount, not files here,
+    # and nothing of the mutation depends on them.
+    env = release.webhook.env()
+    tls = ("RAY_PIXI_WEBHOOK_CERT_FILE", "RAY_PIXI_WEBHOOK_KEY_FILE")
+    return Settings.from_env({k: v for k, v in env.items() if k not in tls})
 
 
 def _expected(release: Release, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -169,27 +161,32 @@ def _wait_status(admin: Rest, namespace: str, name: str, status: str) -> dict[st
 
 
 def test_each_role_acts_as_its_own_service_account(release: Release) -> None:
-    """The roles' credentials are the chart's ServiceAccounts, not the admin's."""
+    """The roles' Pods run as the chart's ServiceAccounts, and what they ask the API server
+    is recorded under those accounts, not the admin's."""
     for role in (release.webhook, release.reconciler):
-        review = release.cluster.rest(token=role.token).create(
-            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
-            {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"},
+        pods = role.pods()
+        assert pods, f"the {role.role} has no Pods"
+        assert {p["spec"]["serviceAccountName"] for p in pods} == {role.service_account}
+        events = poll(
+            lambda role=role: release.cluster.audit_events(role.username)[0],
+            timeout=SETTLE,
+            what=f"a request of {role.username} in the audit log",
         )
-        assert review["status"]["userInfo"]["username"] == role.username
+        print(f"\n{role.username}: {len(events)} requests so far")
     assert release.webhook.username != release.reconciler.username
     for webhook in release.webhook_configuration["webhooks"]:
         assert "service" in webhook["clientConfig"] and "url" not in webhook["clientConfig"]
 
 
-def test_labelled_raycluster_every_pod_injected_once(release: Release, kube_namespace: str) -> None:
+def test_labelled_raycluster_every_pod_injected_once(release: Release, node_namespace: str) -> None:
     """Head and worker Pods carry the injection once; nothing the webhook added is pruned."""
     admin = release.admin
     manifest = _with_sidecar(raycluster("labelled", labels=LABELS, workers=2))
-    release.cluster.apply(copy.deepcopy(manifest), kube_namespace)
+    release.cluster.apply(copy.deepcopy(manifest), node_namespace)
     env_names = _injected_env_names(release, manifest)
     assert env_names, "the operator's mutation adds no env vars?"
 
-    stored = _get_cluster(admin, kube_namespace, "labelled")
+    stored = _get_cluster(admin, node_namespace, "labelled")
     expected = _expected(release, manifest)
     for group, template in _templates(stored["spec"]).items():
         want = _templates(expected["spec"])[group]
@@ -208,7 +205,7 @@ def test_labelled_raycluster_every_pod_injected_once(release: Release, kube_name
         assert "ray-logs" in _names(template["spec"]["volumes"])
 
     assert stored["metadata"]["annotations"][RECORD] == expected["metadata"]["annotations"][RECORD]
-    pods = wait_for_pods(admin, kube_namespace, "labelled", 3)
+    pods = wait_for_pods(admin, node_namespace, "labelled", 3)
     for pod in pods:
         assert _injection_problems(pod["spec"], env_names) == [], pod["metadata"]["name"]
     workers = [p for p in pods if p["metadata"]["labels"]["ray.io/node-type"] == "worker"]
@@ -216,65 +213,65 @@ def test_labelled_raycluster_every_pod_injected_once(release: Release, kube_name
         [PAYLOAD, "wait-gcs-ready"]
     ] * 2
 
-    _wait_status(admin, kube_namespace, "labelled", "injected")
-    reasons = {e["reason"] for e in _events(admin, kube_namespace, "labelled")}
+    _wait_status(admin, node_namespace, "labelled", "injected")
+    reasons = {e["reason"] for e in _events(admin, node_namespace, "labelled")}
     assert "RayPixiInjected" in reasons
 
 
-def test_labelled_rayjob_gets_an_injected_raycluster(release: Release, kube_namespace: str) -> None:
+def test_labelled_rayjob_gets_an_injected_raycluster(release: Release, node_namespace: str) -> None:
     """KubeRay copies the RayJob's label onto the RayCluster it creates; that one is injected."""
     admin = release.admin
     manifest = rayjob("labelled-job", labels=LABELS, workers=1)
-    release.cluster.apply(copy.deepcopy(manifest), kube_namespace)
-    path = release.cluster.path_for("ray.io/v1", "RayCluster", kube_namespace)
+    release.cluster.apply(copy.deepcopy(manifest), node_namespace)
+    path = release.cluster.path_for("ray.io/v1", "RayCluster", node_namespace)
     (generated,) = poll(
         lambda: admin.get(path)["items"], timeout=SETTLE, what="the RayJob's RayCluster"
     )
     env_names = _injected_env_names(release, raycluster("x", labels=LABELS))
     for group, template in _templates(generated["spec"]).items():
         assert _injection_problems(template["spec"], env_names) == [], group
-    for pod in wait_for_pods(admin, kube_namespace, generated["metadata"]["name"], 2):
+    for pod in wait_for_pods(admin, node_namespace, generated["metadata"]["name"], 2):
         assert _injection_problems(pod["spec"], env_names) == [], pod["metadata"]["name"]
 
 
-def test_unlabelled_raycluster_is_untouched(release: Release, kube_namespace: str) -> None:
+def test_unlabelled_raycluster_is_untouched(release: Release, node_namespace: str) -> None:
     """Without the label the webhook is not even called: templates and Pods stay as written."""
     admin = release.admin
     manifest = raycluster("plain", workers=1)
-    release.cluster.apply(copy.deepcopy(manifest), kube_namespace)
-    stored = _get_cluster(admin, kube_namespace, "plain")
+    release.cluster.apply(copy.deepcopy(manifest), node_namespace)
+    stored = _get_cluster(admin, node_namespace, "plain")
     for group, template in _templates(stored["spec"]).items():
         assert _not_injected(template["spec"]), group
-    for pod in wait_for_pods(admin, kube_namespace, "plain", 2):
+    for pod in wait_for_pods(admin, node_namespace, "plain", 2):
         assert _not_injected(pod["spec"]), pod["metadata"]["name"]
     assert STATUS not in stored["metadata"].get("annotations", {})
     assert RECORD not in stored["metadata"].get("annotations", {})
 
 
-def test_scaling_a_worker_group_keeps_one_injection(release: Release, kube_namespace: str) -> None:
+def test_scaling_a_worker_group_keeps_one_injection(release: Release, node_namespace: str) -> None:
     """An UPDATE (replicas 1 -> 3) goes through the webhook again without duplicating it."""
     admin = release.admin
     manifest = raycluster("scaled", labels=LABELS, workers=1)
-    release.cluster.apply(copy.deepcopy(manifest), kube_namespace)
+    release.cluster.apply(copy.deepcopy(manifest), node_namespace)
     env_names = _injected_env_names(release, manifest)
-    wait_for_pods(admin, kube_namespace, "scaled", 2)
-    before = _get_cluster(admin, kube_namespace, "scaled")
+    wait_for_pods(admin, node_namespace, "scaled", 2)
+    before = _get_cluster(admin, node_namespace, "scaled")
 
     admin.json_patch(
-        f"/apis/ray.io/v1/namespaces/{kube_namespace}/rayclusters/scaled",
+        f"/apis/ray.io/v1/namespaces/{node_namespace}/rayclusters/scaled",
         [{"op": "replace", "path": "/spec/workerGroupSpecs/0/replicas", "value": 3}],
     )
-    after = _get_cluster(admin, kube_namespace, "scaled")
+    after = _get_cluster(admin, node_namespace, "scaled")
     assert after["metadata"]["generation"] > before["metadata"]["generation"]
     assert _templates(after["spec"]) == _templates(before["spec"])
     for group, template in _templates(after["spec"]).items():
         assert _injection_problems(template["spec"], env_names) == [], group
-    for pod in wait_for_pods(admin, kube_namespace, "scaled", 4):
+    for pod in wait_for_pods(admin, node_namespace, "scaled", 4):
         assert _injection_problems(pod["spec"], env_names) == [], pod["metadata"]["name"]
 
 
 def test_cluster_created_while_down_with_ignore_is_reported_and_never_changed(
-    release: Release, kube_namespace: str
+    release: Release, node_namespace: str
 ) -> None:
     """failurePolicy Ignore admits a labelled cluster unprepared; the reconciler says so and
     how to prepare it, and changes nothing behind the user's back."""
@@ -282,11 +279,11 @@ def test_cluster_created_while_down_with_ignore_is_reported_and_never_changed(
     release.set_failure_policy("Ignore")
     release.stop()
     try:
-        release.cluster.apply(raycluster("missed", labels=LABELS, workers=1), kube_namespace)
-        stored = _get_cluster(admin, kube_namespace, "missed")
+        release.cluster.apply(raycluster("missed", labels=LABELS, workers=1), node_namespace)
+        stored = _get_cluster(admin, node_namespace, "missed")
         for group, template in _templates(stored["spec"]).items():
             assert _not_injected(template["spec"]), group
-        pods = wait_for_pods(admin, kube_namespace, "missed", 2)
+        pods = wait_for_pods(admin, node_namespace, "missed", 2)
         assert all(_not_injected(p["spec"]) for p in pods)
     finally:
         release.start()
@@ -294,11 +291,11 @@ def test_cluster_created_while_down_with_ignore_is_reported_and_never_changed(
             release.one("MutatingWebhookConfiguration")["webhooks"][0]["failurePolicy"]
         )
 
-    reported = _wait_status(admin, kube_namespace, "missed", "not-injected")
+    reported = _wait_status(admin, node_namespace, "missed", "not-injected")
     (event,) = poll(
         lambda: [
             e
-            for e in _events(admin, kube_namespace, "missed")
+            for e in _events(admin, node_namespace, "missed")
             if e["reason"] == "RayPixiNotInjected"
         ],
         timeout=SETTLE,
@@ -310,7 +307,7 @@ def test_cluster_created_while_down_with_ignore_is_reported_and_never_changed(
     assert RECORD not in reported["metadata"]["annotations"]
 
 
-def test_guaranteed_ray_pods_stay_guaranteed(release: Release, kube_namespace: str) -> None:
+def test_guaranteed_ray_pods_stay_guaranteed(release: Release, node_namespace: str) -> None:
     """The API server sets each Pod's QoS class: a cluster whose Ray containers ask for what
     they are limited to keeps Guaranteed Pods with the payload init container (and KubeRay's
     wait-gcs-ready) added, since both init containers' requests equal their limits."""
@@ -319,8 +316,8 @@ def test_guaranteed_ray_pods_stay_guaranteed(release: Release, kube_namespace: s
     for template in _templates(manifest["spec"]).values():
         resources = template["spec"]["containers"][0]["resources"]
         assert resources["requests"] == resources["limits"]
-    release.cluster.apply(copy.deepcopy(manifest), kube_namespace)
-    pods = wait_for_pods(admin, kube_namespace, "guaranteed", 2)
+    release.cluster.apply(copy.deepcopy(manifest), node_namespace)
+    pods = wait_for_pods(admin, node_namespace, "guaranteed", 2)
     for pod in pods:
         assert PAYLOAD in _names(pod["spec"]["initContainers"])
         assert pod["status"]["qosClass"] == "Guaranteed", pod["metadata"]["name"]
@@ -370,7 +367,7 @@ def test_each_role_uses_every_verb_it_is_granted(release: Release) -> None:
 def test_operator_log_shows_no_permission_errors(release: Release) -> None:
     """Run last: both roles, on the chart's RBAC alone, were never refused anything."""
     log = release.logs()
-    assert release.webhook.log() and release.reconciler.log(), "a role wrote no log"
+    assert release.webhook.log() and release.reconciler.log(), "a role's Pods wrote no log"
     # RBAC denials read 'X is forbidden: User "system:serviceaccount:..." cannot <verb> ...';
     # other 403s (an event posted into a namespace being deleted) are not about RBAC.
     refused = [line for line in log.splitlines() if re.search(r'forbidden: User ".*" cannot', line)]
