@@ -252,7 +252,7 @@ def test_the_stores_size_limit_is_enforced_by_eviction_and_the_disk_budget_keeps
 
     # The kubelet measured the volume with the environment on it, and the Pod kept running.
     used = poll(lambda: (u := _volume_used_by_kubelet(kube_node, head, names.VOLUME_NAME))
-                and u >= on_volume * 0.9 and u, timeout=120, interval=2,
+                and u >= on_volume * 0.9 and u, timeout=180, interval=2,
                 what="the kubelet's measure of the volume with the environment")  # fmt: skip
     took.mark(f"the kubelet measured {used / 2**20:.0f} MiB on the volume")
     head.refresh()
