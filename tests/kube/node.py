@@ -290,6 +290,8 @@ def kubelet_config(*, ip: str, port: int, healthz_port: int, ca_file: Path, cert
         "serializeImagePulls": False,
         # Status changes reach the API server quickly; the tests wait on them.
         "nodeStatusUpdateFrequency": "4s",
+        # Volume usage (an emptyDir's sizeLimit is enforced on it) measured every 10 s, not 1 min.
+        "volumeStatsAggPeriod": "10s",
         "syncFrequency": "10s",
     }
 

@@ -150,6 +150,20 @@ def test_head_only_cluster_gets_the_default_emptydir_and_payload_image(manifest,
     }
 
 
+def test_the_init_containers_resources_follow_the_settings(manifest, settings, make_settings):
+    """200m and 256Mi by default; an admin raises them (the chart's injection.initContainerCPU
+    and initContainerMemory), requests always equal to limits."""
+    (default,) = templates(prepared(manifest("raycluster-head-only"), settings))
+    amounts = {"cpu": "200m", "memory": "256Mi"}
+    assert default["spec"]["initContainers"][-1]["resources"] == {
+        "requests": amounts, "limits": amounts}
+    raised = make_settings(init_container_cpu="1", init_container_memory="1Gi")
+    (template,) = templates(prepared(manifest("raycluster-head-only"), raised))
+    amounts = {"cpu": "1", "memory": "1Gi"}
+    assert template["spec"]["initContainers"][-1]["resources"] == {
+        "requests": amounts, "limits": amounts}
+
+
 def test_worker_groups_keep_their_init_containers_pythonpath_and_user(manifest, settings):
     body = prepared(manifest("raycluster-workers"), settings)
     head, cpu, gpu = templates(body)

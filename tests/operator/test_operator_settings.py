@@ -23,6 +23,8 @@ ALL_NAMES = (
     "RAY_PIXI_DISK_BUDGET_GB",
     "RAY_PIXI_PIXI_CONFIG_MAP",
     "RAY_PIXI_PIXI_AUTH_SECRET",
+    "RAY_PIXI_INIT_CONTAINER_CPU",
+    "RAY_PIXI_INIT_CONTAINER_MEMORY",
     "RAY_PIXI_WEBHOOK_PORT",
     "RAY_PIXI_WEBHOOK_CERT_FILE",
     "RAY_PIXI_WEBHOOK_KEY_FILE",
@@ -80,8 +82,11 @@ def test_every_setting_is_read(tmp_path: Path):
             "RAY_PIXI_NAMESPACES": "ml, serving",
             "RAY_PIXI_HEALTH_PORT": "8081",
             "RAY_PIXI_LOG_LEVEL": "debug",
+            "RAY_PIXI_INIT_CONTAINER_CPU": "0.5",
+            "RAY_PIXI_INIT_CONTAINER_MEMORY": "1Gi",
         }
     )
+    assert (settings.init_container_cpu, settings.init_container_memory) == ("0.5", "1Gi")
     assert settings.cache_pvc_name == "ray-envs"
     assert settings.plugin_cache_size_gb == 2.5
     assert settings.webhook_cert_file == cert
@@ -151,6 +156,14 @@ INVALID = [
     (
         {"RAY_PIXI_NAMESPACES": "ml,Serving"},
         "Invalid RAY_PIXI_NAMESPACES='ml,Serving': must be a comma-separated list",
+    ),
+    (
+        {"RAY_PIXI_INIT_CONTAINER_CPU": "200 m"},
+        "Invalid RAY_PIXI_INIT_CONTAINER_CPU='200 m': must be a positive CPU quantity",
+    ),
+    (
+        {"RAY_PIXI_INIT_CONTAINER_MEMORY": "256MB"},
+        "Invalid RAY_PIXI_INIT_CONTAINER_MEMORY='256MB': must be a positive Kubernetes quantity",
     ),
     (
         {"RAY_PIXI_LOG_LEVEL": "chatty"},

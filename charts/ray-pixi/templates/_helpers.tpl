@@ -215,6 +215,10 @@ reads (an empty value means "not set" there). (dict "root" $ "webhook" bool)
   value: {{ $.Values.injection.pixiConfig.configMap | quote }}
 - name: RAY_PIXI_PIXI_AUTH_SECRET
   value: {{ $.Values.injection.pixiConfig.authSecret | quote }}
+- name: RAY_PIXI_INIT_CONTAINER_CPU
+  value: {{ $.Values.injection.initContainerCPU | quote }}
+- name: RAY_PIXI_INIT_CONTAINER_MEMORY
+  value: {{ $.Values.injection.initContainerMemory | quote }}
 - name: RAY_PIXI_WEBHOOK_PORT
   value: {{ $.Values.webhook.port | quote }}
 - name: RAY_PIXI_WEBHOOK_HOST

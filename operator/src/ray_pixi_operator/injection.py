@@ -31,14 +31,22 @@ __all__ = [
 Body = dict[str, Any]
 
 
-# Resources of the init containers: what KubeRay gives its own wait-gcs-ready, requests equal
-# to limits. A pod's init phase requests the largest init container's, so on worker pods (which
-# have wait-gcs-ready) this adds nothing to what the pod asks the scheduler for; a Guaranteed
-# pod stays Guaranteed; a namespace quota on limits.cpu or limits.memory admits the pod.
+# Resources of the init containers by default (RAY_PIXI_INIT_CONTAINER_CPU and _MEMORY, the
+# chart's injection.initContainerCPU and initContainerMemory, change them): what KubeRay gives
+# its own wait-gcs-ready, requests equal to limits. A pod's init phase requests the largest
+# init container's, so on worker pods (which have wait-gcs-ready) this adds nothing to what
+# the pod asks the scheduler for; a Guaranteed pod stays Guaranteed; a namespace quota on
+# limits.cpu or limits.memory admits the pod.
 INIT_CONTAINER_RESOURCES = {
     "requests": {"cpu": "200m", "memory": "256Mi"},
     "limits": {"cpu": "200m", "memory": "256Mi"},
 }
+
+
+def _init_resources(options: ClusterOptions) -> Body:
+    """Requests equal to limits, as the settings say."""
+    amounts = {"cpu": options.init_container_cpu, "memory": options.init_container_memory}
+    return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
 def build_volume(options: ClusterOptions) -> Body:
@@ -137,7 +145,7 @@ def build_init_containers(options: ClusterOptions, pod: Mapping[str, Any]) -> li
     common: Body = {
         "image": options.payload_image,
         "imagePullPolicy": options.payload_image_pull_policy,
-        "resources": copy.deepcopy(INIT_CONTAINER_RESOURCES),
+        "resources": _init_resources(options),
         "volumeMounts": [{"name": names.VOLUME_NAME, "mountPath": names.MOUNT_PATH}],
     }
     inits = []

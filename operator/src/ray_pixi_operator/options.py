@@ -53,6 +53,9 @@ class ClusterOptions:
     pixi_config_map: str | None = None
     pixi_auth_secret: str | None = None
     image_pythonpath: str | None = None
+    # The injected init containers' CPU and memory (requests equal to limits).
+    init_container_cpu: str = "200m"
+    init_container_memory: str = "256Mi"
 
     def to_json(self) -> Body:
         """The record's ``settings``: the values, camelCase, unset ones left out."""
@@ -148,6 +151,8 @@ def build_cluster_options(settings: Settings, annotations: Mapping[str, str]) ->
         pixi_config_map=config_map or settings.pixi_config_map,
         pixi_auth_secret=auth_secret or settings.pixi_auth_secret,
         image_pythonpath=image_pythonpath,
+        init_container_cpu=settings.init_container_cpu,
+        init_container_memory=settings.init_container_memory,
     )
 
 

@@ -26,6 +26,8 @@ __all__ = [
     "check_config_map_name",
     "check_disk_budget_gb",
     "check_image_pythonpath",
+    "check_init_container_cpu",
+    "check_init_container_memory",
     "check_pixi_version",
     "check_plugin_cache_size_gb",
     "check_pvc_name",
@@ -65,6 +67,22 @@ def check_cache_size_limit(value: str) -> str:
     match = _QUANTITY.match(value)
     if match is None or float(match["number"]) <= 0:
         raise ValueError("must be a positive Kubernetes quantity such as 20Gi or 500Mi")
+    return value
+
+
+_CPU = re.compile(r"^(?:\d+(?:\.\d*)?|\.\d+|\d+m)$")
+
+
+def check_init_container_cpu(value: str) -> str:
+    if _CPU.match(value) is None or float(value.rstrip("m") or 0) <= 0:
+        raise ValueError("must be a positive CPU quantity such as 200m or 0.5")
+    return value
+
+
+def check_init_container_memory(value: str) -> str:
+    match = _QUANTITY.match(value)
+    if match is None or float(match["number"]) <= 0:
+        raise ValueError("must be a positive Kubernetes quantity such as 256Mi or 1Gi")
     return value
 
 
@@ -274,6 +292,10 @@ class Settings(BaseModel):
     # rattler's credentials.json, in each cluster's namespace.
     pixi_config_map: str | None = None
     pixi_auth_secret: str | None = None
+    # The injected init containers' CPU and memory, requests equal to limits (so a Guaranteed
+    # pod stays Guaranteed). Raise the memory when the payload init container is OOMKilled.
+    init_container_cpu: str = "200m"
+    init_container_memory: str = "256Mi"
     # How the operator serves the webhook and what it watches.
     webhook_port: int = 9443
     webhook_cert_file: Path | None = None
@@ -372,6 +394,8 @@ _CHECKS: dict[str, Callable[[str], Any]] = {
     "disk_budget_gb": check_disk_budget_gb,
     "pixi_config_map": check_config_map_name,
     "pixi_auth_secret": check_secret_name,
+    "init_container_cpu": check_init_container_cpu,
+    "init_container_memory": check_init_container_memory,
     "webhook_port": _check_port,
     "webhook_cert_file": _check_file,
     "webhook_key_file": _check_file,
