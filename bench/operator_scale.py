@@ -345,12 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     from kube.cluster import Binaries
 
     paths = ensure_all(_log)
-    binaries = Binaries(
-        etcd=paths["etcd"],
-        kube_apiserver=paths["kube-apiserver"],
-        kuberay_operator=paths["kuberay-operator"],
-        kube_controller_manager=paths["kube-controller-manager"],
-    )
+    binaries = Binaries.from_paths(paths)
     with (
         tempfile.TemporaryDirectory(prefix="ray-pixi-operator-scale-") as tmp,
         KubeCluster(binaries, log=_log) as cluster,

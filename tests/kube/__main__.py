@@ -21,7 +21,6 @@ import threading
 # Only the standard library until `up`: .ci/setup-kube runs `build` with any python3.
 from .build import (
     COMPONENTS,
-    ETCD,
     KUBERAY,
     NODE_COMPONENTS,
     BuildError,
@@ -84,8 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    binaries = Binaries(paths[ETCD.name], paths["kube-apiserver"], paths["kuberay-operator"],
-                        paths["kube-controller-manager"])  # fmt: skip
+    binaries = Binaries.from_paths(paths)
     node = None if args.no_node else NodeBinaries.find(paths)
     with KubeCluster(binaries, log=_log, node=node, images=args.image) as cluster:
         print(f"export KUBECONFIG={cluster.admin_kubeconfig}", flush=True)

@@ -95,6 +95,16 @@ class Binaries:
     kuberay_operator: Path
     kube_controller_manager: Path
 
+    @classmethod
+    def from_paths(cls, paths: dict[str, Path]) -> Binaries:
+        """From `build.ensure_all`'s answer (binaries by component name)."""
+        return cls(
+            etcd=paths["etcd"],
+            kube_apiserver=paths["kube-apiserver"],
+            kuberay_operator=paths["kuberay-operator"],
+            kube_controller_manager=paths["kube-controller-manager"],
+        )
+
 
 class KubeCluster:
     """A running cluster; use `start()` / `stop()` or the context manager.

@@ -119,12 +119,7 @@ def kube_cluster(
     _check_markers(request.session)
     log = _reporter_log(request.config)
     paths = _binaries(request, node=False)
-    binaries = Binaries(
-        etcd=paths["etcd"],
-        kube_apiserver=paths["kube-apiserver"],
-        kuberay_operator=paths["kuberay-operator"],
-        kube_controller_manager=paths["kube-controller-manager"],
-    )
+    binaries = Binaries.from_paths(paths)
     with KubeCluster(binaries, log=log) as cluster:
         yield cluster
         _save_logs(request, tmp_path_factory, cluster)
@@ -141,12 +136,7 @@ def kube_node(
     _check_markers(request.session)
     log = _reporter_log(request.config)
     paths = _binaries(request, node=True)
-    binaries = Binaries(
-        etcd=paths["etcd"],
-        kube_apiserver=paths["kube-apiserver"],
-        kuberay_operator=paths["kuberay-operator"],
-        kube_controller_manager=paths["kube-controller-manager"],
-    )
+    binaries = Binaries.from_paths(paths)
     try:
         node = NodeBinaries.find(paths)
     except FileNotFoundError as error:

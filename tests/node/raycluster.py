@@ -41,6 +41,7 @@ __all__ = [
     "host_path_of",
     "install_logs",
     "NodePod",
+    "Timings",
     "process_ids",
     "cluster_templates",
     "e2e_cluster",
@@ -92,6 +93,24 @@ def cluster_templates(cluster: Mapping[str, Any]) -> list[Obj]:
     spec = cluster["spec"]
     return [spec["headGroupSpec"]["template"],
             *(group["template"] for group in spec.get("workerGroupSpecs") or [])]  # fmt: skip
+
+
+class Timings:
+    """What each step of a scenario took, printed as it goes (speed is measured, never
+    asserted): each step's time, and the whole scenario's with `total`."""
+
+    def __init__(self, label: str = "node") -> None:
+        self.label = label
+        self.started = self.last = time.monotonic()
+
+    def mark(self, what: str) -> None:
+        now = time.monotonic()
+        print(f"{self.label}: {what} in {now - self.last:.1f} s "
+              f"({now - self.started:.0f} s in all)", flush=True)  # fmt: skip
+        self.last = now
+
+    def total(self, what: str) -> None:
+        print(f"{self.label}: {what}: {time.monotonic() - self.started:.1f} s in all", flush=True)
 
 
 @dataclasses.dataclass

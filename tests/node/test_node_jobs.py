@@ -17,7 +17,6 @@ import platform
 import re
 import secrets
 import shutil
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -37,6 +36,7 @@ from node.raycluster import (
     Job,
     NodePod,
     Obj,
+    Timings,
     completed_installs,
     container_env,
     dashboard_address,
@@ -160,18 +160,6 @@ def _agent_used_the_payload(pod: NodePod) -> list[int]:
 
 def _install_pids(logs: list[Path]) -> set[int]:
     return {int(log.stem.rsplit("-", 1)[1]) for log in logs}  # install-<key>-<time>-<pid>
-
-
-class Timings:
-    """What each step took, printed as it goes (speed is measured, never asserted)."""
-
-    def __init__(self) -> None:
-        self.started = time.monotonic()
-
-    def mark(self, what: str) -> None:
-        now = time.monotonic()
-        print(f"node: {what} in {now - self.started:.1f} s", flush=True)
-        self.started = now
 
 
 def _submit(address: str, name: str, **options: Any) -> Job:

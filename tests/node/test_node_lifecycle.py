@@ -24,7 +24,6 @@ import json
 import os
 import secrets
 import shutil
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -44,6 +43,7 @@ from node.raycluster import (
     Job,
     NodePod,
     Obj,
+    Timings,
     cluster_templates,
     container_env,
     dashboard_address,
@@ -65,21 +65,6 @@ PROBE = ["python", "probe_job.py", REQUEST]  # a task and an actor on each alive
 CPU_TASK = ["python", "cpu_task_job.py", REQUEST]  # one task that needs a CPU
 RAYJOB_TIMEOUT = 900
 PYJOKES = "0.8.3"
-
-
-class Timings:
-    """What each step took, printed as it goes (speed is measured, never asserted)."""
-
-    def __init__(self) -> None:
-        self.started = self.last = time.monotonic()
-
-    def mark(self, what: str) -> None:
-        now = time.monotonic()
-        print(f"node: {what} in {now - self.last:.1f} s", flush=True)
-        self.last = now
-
-    def total(self, what: str) -> None:
-        print(f"node: {what}: {time.monotonic() - self.started:.1f} s in all", flush=True)
 
 
 def _submit(address: str, name: str, entrypoint: Sequence[str]) -> Job:

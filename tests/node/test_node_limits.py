@@ -13,7 +13,6 @@ import copy
 import json
 import os
 import secrets
-import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
 
@@ -31,6 +30,7 @@ from node.raycluster import (
     LABELS,
     NodePod,
     Obj,
+    Timings,
     container_env,
     dashboard_address,
     e2e_cluster,
@@ -60,20 +60,6 @@ RESTRICTED_CONTEXT = {
     "capabilities": {"drop": ["ALL"]},
     "seccompProfile": {"type": "RuntimeDefault"},
 }
-
-
-class Timings:
-    """What each step took, printed as it goes (measured, never asserted)."""
-
-    def __init__(self, test: str) -> None:
-        self.test = test
-        self.started = self.first = time.monotonic()
-
-    def mark(self, what: str) -> None:
-        now = time.monotonic()
-        print(f"node-limits: {self.test}: {what} in {now - self.started:.1f} s "
-              f"({now - self.first:.0f} s in all)", flush=True)  # fmt: skip
-        self.started = now
 
 
 def _head_only(e2e_images: Mapping[str, str], name: str, *,
@@ -163,7 +149,7 @@ def test_a_payload_init_container_over_its_memory_limit_is_oomkilled_and_the_doc
     """An admin sets the chart's `injection.initContainerMemory` too small (16Mi; the payload
     copy needs some 20Mi): the Ray Pod's init container shows OOMKilled, and the chart's
     values.yaml and README say to raise that value when it does."""
-    took = Timings("oom")
+    took = Timings("node-limits: oom")
     repository, tag = operator_image.rsplit(":", 1)
     base = {"image": {"repository": repository, "tag": tag, "pullPolicy": "IfNotPresent"}}
     small = "16Mi"
@@ -220,7 +206,7 @@ def test_the_stores_size_limit_is_enforced_by_eviction_and_the_disk_budget_keeps
     (75 %), a pixi install stays under it and the kubelet, having measured the volume, leaves
     the Pod running; then writing past the limit into the volume gets the Pod evicted with a
     message naming the emptyDir's limit."""
-    took = Timings("size limit")
+    took = Timings("node-limits: size limit")
     limit = "1Gi"
     manifest = site.apply_to(_head_only(e2e_images, "size-limit", annotations={
         names.CACHE_SIZE_LIMIT_ANNOTATION: limit}))  # fmt: skip
@@ -302,7 +288,7 @@ def test_requests_equal_to_limits_give_a_guaranteed_pod_with_the_addons_init_con
 ) -> None:
     """The user's Ray container asks for requests == limits; the add-on's init container does
     the same, so the kubelet reports the Pod Guaranteed."""
-    took = Timings("guaranteed")
+    took = Timings("node-limits: guaranteed")
     equal = {"cpu": "500m", "memory": "2Gi"}
     manifest = _head_only(e2e_images, "guaranteed",
                           resources={"requests": dict(equal), "limits": dict(equal)})
@@ -335,7 +321,7 @@ def test_the_addons_own_pods_are_admitted_and_ready_under_pod_security_restricte
 ) -> None:  # fmt: skip
     """The chart installed into a namespace that enforces "restricted": its webhook and
     reconciler Pods are admitted (none refused) and become Ready."""
-    took = Timings("restricted release")
+    took = Timings("node-limits: restricted release")
     executable = operator_executable()
     assert executable is not None
     repository, tag = operator_image.rsplit(":", 1)
@@ -367,7 +353,7 @@ def test_pod_security_restricted_admits_prepared_ray_pods_the_user_made_complian
     """In a namespace enforcing "restricted": a RayCluster whose Ray container is compliant
     gets a Ready head Pod with the add-on's init container; a plain one gets no Pod, and
     KubeRay's event says why, naming the user's container, never the add-on's."""
-    took = Timings("restricted ray pods")
+    took = Timings("node-limits: restricted ray pods")
     compliant = _head_only(e2e_images, "compliant")
     ray = compliant["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     ray["securityContext"] = copy.deepcopy(RESTRICTED_CONTEXT)
@@ -404,7 +390,7 @@ def test_a_store_on_a_persistent_volume_claim_holds_the_environments_on_the_volu
     """A static hostPath PersistentVolume bound to a claim, named by `cache-volume:
     persistentVolumeClaim` and `cache-pvc-name`: the head mounts it, a pixi job installs into
     it, and the environment is in the PV's directory on this machine."""
-    took = Timings("pvc")
+    took = Timings("node-limits: pvc")
     directory = tmp_path / "pv"
     directory.mkdir()
     directory.chmod(0o1777)  # as for hostPath stores: writable by the Pods' users
