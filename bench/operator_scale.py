@@ -1,12 +1,15 @@
-"""The reconciler at scale: one RayCluster with many Pods on the real kube-apiserver + KubeRay.
+"""The reconciler at scale: one RayCluster with many Pods, on the real node of tests/kube.
 
-The chart is installed with real Helm into the cluster-in-a-box (tests/kube) and its two roles
-run locally as their ServiceAccounts. KubeRay builds the cluster's Pods (they stay Pending:
-there is no kubelet). The reconciler is then made to see every one of them (a migration
-makes all pods run "another payload", which its event counts), and RayCluster events are
-driven one at a time (each changes what the reconciler reports, so each is observable). The
-API server's audit log counts the reconciler's requests from outside its process; /proc gives
-its resident memory.
+The chart is installed with real Helm; its webhook and reconciler are the chart's own Pods on
+the node, from the add-on's image, with the chart's resources enforced. KubeRay builds the
+Ray cluster's Pods, each with a nodeSelector that matches no node: they stay Pending, so
+1,000 of them cost the API server and the reconciler what they would, and the node starts
+none. The reconciler is made to see every one of them (a migration makes all pods run
+"another payload", which its event counts), and RayCluster events are driven one at a time
+(each changes what the reconciler reports, so each is observable). The API server's audit log
+counts the reconciler's requests from outside its Pod; the kubelet's summary API gives its
+memory working set (what `kubectl top` and the memory limit see), from a sample taken after
+each phase.
 
 The baseline, measured in the same run: ray-pixi-operator 0.1.0 LISTed the cluster's pods on
 every RayCluster event; the size and time of that LIST is measured here as the admin.
@@ -19,9 +22,9 @@ from __future__ import annotations
 
 import argparse
 import collections
+import datetime
 import json
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -32,14 +35,19 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "tests") not in sys.path:  # the cluster-in-a-box lives in tests/kube
     sys.path.insert(0, str(REPO / "tests"))
 
+from kubernetes.utils import parse_quantity  # noqa: E402
+
 from kube.cluster import KubeCluster  # noqa: E402
 from kube.manifests import raycluster  # noqa: E402
-from kube.release import install_release, operator_executable  # noqa: E402
+from kube.node import NODE_NAME  # noqa: E402
+from kube.release import PodRole, install_release  # noqa: E402
 from kube.rest import poll  # noqa: E402
+from node.images import CHART_IMAGE, CHART_TAGS  # noqa: E402
 
-IMAGE = "registry.example.com/ml/ray-pixi"
 LABELS = {"ray-pixi.io/enabled": "true"}
 NAME = "big"
+# KubeRay's Pods of the measured cluster wait for a node that never comes.
+OFF_NODE = {"ray-pixi.io/bench": "no-such-node"}
 
 
 @dataclass
@@ -49,8 +57,10 @@ class Scale:
     pods: int
     events: int
     kuberay_build_seconds: float = 0.0
-    rss_kib: dict[str, int] = field(default_factory=dict)  # phase -> reconciler VmRSS
-    webhook_rss_kib: int = 0
+    memory_kib: dict[str, int] = field(default_factory=dict)  # phase -> reconciler working set
+    webhook_memory_kib: int = 0
+    pods_scheduled: int = 0  # of the Ray cluster's Pods: none, else the node ran them
+    memory_limit_kib: int = 0  # the reconciler container's, as the chart sets it
     startup_calls: dict[str, int] = field(default_factory=dict)  # "verb resource" -> count
     event_calls: dict[str, int] = field(default_factory=dict)
     event_seconds: list[float] = field(default_factory=list)
@@ -69,20 +79,39 @@ class Scale:
     @property
     def kib_per_pod(self) -> float:
         """Memory per pod of a reconciler that watched the pods being created."""
-        watched = self.rss_kib["first process, half the pods watched"] - self.rss_kib["no cluster"]
+        watched = (
+            self.memory_kib["first process, half the pods watched"] - self.memory_kib["no cluster"]
+        )
         return watched / (self.pods // 2)
 
     @property
     def kib_per_pod_after_restart(self) -> float:
         """Memory per pod of a reconciler that listed them at its start (peak included)."""
-        return (self.rss_kib["all pods indexed"] - self.rss_kib["no cluster"]) / self.pods
+        return (self.memory_kib["all pods indexed"] - self.memory_kib["no cluster"]) / self.pods
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise LookupError(f"no VmRSS for pid {pid}")
+def working_set_kib(cluster: KubeCluster, role: PodRole, *, after: float) -> int:
+    """The memory working set of the role's one Pod, as the kubelet's summary API reports it,
+    from a sample taken after `after` (a `time.time()`): cAdvisor samples every 10-15 s, and
+    an older sample would measure the phase before."""
+    (pod,) = [p for p in role.pods() if not p["metadata"].get("deletionTimestamp")]
+    name = pod["metadata"]["name"]
+    container = role.container["name"]
+
+    def sampled() -> int | None:
+        summary = cluster.rest().get(f"/api/v1/nodes/{NODE_NAME}/proxy/stats/summary")
+        for entry in summary.get("pods", []):
+            if entry["podRef"]["name"] != name:
+                continue
+            for stats in entry.get("containers", []):
+                memory = stats.get("memory") or {}
+                if stats["name"] == container and "workingSetBytes" in memory:
+                    taken = datetime.datetime.fromisoformat(memory["time"].replace("Z", "+00:00"))
+                    if taken.timestamp() > after:
+                        return int(memory["workingSetBytes"]) // 1024
+        return None
+
+    return int(poll(sampled, timeout=90, what=f"a memory sample of {name} after the phase"))
 
 
 def _calls(cluster: KubeCluster, username: str, since: int) -> tuple[dict[str, int], int]:
@@ -99,7 +128,6 @@ def _log(message: str) -> None:
 
 def measure(
     cluster: KubeCluster,
-    workdir: Path,
     *,
     pods: int,
     events: int,
@@ -108,50 +136,55 @@ def measure(
 ) -> Scale:
     """Install the chart, build `pods` Pods of one cluster, drive `events` cluster events.
 
-    Phases: the cluster with half its pods; a new payload and a migration, so the reconciler
-    reports those pods as running another payload (it sees every one); the other half built
-    (its RayPixiInjected event counts them all): the memory the second half took, in one
-    process, is the memory per pod. Then the RayCluster events.
+    Phases: the cluster with half its pods; a new payload (the chart upgraded to the image's
+    other tag: a new reconciler Pod, which lists the pods at its start) and a migration, so
+    the reconciler reports those pods as running another payload (it sees every one); the
+    other half built (its RayPixiInjected event counts them all): the memory the second half
+    took, in one process, is the memory per pod. Then the RayCluster events.
     """
-    executable = operator_executable()
-    if executable is None:
-        raise RuntimeError("no ray-pixi-operator executable (pip install -e operator)")
     scale = Scale(pods=pods, events=events)
     half = pods // 2
-    values: dict[str, Any] = {"namespaces": [namespace], "image": {"repository": IMAGE, "tag": "a"}}
-    release = install_release(
-        cluster, workdir, executable=executable, name="scale", namespace=namespace, values=values
-    )
+    values: dict[str, Any] = {
+        "namespaces": [namespace],
+        # The add-on's image under two tags (tests/node's chart images): the upgrade from one
+        # to the other is the new payload that makes every pod "another payload".
+        "image": {"repository": CHART_IMAGE, "tag": CHART_TAGS[0], "pullPolicy": "IfNotPresent"},
+    }
+    release = install_release(cluster, name="scale", namespace=namespace, values=values)
     admin = cluster.rest()
     path = cluster.path_for("ray.io/v1", "RayCluster", namespace, NAME)
+    reconciler = release.reconciler
     try:
-        first = release.reconciler.process
-        assert first is not None and first.pid is not None
-        scale.rss_kib["no cluster"] = rss_kib(first.pid)
+        limit = reconciler.container["resources"]["limits"]["memory"]
+        scale.memory_limit_kib = int(parse_quantity(limit)) // 1024
+        scale.memory_kib["no cluster"] = working_set_kib(cluster, reconciler, after=time.time())
 
         body = raycluster(NAME, labels=LABELS, workers=half - 1)
         body["spec"]["workerGroupSpecs"][0]["maxReplicas"] = pods
+        for group in (body["spec"]["headGroupSpec"], *body["spec"]["workerGroupSpecs"]):
+            group["template"]["spec"]["nodeSelector"] = dict(OFF_NODE)
         started = time.monotonic()
         cluster.apply(body, namespace)
         _wait_for_pod_count(cluster, namespace, half, timeout=max(120.0, pods * 0.5))
         log(f"KubeRay built {half} pods in {time.monotonic() - started:.1f} s")
         flips = _Flipper(cluster, namespace, path)
         flips.flip(expect_pods=half)
-        scale.rss_kib["first process, half the pods watched"] = rss_kib(first.pid)
+        scale.memory_kib["first process, half the pods watched"] = working_set_kib(
+            cluster, reconciler, after=time.time()
+        )
 
         # A new payload, then a migration without Recreate: every pod now runs another payload
         # than its template, and the reconciler's event counts them: it sees all of them.
-        values["image"]["tag"] = "b"
+        values["image"]["tag"] = CHART_TAGS[1]
         release.upgrade(values)
-        reconciler = release.reconciler.process
-        assert reconciler is not None and reconciler.pid is not None
-        username = release.reconciler.username
         admin.merge_patch(path, {"metadata": {"annotations": {"ray-pixi.io/migrate": "1"}}})
         message = _wait_for_event(cluster, namespace, "RayPixiPodsOnOtherPayload")
         scale.pods_reported = int(message.split(" pod(s)", 1)[0])
         log(f"the reconciler reports {scale.pods_reported} pods on another payload")
         flips.flip(expect_pods=half)
-        scale.rss_kib["half the pods indexed"] = rss_kib(reconciler.pid)
+        scale.memory_kib["half the pods indexed"] = working_set_kib(
+            cluster, reconciler, after=time.time()
+        )
 
         started = time.monotonic()
         admin.json_patch(
@@ -162,8 +195,10 @@ def measure(
         scale.kuberay_build_seconds = time.monotonic() - started
         log(f"KubeRay built {pods - half} more pods in {scale.kuberay_build_seconds:.1f} s")
         flips.flip(expect_pods=pods)
-        scale.rss_kib["all pods indexed"] = rss_kib(reconciler.pid)
-        scale.startup_calls, offset = _calls(cluster, username, 0)
+        scale.memory_kib["all pods indexed"] = working_set_kib(
+            cluster, reconciler, after=time.time()
+        )
+        scale.startup_calls, offset = _calls(cluster, reconciler.username, 0)
 
         # RayCluster events, one at a time: each flips a per-cluster pixi version, which
         # changes what the reconciler reports (a pinned payload, or not), so it patches the
@@ -188,11 +223,14 @@ def measure(
             timeout=60,
             what="the reconciler's events for every report",
         )
-        scale.event_calls, _ = _calls(cluster, username, offset)
-        scale.rss_kib["after the events"] = rss_kib(reconciler.pid)
-        webhook = release.webhook.process
-        assert webhook is not None and webhook.pid is not None
-        scale.webhook_rss_kib = rss_kib(webhook.pid)
+        scale.event_calls, _ = _calls(cluster, reconciler.username, offset)
+        scale.memory_kib["after the events"] = working_set_kib(
+            cluster, reconciler, after=time.time()
+        )
+        scale.webhook_memory_kib = working_set_kib(cluster, release.webhook, after=time.time())
+        scale.pods_scheduled = sum(
+            1 for pod in _pods(cluster, namespace) if pod["spec"].get("nodeName")
+        )
     finally:
         release.uninstall()
     return scale
@@ -241,14 +279,16 @@ def _events_of(cluster: KubeCluster, namespace: str, reason: str) -> list[dict[s
     return [e for e in items if e["reason"] == reason and e["involvedObject"]["name"] == NAME]
 
 
-def _wait_for_pod_count(cluster: KubeCluster, namespace: str, count: int, timeout: float) -> None:
-    admin = cluster.rest()
+def _pods(cluster: KubeCluster, namespace: str) -> list[dict[str, Any]]:
+    listed = cluster.rest().get(
+        f"/api/v1/namespaces/{namespace}/pods", labelSelector=f"ray.io/cluster={NAME}"
+    )
+    return list(listed["items"])
 
+
+def _wait_for_pod_count(cluster: KubeCluster, namespace: str, count: int, timeout: float) -> None:
     def built() -> bool:
-        listed = admin.get(
-            f"/api/v1/namespaces/{namespace}/pods", labelSelector=f"ray.io/cluster={NAME}"
-        )
-        return len(listed["items"]) >= count
+        return len(_pods(cluster, namespace)) >= count
 
     poll(built, timeout=timeout, what=f"KubeRay to build {count} pods", interval=1.0)
 
@@ -277,7 +317,7 @@ def table(scale: Scale) -> str:
         ordered = sorted(values)
         return ordered[len(ordered) // 2] if ordered else 0.0
 
-    rss = scale.rss_kib
+    rss = scale.memory_kib
     lines = [
         f"One RayCluster, {scale.pods} Pods (KubeRay v1.6.2 built the second half in "
         f"{scale.kuberay_build_seconds:.0f} s), {scale.events} RayCluster events.",
@@ -286,18 +326,19 @@ def table(scale: Scale) -> str:
         "| --- | --- |",
         f"| pods the reconciler reported on another payload (from its index) | "
         f"{scale.pods_reported} |",
-        f"| reconciler RSS, no cluster | {rss['no cluster'] / 1024:.1f} MiB |",
-        f"| reconciler RSS, {scale.pods // 2} pods watched as KubeRay built them | "
+        f"| reconciler working set, no cluster | {rss['no cluster'] / 1024:.1f} MiB |",
+        f"| reconciler working set, {scale.pods // 2} pods watched as KubeRay built them | "
         f"{rss['first process, half the pods watched'] / 1024:.1f} MiB |",
-        f"| reconciler RSS after a restart, {scale.pods // 2} pods listed | "
+        f"| reconciler working set after a restart, {scale.pods // 2} pods listed | "
         f"{rss['half the pods indexed'] / 1024:.1f} MiB |",
-        f"| reconciler RSS, all {scale.pods} pods indexed | "
+        f"| reconciler working set, all {scale.pods} pods indexed | "
         f"{rss['all pods indexed'] / 1024:.1f} MiB |",
-        f"| reconciler RSS, after the events | {rss['after the events'] / 1024:.1f} MiB |",
+        f"| reconciler working set, after the events | {rss['after the events'] / 1024:.1f} MiB |",
         f"| reconciler memory per pod, watched | {scale.kib_per_pod:.1f} KiB |",
         f"| reconciler memory per pod, {scale.pods} pods after a restart (listing peak "
         f"included) | {scale.kib_per_pod_after_restart:.1f} KiB |",
-        f"| webhook RSS (no watches) | {scale.webhook_rss_kib / 1024:.1f} MiB |",
+        f"| Ray Pods the node ran (their nodeSelector matches no node) | {scale.pods_scheduled} |",
+        f"| webhook working set (no watches) | {scale.webhook_memory_kib / 1024:.1f} MiB |",
         f"| reconciler API calls per RayCluster event | {scale.calls_per_event:.2f} |",
         f"| of which pod LISTs | {scale.pod_lists_per_event:.2f} |",
         f"| reconciler reaction per event, median | {median(scale.event_seconds) * 1000:.0f} ms |",
@@ -308,8 +349,9 @@ def table(scale: Scale) -> str:
         "",
         f"At {scale.kib_per_pod_after_restart:.0f} KiB per pod (a restart's listing included) "
         f"over {rss['no cluster'] / 1024:.0f} MiB, the chart's default reconciler memory limit "
-        f"(384 MiB) would hold about "
-        f"{int((384 * 1024 - rss['no cluster']) / scale.kib_per_pod_after_restart):,} Ray pods "
+        f"({scale.memory_limit_kib / 1024:.0f} MiB) would hold about "
+        f"{int((scale.memory_limit_kib - rss['no cluster']) / scale.kib_per_pod_after_restart):,}"
+        " Ray pods "
         f"(a linear extrapolation: measured up to {scale.pods}); raise reconciler.resources "
         "for more. Per RayCluster event the reconciler sends a "
         "patch of the cluster's status annotations and its events, however many pods the "
@@ -343,22 +385,24 @@ def main(argv: list[str] | None = None) -> int:
 
     from kube.build import ensure_all
     from kube.cluster import Binaries
+    from kube.node import NodeBinaries
+    from node.images import ensure_operator_image, tag_chart_images
 
-    paths = ensure_all(_log)
-    binaries = Binaries.from_paths(paths)
-    with (
-        tempfile.TemporaryDirectory(prefix="ray-pixi-operator-scale-") as tmp,
-        KubeCluster(binaries, log=_log) as cluster,
-    ):
-        scale = measure(cluster, Path(tmp), pods=args.pods, events=args.events)
+    paths = ensure_all(_log, node=True)
+    images = tag_chart_images(ensure_operator_image(_log))
+    with KubeCluster(
+        Binaries.from_paths(paths), log=_log, node=NodeBinaries.find(paths), images=images
+    ) as cluster:
+        scale = measure(cluster, pods=args.pods, events=args.events)
     text = table(scale)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "operator-scale.md").write_text(
         "# The reconciler at scale\n\nWritten by `bench/operator-scale` "
         f"(`--pods {args.pods} --events {args.events}`) on the cluster-in-a-box "
-        "(etcd, kube-apiserver v1.36.3, KubeRay v1.6.2; no kubelet, so the Pods stay "
-        "Pending). See bench/operator_scale.py for what is measured and how.\n\n" + text + "\n"
+        "with its real node (etcd, kube-apiserver, kubelet v1.36.3, KubeRay v1.6.2): the "
+        "chart's Pods run on the node, the Ray Pods stay Pending (a nodeSelector that matches "
+        "no node). See bench/operator_scale.py for what is measured and how.\n\n" + text + "\n"
     )
     (args.out / "operator-scale.json").write_text(
         json.dumps(

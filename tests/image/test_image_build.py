@@ -24,8 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from node.images import docker_unavailable
 
+from node.images import docker_unavailable
 from support import REPO, persistent_cache, session_pixi
 
 pytestmark = pytest.mark.docker

@@ -4,9 +4,8 @@ and with `node=` a real node (see node.py) and the scheduler.
 Without the node no scheduler or kubelet runs: Pods stay Pending, which is enough to read
 the specs KubeRay builds. The controller-manager runs either way: new namespaces get their
 `default` ServiceAccount and `kube-root-ca.crt`, deleted ones are emptied by the namespace
-controller. Without the node a Service can be routed to a process on loopback
-(`route_service`), standing in for kube-proxy and the Service's Pods, so webhooks configured
-with a `service` clientConfig are reachable; with the node kube-proxy routes Services.
+controller. With the node kube-proxy routes Services; without it no Service has endpoints (a
+webhook under test there is configured by URL).
 """
 
 from __future__ import annotations
@@ -36,7 +35,6 @@ from .node import (
 from .pki import CertificateAuthority, write_service_account_keys
 from .process import Service, StartupError, free_port, wait_http_ok
 from .rest import ApiError, Rest, poll
-from .services import ServiceRouter, egress_selector_config
 
 __all__ = [
     "KubeCluster",
@@ -111,8 +109,8 @@ class KubeCluster:
 
     Public surface (the fixture contract): `server`, `ca_file`, `admin_kubeconfig`,
     `kubeconfig_for_token()`, `service_account_token()`, `api_client()`, plus `rest()`,
-    `apply()`, `path_for()`, `create_namespace()`, `delete_namespace()`,
-    `route_service()` / `unroute_service()` and `start_kuberay()` / `stop_kuberay()`.
+    `apply()`, `path_for()`, `create_namespace()`, `delete_namespace()` and
+    `start_kuberay()` / `stop_kuberay()`.
     """
 
     def __init__(
@@ -139,7 +137,6 @@ class KubeCluster:
         self.etcd: Service | None = None
         self.apiserver: Service | None = None
         self.kuberay: Service | None = None
-        self.router: ServiceRouter | None = None
         self.server = ""
         self._discovery: dict[tuple[str, str], _Resource] = {}
         self._kubeconfigs = 0
@@ -256,8 +253,6 @@ class KubeCluster:
                 teardown(None, self._log)
             self.node_lock.close()
             self.node_lock = None
-        if self.router is not None:
-            self.router.stop()
         if self._own_workdir and not os.environ.get("RAY_PIXI_KUBE_KEEP"):
             shutil.rmtree(self.workdir, ignore_errors=True)
         elif self.workdir.exists():
@@ -333,11 +328,6 @@ class KubeCluster:
         audit_policy.write_text(AUDIT_POLICY)
         self.audit_log = self.workdir / "audit.log"
         if self.node_binaries is None:
-            self.router = ServiceRouter(
-                self.workdir / "egress.sock", self.workdir / "service-router.log"
-            ).start()
-            egress = self.workdir / "egress-selector.yaml"
-            egress.write_text(egress_selector_config(self.router.socket_path))
             network = [
                 "--bind-address=127.0.0.1",
                 "--advertise-address=127.0.0.1",
@@ -345,8 +335,6 @@ class KubeCluster:
                 # The `kubernetes` Service's endpoints would point at 127.0.0.1, which
                 # Endpoints validation refuses; nothing in the box routes to it anyway.
                 "--endpoint-reconciler-type=none",
-                # Webhooks behind a Service are dialled at its ClusterIP through this.
-                f"--egress-selector-config-file={egress}",
             ]
         else:
             # The node reaches it at the machine's address; Services are kube-proxy's.
@@ -534,27 +522,6 @@ class KubeCluster:
                 ) from None
             raise
         return str(answer["status"]["token"])
-
-    def route_service(self, namespace: str, name: str, port: int, target_port: int) -> str:
-        """Send traffic for Service `namespace/name`'s `port` to 127.0.0.1:`target_port`.
-
-        Returns the Service's ClusterIP. Only the API server's own calls (webhooks with a
-        `service` clientConfig) use this route: there is no kube-proxy on the machine.
-        """
-        assert self.router is not None
-        service = self.rest().get(f"/api/v1/namespaces/{namespace}/services/{name}")
-        cluster_ip = str(service["spec"]["clusterIP"])
-        ports = [p["port"] for p in service["spec"].get("ports", [])]
-        if port not in ports:
-            raise ValueError(f"Service {namespace}/{name} has ports {ports}, not {port}")
-        self.router.route(cluster_ip, port, target_port)
-        return cluster_ip
-
-    def unroute_service(self, namespace: str, name: str, port: int) -> None:
-        assert self.router is not None
-        with contextlib.suppress(ApiError):
-            service = self.rest().get(f"/api/v1/namespaces/{namespace}/services/{name}")
-            self.router.unroute(str(service["spec"]["clusterIP"]), port)
 
     # objects -------------------------------------------------------------------------
 

@@ -1,41 +1,24 @@
-"""The ray-pixi chart installed into the cluster-in-a-box with real Helm.
+"""The ray-pixi chart installed on the cluster-in-a-box's node with real Helm.
 
 `install_release` runs `helm install` (helm-python-sdk's Helm library against the harness's
 API server: real `lookup`, real release history, so `helm upgrade` and `helm rollback` are
-Helm's own).
-
-On a cluster with a real node (`KubeCluster(node=...)`) nothing stands in: the chart's
-Deployments run the add-on's image as Pods behind the chart's Service (`PodRole`); `start`
-waits for their rollout, an upgrade or rollback for the new ReplicaSet's Pods alone, an
-outage scales a Deployment to 0, and logs and env come from the API.
-
-Without a node (for Pods as objects in numbers no node runs: `test_operator_scale.py`,
-`bench/operator-scale`) each Deployment's command runs locally, as that Deployment would
-(`Role`): the webhook (`ray-pixi-operator webhook`) and the reconciler (`ray-pixi-operator
-reconcile`), each with its container's env vars from the live Deployment, its own
-ServiceAccount's TokenRequest token (so the chart's RBAC is what it gets), and for the webhook
-the live Secret's certificate and key. The webhook Service is routed to the local webhook
-process (see `services.py`): the MutatingWebhookConfiguration is exactly what Helm applied.
+Helm's own). Nothing stands in: the chart's Deployments run the add-on's image as Pods behind
+the chart's Service (`PodRole`); `start` waits for their rollout, an upgrade or rollback for
+the new ReplicaSet's Pods alone, an outage scales a Deployment to 0, and logs and env come
+from the API.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import os
-import shutil
-import signal
-import sys
-import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .cluster import KubeCluster, Service, free_port
+from .cluster import KubeCluster
 from .manifests import raycluster
 from .rest import ApiError, poll
 
-__all__ = ["CHART", "REPO", "Release", "install_release", "operator_executable", "render_chart"]
+__all__ = ["CHART", "REPO", "PodRole", "Release", "install_release", "render_chart"]
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "ray-pixi"
@@ -59,99 +42,6 @@ def render_chart(values: dict[str, Any], *, name: str, namespace: str) -> list[d
             if doc and "helm.sh/hook" not in ((doc.get("metadata") or {}).get("annotations") or {}):
                 documents.append(doc)
     return documents
-
-
-def operator_executable() -> str | None:
-    """`ray-pixi-operator` next to this interpreter, else on PATH."""
-    beside = Path(sys.executable).parent / "ray-pixi-operator"
-    return str(beside) if beside.exists() else shutil.which("ray-pixi-operator")
-
-
-class Role:
-    """One Deployment of the release, run as a local process (a cluster without a node)."""
-
-    def __init__(self, release: Release, role: str) -> None:
-        self.release = release
-        self.role = role
-        self.process: Service | None = None
-        self.health_port = free_port()
-        self.webhook_port = release.webhook_port
-        self.token = ""
-        self.log_file = release.workdir / f"{role}.log"
-
-    @property
-    def deployment(self) -> dict[str, Any]:
-        return self.release.deployment(self.role)
-
-    @property
-    def container(self) -> dict[str, Any]:
-        return dict(self.deployment["spec"]["template"]["spec"]["containers"][0])
-
-    @property
-    def service_account(self) -> str:
-        return str(self.deployment["spec"]["template"]["spec"]["serviceAccountName"])
-
-    @property
-    def username(self) -> str:
-        return f"system:serviceaccount:{self.release.namespace}:{self.service_account}"
-
-    def env(self) -> dict[str, str]:
-        """The container's env vars, with what only differs on this machine replaced."""
-        env = {e["name"]: e.get("value", "") for e in self.container.get("env", [])}
-        env["RAY_PIXI_HEALTH_PORT"] = str(self.health_port)
-        if self.role == "webhook":
-            tls = self.release.write_tls()
-            env.update(
-                RAY_PIXI_WEBHOOK_PORT=str(self.webhook_port),
-                RAY_PIXI_WEBHOOK_CERT_FILE=str(tls / "tls.crt"),
-                RAY_PIXI_WEBHOOK_KEY_FILE=str(tls / "tls.key"),
-            )
-        return env
-
-    def start(self, extra_env: dict[str, str] | None = None) -> None:
-        self.stop()
-        self.token = self.release.cluster.service_account_token(
-            self.release.namespace, self.service_account
-        )
-        kubeconfig = self.release.cluster.kubeconfig_for_token(self.token, self.service_account)
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            if not key.startswith(("RAY_PIXI_", "KUBERNETES_"))
-        }
-        env.update(self.env(), KUBECONFIG=str(kubeconfig), **(extra_env or {}))
-        argv = [self.release.executable, *self.container["command"][1:]]
-        self.process = Service(f"ray-pixi-{self.role}", argv, self.log_file, env=env).start()
-        poll(
-            self.healthy,
-            timeout=90,
-            what=f"the {self.role}'s /healthz",
-            describe=lambda: self.process.tail(20) if self.process else "",
-        )
-
-    def healthy(self) -> bool:
-        assert self.process is not None
-        self.process.check()
-        try:
-            with urllib.request.urlopen(  # noqa: S310 - a fixed loopback URL
-                f"http://127.0.0.1:{self.health_port}/healthz", timeout=2
-            ) as reply:
-                return bool(reply.status == 200)
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        """Stop now: SIGTERM then a second signal, which skips the webhook's drain."""
-        if self.process is not None:
-            if self.process.running() and self.process.pid is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.process.pid, signal.SIGTERM)
-                    os.kill(self.process.pid, signal.SIGINT)
-            self.process.stop()
-            self.process = None
-
-    def log(self) -> str:
-        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
 
 
 class PodRole:
@@ -255,41 +145,31 @@ class PodRole:
 
 
 class Release:
-    """A Helm release of the chart: its Pods on a node, else local processes standing in."""
+    """A Helm release of the chart, its webhook and reconciler the chart's Pods on the node."""
 
-    def __init__(
-        self, cluster: KubeCluster, name: str, namespace: str, workdir: Path, executable: str
-    ) -> None:
+    def __init__(self, cluster: KubeCluster, name: str, namespace: str) -> None:
         import helm_python
 
         self.cluster = cluster
         self.name = name
         self.namespace = namespace
-        self.workdir = workdir
-        self.executable = executable
         self.admin = cluster.rest()
         self.helm = helm_python.Config(
             kubeconfig_path=cluster.admin_kubeconfig, namespace=namespace
         )
-        self.webhook_port = free_port()
         self.manifest: list[dict[str, Any]] = []
         self.owns_namespace = False
-        # With a node, the chart's own Pods serve; no process stands in for them.
-        self.on_node = cluster.node is not None
-        self.roles: dict[str, Any] = {
-            role: (PodRole if self.on_node else Role)(self, role) for role in ROLES
-        }
+        if cluster.node is None:
+            raise ValueError("the chart's Pods need a node: KubeCluster(node=...)")
+        self.roles = {role: PodRole(self, role) for role in ROLES}
 
     # Helm ------------------------------------------------------------------------------
 
     def install(self, values: dict[str, Any]) -> None:
         self._took(self.helm.install(CHART, self.name, values, namespace=self.namespace))
-        if not self.on_node:
-            self._route()
 
     def upgrade(self, values: dict[str, Any], *, restart: bool = True) -> None:
-        """`helm upgrade`, then the new pods replace the old ones (on a node: the rollout,
-        waited for; without one: the processes restart)."""
+        """`helm upgrade`, then the new Pods replace the old ones (the rollout, waited for)."""
         self._keep_logs()
         self._took(self.helm.upgrade(CHART, self.name, values, namespace=self.namespace))
         if restart:
@@ -303,10 +183,9 @@ class Release:
             self.restart()
 
     def _keep_logs(self) -> None:
-        if self.on_node:
-            for role in ROLES:
-                if self.has(role):
-                    self.roles[role].keep_logs()
+        for role in ROLES:
+            if self.has(role):
+                self.roles[role].keep_logs()
 
     def _took(self, release: Any) -> None:
         import yaml
@@ -350,43 +229,19 @@ class Release:
             for doc in self.manifest
         )
 
-    def _route(self) -> None:
-        service = self.service
-        self.cluster.route_service(
-            self.namespace,
-            service["metadata"]["name"],
-            int(service["spec"]["ports"][0]["port"]),
-            self.webhook_port,
-        )
-
-    def write_tls(self) -> Path:
-        """What the webhook Deployment mounts from its Secret, written where the process reads."""
-        pod = self.deployment("webhook")["spec"]["template"]["spec"]
-        (volume,) = [v for v in pod["volumes"] if v["name"] == "webhook-tls"]
-        secret = self.admin.get(
-            f"/api/v1/namespaces/{self.namespace}/secrets/{volume['secret']['secretName']}"
-        )
-        tls = self.workdir / "webhook-tls"
-        tls.mkdir(exist_ok=True)
-        for key in ("tls.crt", "tls.key"):
-            path = tls / key
-            path.write_bytes(base64.b64decode(secret["data"][key]))
-            path.chmod(0o600)
-        return tls
-
-    # the processes ------------------------------------------------------------------------
+    # the Pods ----------------------------------------------------------------------------------
 
     @property
-    def webhook(self) -> Any:
+    def webhook(self) -> PodRole:
         return self.roles["webhook"]
 
     @property
-    def reconciler(self) -> Any:
+    def reconciler(self) -> PodRole:
         return self.roles["reconciler"]
 
     def start(self) -> None:
-        """Start every role the release deploys (on a node: wait for their rollout); return
-        once the webhook injects."""
+        """Wait for the rollout of every role the release deploys; return once the webhook
+        injects."""
         for role in ROLES:
             if self.has(role):
                 self.roles[role].start()
@@ -474,36 +329,25 @@ class Release:
         return [e for s in slices for e in s.get("endpoints") or []]
 
     def restart(self) -> None:
-        if self.on_node:
-            for role in ROLES:
-                if self.has(role):
-                    self.wait_rolled_out(role)
-                    self.wait_replaced(role)
-            if self.has("webhook"):
-                self.wait_admitting()
-            return
-        self.stop()
-        self.start()
+        """Until each role's new Pods serve and its old ones are gone."""
+        for role in ROLES:
+            if self.has(role):
+                self.wait_rolled_out(role)
+                self.wait_replaced(role)
+        if self.has("webhook"):
+            self.wait_admitting()
 
     def stop(self) -> None:
         for role in ROLES:
-            if not self.on_node or self.has(role):
+            if self.has(role):
                 self.roles[role].stop()
 
     def wait_admitting(self, timeout: float = 90) -> None:
         """Until a dry-run create of a labelled RayCluster comes back injected."""
-        webhook = self.webhook
-        describe: Callable[[], str] = (
-            (lambda: self._describe_pods("webhook")) if self.on_node
-            else (lambda: webhook.process.tail(20) if webhook.process else "")
-        )  # fmt: skip
         probe = raycluster("admission-probe", labels={"ray-pixi.io/enabled": "true"}, workers=0)
         path = self.cluster.path_for("ray.io/v1", "RayCluster", self.namespace)
 
         def injected() -> bool:
-            if not self.on_node:
-                assert webhook.process is not None
-                webhook.process.check()
             try:
                 answer = self.admin.request("POST", path, probe, params={"dryRun": "All"})
             except ApiError:
@@ -511,7 +355,8 @@ class Release:
             init = answer["spec"]["headGroupSpec"]["template"]["spec"].get("initContainers", [])
             return any(c["name"] == "ray-pixi-payload" for c in init)
 
-        poll(injected, timeout=timeout, what="the webhook to inject", describe=describe)
+        poll(injected, timeout=timeout, what="the webhook to inject",
+             describe=lambda: self._describe_pods("webhook"))  # fmt: skip
 
     def set_failure_policy(self, policy: str) -> None:
         """What `helm upgrade --set webhook.failurePolicy=...` changes (lookup keeps the CA)."""
@@ -524,15 +369,6 @@ class Release:
         return "\n".join(f"--- {name} ---\n{role.log()}" for name, role in self.roles.items())
 
     def uninstall(self) -> None:
-        if not self.on_node:
-            self.stop()
-        with contextlib.suppress(Exception):
-            service = self.service
-            self.cluster.unroute_service(
-                self.namespace,
-                service["metadata"]["name"],
-                int(service["spec"]["ports"][0]["port"]),
-            )
         with contextlib.suppress(Exception):
             self.helm.uninstall(self.name, ignore_not_found=True)
         self.helm.close()
@@ -542,20 +378,17 @@ class Release:
 
 def install_release(
     cluster: KubeCluster,
-    workdir: Path,
     *,
-    executable: str,
     name: str = "ray-pixi",
     namespace: str = "ray-pixi-system",
     values: dict[str, Any] | None = None,
     create_namespace: bool = True,
     start: bool = True,
 ) -> Release:
-    """`helm install`, then wait for the roles' Pods (without a node: route the webhook
-    Service and start the roles' processes)."""
+    """`helm install`, then wait for the roles' Pods to roll out and the webhook to inject."""
     if create_namespace:
         cluster.create_namespace(namespace)
-    release = Release(cluster, name, namespace, workdir, executable)
+    release = Release(cluster, name, namespace)
     release.owns_namespace = create_namespace
     try:
         release.install(values or {})

@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import base64
-import http.server
-import json
-import ssl
-import threading
-from pathlib import Path
-from typing import Any
-
 import pytest
 
 from kube.cluster import KubeCluster
 from kube.manifests import RAY_IMAGE, cluster_pods, raycluster, rayjob, wait_for_pods
-from kube.pki import CertificateAuthority
 from kube.rest import ApiError, poll
 
 pytestmark = pytest.mark.apiserver
@@ -143,111 +134,3 @@ def test_deleting_a_namespace_removes_its_ray_objects(kube_cluster: KubeCluster)
     assert cluster_pods(admin, namespace, "doomed") == []
     everywhere = admin.get("/apis/ray.io/v1/rayclusters")["items"]
     assert [c for c in everywhere if c["metadata"]["namespace"] == namespace] == []
-
-
-class _LabellingWebhook(http.server.BaseHTTPRequestHandler):
-    """A mutating webhook that labels every object it is sent `routed: "yes"`."""
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
-        review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        patch = [{"op": "add", "path": "/metadata/labels", "value": {"routed": "yes"}}]
-        answer = {
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "response": {
-                "uid": review["request"]["uid"],
-                "allowed": True,
-                "patchType": "JSONPatch",
-                "patch": base64.b64encode(json.dumps(patch).encode()).decode(),
-            },
-        }
-        body = json.dumps(answer).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-def test_webhook_behind_a_service_is_reached_on_loopback(
-    kube_cluster: KubeCluster, kube_namespace: str, tmp_path: Path
-) -> None:
-    """A `service` clientConfig reaches a local server, over TLS for `<svc>.<ns>.svc`."""
-    ca = CertificateAuthority(tmp_path, "webhook-ca")
-    pair = ca.issue("hook", "hook", hosts=(f"hook.{kube_namespace}.svc",), server=True)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(pair.cert_file, pair.key_file)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _LabellingWebhook)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    name = f"label-configmaps-{kube_namespace}"
-    try:
-        kube_cluster.apply(
-            {
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": {"name": "hook"},
-                "spec": {"ports": [{"port": 443, "targetPort": 8443}]},
-            },
-            kube_namespace,
-        )
-        kube_cluster.route_service(kube_namespace, "hook", 443, server.server_address[1])
-        kube_cluster.apply(
-            {
-                "apiVersion": "admissionregistration.k8s.io/v1",
-                "kind": "MutatingWebhookConfiguration",
-                "metadata": {"name": name},
-                "webhooks": [
-                    {
-                        "name": "label.harness.test",
-                        "admissionReviewVersions": ["v1"],
-                        "sideEffects": "None",
-                        "failurePolicy": "Fail",
-                        "clientConfig": {
-                            "service": {"name": "hook", "namespace": kube_namespace},
-                            "caBundle": base64.b64encode(ca.cert_pem).decode(),
-                        },
-                        "rules": [
-                            {
-                                "apiGroups": [""],
-                                "apiVersions": ["v1"],
-                                "resources": ["configmaps"],
-                                "operations": ["CREATE"],
-                            }
-                        ],
-                        "namespaceSelector": {
-                            "matchLabels": {"kubernetes.io/metadata.name": kube_namespace}
-                        },
-                    }
-                ],
-            }
-        )
-        created = poll(
-            lambda: _create_configmap(kube_cluster, kube_namespace),
-            timeout=30,
-            what="a ConfigMap admitted through the webhook",
-        )
-        assert created["metadata"]["labels"] == {"routed": "yes"}
-    finally:
-        kube_cluster.rest().delete(
-            f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{name}",
-            missing_ok=True,
-        )
-        kube_cluster.unroute_service(kube_namespace, "hook", 443)
-        server.shutdown()
-        server.server_close()
-
-
-def _create_configmap(kube_cluster: KubeCluster, namespace: str) -> dict[str, Any] | None:
-    # The webhook configuration takes effect a moment after it is stored; until then a
-    # ConfigMap is created unlabelled, so try with dry-run first.
-    path = f"/api/v1/namespaces/{namespace}/configmaps"
-    body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "probe"}}
-    trial = kube_cluster.rest().request("POST", path, body, params={"dryRun": "All"})
-    if "routed" not in (trial["metadata"].get("labels") or {}):
-        return None
-    return dict(kube_cluster.rest().create(path, body))

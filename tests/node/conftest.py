@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import subprocess
 from collections.abc import Iterator
 
 import pytest
 
 from kube.cluster import KubeCluster
 from kube.node import POD_SUBNET
-from kube.release import Release, install_release, operator_executable
+from kube.release import Release, install_release
 from node.images import (
     UNSUPPORTED_RAY,
     ImageError,
@@ -27,6 +26,7 @@ from node.images import (
     ensure_operator_image,
     ensure_ray_image,
     ray_version,
+    tag_chart_images,
 )
 from node.raycluster import E2E_RAY_IMAGE
 from node.site import Site, open_site
@@ -81,20 +81,10 @@ def operator_image(request: pytest.FixtureRequest) -> str:
     return _image(ensure_operator_image, "the add-on's image", request)
 
 
-# The names under which the lifecycle tests install the chart: a registry's tags of two
-# releases (0.2.0 is the chart's appVersion), each the add-on's image of this checkout.
-CHART_IMAGE = "registry.example.com/ml/ray-pixi"
-CHART_TAGS = ("0.1.0", "0.2.0")
-
-
 @pytest.fixture(scope="session")
 def chart_images(operator_image: str) -> list[str]:
-    """The add-on's image `docker tag`ged as `CHART_IMAGE:<tag>` for each of `CHART_TAGS`, so
-    the node has the images a chart installed with those names runs (nothing is pulled)."""
-    tags = [f"{CHART_IMAGE}:{tag}" for tag in CHART_TAGS]
-    for tag in tags:
-        subprocess.run(["docker", "tag", operator_image, tag], check=True, timeout=60)
-    return tags
+    """The add-on's image under the chart's registry names (`node.images.CHART_TAGS`)."""
+    return tag_chart_images(operator_image)
 
 
 @pytest.fixture(scope="session")
@@ -106,19 +96,13 @@ def node_images(
 
 
 @pytest.fixture(scope="module")
-def release(
-    kube_node: KubeCluster, operator_image: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Release]:
+def release(kube_node: KubeCluster, operator_image: str) -> Iterator[Release]:
     """The chart, `helm install`ed once per module (cluster-wide, so never beside a test's
     own namespaced release) with the add-on's image built from this checkout: its webhook and
     reconciler run as the chart's own Pods on the node."""
-    executable = operator_executable()
-    assert executable is not None, "no ray-pixi-operator executable (pip install -e operator)"
     repository, tag = operator_image.rsplit(":", 1)
     installed = install_release(
         kube_node,
-        tmp_path_factory.mktemp("node-release"),
-        executable=executable,
         name="ray-pixi",
         namespace="ray-pixi-system",
         values={"image": {"repository": repository, "tag": tag, "pullPolicy": "IfNotPresent"}},

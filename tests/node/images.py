@@ -426,3 +426,21 @@ def ensure_operator_image(log: Log = print) -> str:
                 log,
             )
     return tag
+
+
+# The names under which the lifecycle tests and bench/operator-scale install the chart: a
+# registry's tags of two releases (0.2.0 is the chart's appVersion), each the add-on's image
+# of this checkout.
+CHART_IMAGE = "registry.example.com/ml/ray-pixi"
+CHART_TAGS = ("0.1.0", "0.2.0")
+
+
+def tag_chart_images(operator_image: str) -> list[str]:
+    """`docker tag` the add-on's image as `CHART_IMAGE:<tag>` for each of `CHART_TAGS`, so a
+    node that imports them runs a chart installed with those names (nothing is pulled)."""
+    tags = [f"{CHART_IMAGE}:{tag}" for tag in CHART_TAGS]
+    for tag in tags:
+        done = _docker("tag", operator_image, tag, timeout=60)
+        if done.returncode != 0:
+            raise ImageError(f"docker tag {operator_image} {tag}: {done.stderr.strip()}")
+    return tags

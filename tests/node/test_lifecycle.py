@@ -19,7 +19,9 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,7 +33,7 @@ from kube.cluster import KubeCluster
 from kube.manifests import cluster_pods, off_node, wait_for_pods
 from kube.manifests import raycluster as _raycluster
 from kube.manifests import rayservice as _rayservice
-from kube.release import Release, install_release, operator_executable
+from kube.release import Release, install_release
 from kube.rest import ApiError, Rest, poll
 
 pytestmark = pytest.mark.node
@@ -81,20 +83,13 @@ def pod_images(release: Release, role: str) -> set[str]:
 
 
 @pytest.fixture
-def make_release(
-    kube_node: KubeCluster, node_namespace: str, tmp_path: Path
-) -> Iterator[Callable[..., Release]]:
+def make_release(kube_node: KubeCluster, node_namespace: str) -> Iterator[Callable[..., Release]]:
     """Install the chart for this test's namespace (with more values), its Pods rolled out."""
-    executable = operator_executable()
-    if executable is None:
-        pytest.fail("no ray-pixi-operator executable (pip install -e operator)", pytrace=False)
     made: list[Release] = []
 
     def make(values: dict[str, Any] | None = None, *, start: bool = True) -> Release:
         release = install_release(
             kube_node,
-            tmp_path,
-            executable=str(executable),
             name="rp",
             namespace=node_namespace,
             values=chart_values(node_namespace, values),
@@ -177,8 +172,11 @@ def init_images(pod: dict[str, Any]) -> list[str]:
 
 
 def operator_cli(cluster: KubeCluster, *args: str) -> subprocess.CompletedProcess[str]:
-    executable = operator_executable()
-    assert executable is not None
+    """`ray-pixi-operator ARGS` as an admin runs it on their machine, with the admin's
+    kubeconfig (the CLI beside this interpreter, else on PATH)."""
+    beside = Path(sys.executable).parent / "ray-pixi-operator"
+    executable = str(beside) if beside.exists() else shutil.which("ray-pixi-operator")
+    assert executable is not None, "no ray-pixi-operator executable (pip install -e operator)"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_PIXI_")}
     return subprocess.run(
         [executable, *args],

@@ -23,7 +23,7 @@ from ray_pixi_operator.options import DISK_BUDGET_FRACTION
 from kube.cluster import KubeCluster
 from kube.manifests import raycluster
 from kube.node import NODE_NAME
-from kube.release import CHART, Release, install_release, operator_executable
+from kube.release import CHART, Release, install_release
 from kube.rest import ApiError, poll
 from node.raycluster import (
     JOBS_DIR,
@@ -316,17 +316,14 @@ def restricted_namespace(kube_node: KubeCluster) -> Iterator[str]:
 
 
 def test_the_addons_own_pods_are_admitted_and_ready_under_pod_security_restricted(
-    kube_node: KubeCluster, operator_image: str, restricted_namespace: str,
-    tmp_path: Path,
-) -> None:  # fmt: skip
+    kube_node: KubeCluster, operator_image: str, restricted_namespace: str
+) -> None:
     """The chart installed into a namespace that enforces "restricted": its webhook and
     reconciler Pods are admitted (none refused) and become Ready."""
     took = Timings("node-limits: restricted release")
-    executable = operator_executable()
-    assert executable is not None
     repository, tag = operator_image.rsplit(":", 1)
     installed = install_release(
-        kube_node, tmp_path, executable=executable, name="ray-pixi-restricted",
+        kube_node, name="ray-pixi-restricted",
         namespace=restricted_namespace, create_namespace=False,
         values={"image": {"repository": repository, "tag": tag, "pullPolicy": "IfNotPresent"},
                 "namespaces": [restricted_namespace], "webhook": {"replicas": 1}},
