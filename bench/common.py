@@ -8,7 +8,6 @@ import math
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -129,12 +128,6 @@ def du_bytes_counting_links(*paths: Path) -> int:
     out = subprocess.run(["du", "-s", "-c", "-l", "-B1", *map(str, paths)],
                          capture_output=True, text=True, check=True).stdout
     return int(out.strip().splitlines()[-1].split()[0])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def log(message: str) -> None:

@@ -9,9 +9,13 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Literal, TypeVar
 
 REPO = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
 
 
 def session_pixi() -> Path:
@@ -144,3 +148,26 @@ def kopf_admission_handler(settings: object) -> object:
         insights=insights,
         indices={},
     )
+
+
+def poll(
+    check: Callable[[], T | None | Literal[False]],
+    *,
+    timeout: float,
+    what: str,
+    interval: float = 0.2,
+    describe: Callable[[], str] | None = None,
+) -> T:
+    """Call `check` until it returns something truthy, and return that; fail after `timeout`.
+
+    `describe` supplies the last observed state for the failure message.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            state = f"; last seen: {describe()}" if describe else ""
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}{state}")
+        time.sleep(interval)

@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -42,6 +41,8 @@ from chart_render import (
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import padding
+
+from support import free_port
 
 LOOKUP_SECRET = (
     '{{- lookup "v1" "Secret" .Release.Namespace '
@@ -287,12 +288,6 @@ def test_cert_manager_with_a_cluster_issuer():
 # --- `helm test` against the operator's webhook server ----------------------------------------
 
 
-def _free_port() -> int:
-    with contextlib.closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def running_webhook(cert_file: Path, key_file: Path, port: int):  # type: ignore[no-untyped-def]
     """kopf's WebhookServer with the add-on's handlers, over TLS with the chart's certificate."""
@@ -345,7 +340,7 @@ def _run_hook(tmp_path: Path, path: str | None = None) -> subprocess.CompletedPr
     mount = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}["webhook-tls"]
     assert script.count(mount + "/ca.crt") == 1
     script = script.replace(mount + "/ca.crt", str(tmp_path / "ca.crt"))
-    port = _free_port()
+    port = free_port()
     url = re.sub(r":443/", f":{port}/", env["WEBHOOK_URL"])
     if path is not None:
         url = url.rsplit("/", 1)[0] + path

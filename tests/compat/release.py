@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -168,11 +167,3 @@ def wait_for_jobs_api(cluster: ReleaseCluster) -> None:
     if done.returncode != 0 or "SUCCEEDED" not in done.stdout:
         raise RuntimeError(f"Ray {cluster.release}'s Jobs API at {cluster.dashboard} never "
                            f"ran a job:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-
-
-def poll(condition, timeout: float = 120):  # type: ignore[no-untyped-def]
-    """`condition()` once it is truthy; the last value after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not (value := condition()) and time.monotonic() < deadline:
-        time.sleep(0.5)  # poll what another process writes
-    return value

@@ -14,7 +14,8 @@ import pytest
 
 from integration.projects import CLUSTER_PYTHON, manifest_text, pixi_lock
 from ray_pixi import pixi
-from release import ReleaseCluster, poll
+from release import ReleaseCluster
+from support import poll
 
 pytestmark = pytest.mark.compat
 DRIVER = Path(__file__).with_name("driver.py")
@@ -126,9 +127,9 @@ def test_a_finished_jobs_environment_is_evicted_for_a_new_one(
                         pixi_args={"pypi_dependencies": {"pyjokes": "==0.5.0"}})
     assert "seen" in second, second.get("error", "")[-3000:]
     key = evicted.parents[2].name  # <store>/envs/<key>/.pixi/envs/default
-    assert poll(lambda: not evicted.exists()), (
-        f"{evicted} outlived eviction; agent log lines on it:\n" + "\n".join(
-            ln for ln in release_cluster.logs_text().splitlines() if key in ln)[-4000:])
+    poll(lambda: not evicted.exists(), timeout=120, interval=0.5, what=f"{evicted} evicted",
+         describe=lambda: "agent log lines on it:\n" + "\n".join(
+             ln for ln in release_cluster.logs_text().splitlines() if key in ln)[-4000:])
     again = run_driver(release_cluster, module="pyjokes",
                        pixi_args={"pypi_dependencies": {"pyjokes": "==0.6.0"}})
     assert again.get("seen", {}).get("prefix") == str(evicted), again

@@ -11,16 +11,15 @@ from __future__ import annotations
 import http.client
 import json
 import ssl
-import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any
+
+from support import poll  # the tests' one poll, re-exported for the harness's callers
 
 __all__ = ["ApiError", "Rest", "poll"]
-
-T = TypeVar("T")
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
@@ -139,26 +138,3 @@ class Rest:
                 return False
             raise
         return True
-
-
-def poll(
-    check: Callable[[], T | None | Literal[False]],
-    *,
-    timeout: float,
-    what: str,
-    interval: float = 0.2,
-    describe: Callable[[], str] | None = None,
-) -> T:
-    """Call `check` until it returns something truthy, and return that; fail after `timeout`.
-
-    `describe` supplies the last observed state for the failure message.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            state = f"; last seen: {describe()}" if describe else ""
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}{state}")
-        time.sleep(interval)

@@ -15,17 +15,18 @@ import datetime
 import ipaddress
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from operator_support import PAYLOAD_IMAGE, load_manifest
 from ray_pixi_operator import Settings, names, prepare
+
+from support import free_port, poll
 
 pytestmark = pytest.mark.apiserver
 # The cluster-in-a-box (kube_cluster, kube_namespace) lives in tests/kube.
@@ -36,23 +37,6 @@ STARTUP_TIMEOUT = 60
 SETTLE_TIMEOUT = 60
 
 
-def _poll(
-    check: Callable[[], Any],
-    *,
-    timeout: float,
-    what: str,
-    describe: Callable[[], str] | None = None,
-) -> Any:
-    """The harness's poll, treating any falsy answer (an empty list too) as "not yet"."""
-    from kube.rest import poll
-
-    return poll(lambda: check() or None, timeout=timeout, what=what, describe=describe)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _self_signed(directory: Path) -> tuple[Path, Path]:
@@ -103,8 +87,8 @@ class Operator:
         self.namespace = namespace
         self.rest = cluster.rest()
         self.cert_file, self.key_file = _self_signed(workdir)
-        self.webhook_port = _free_port()
-        self.health_port = _free_port()
+        self.webhook_port = free_port()
+        self.health_port = free_port()
         self.log_file = workdir / "operator.log"
         self.webhook_name = f"ray-pixi-{namespace}"
         self.process: subprocess.Popen[bytes] | None = None
@@ -176,7 +160,7 @@ class Operator:
             start_new_session=True,
         )
         log.close()
-        _poll(
+        poll(
             self._healthy,
             timeout=STARTUP_TIMEOUT,
             what="the operator's health endpoint",
@@ -216,7 +200,7 @@ class Operator:
             init = answer["spec"]["headGroupSpec"]["template"]["spec"].get("initContainers", [])
             return any(c["name"] == names.INIT_CONTAINER_NAME for c in init)
 
-        _poll(
+        poll(
             injected,
             timeout=STARTUP_TIMEOUT,
             what="the webhook to inject a dry-run RayCluster",
@@ -279,7 +263,7 @@ def pods_of(operator: Operator, cluster: str) -> list[dict[str, Any]]:
 
 
 def wait_for_pods(operator: Operator, cluster: str, count: int) -> list[dict[str, Any]]:
-    return _poll(
+    return poll(
         lambda: (pods := pods_of(operator, cluster)) and len(pods) >= count and pods,
         timeout=SETTLE_TIMEOUT,
         what=f"KubeRay to build {count} pods of {cluster}",
@@ -302,7 +286,7 @@ def events_for(operator: Operator, name: str, reason: str) -> list[dict[str, Any
 
 
 def wait_for_event(operator: Operator, name: str, reason: str) -> dict[str, Any]:
-    return _poll(
+    return poll(
         lambda: (found := events_for(operator, name, reason)) and found[0],
         timeout=SETTLE_TIMEOUT,
         what=f"a {reason} event for {name}",
@@ -316,7 +300,7 @@ def wait_for_status(operator: Operator, name: str, status: str) -> dict[str, Any
         annotations = body["metadata"].get("annotations") or {}
         return body if annotations.get(names.STATUS_ANNOTATION) == status else None
 
-    return _poll(
+    return poll(
         check,
         timeout=SETTLE_TIMEOUT,
         what=f"{name} to carry {names.STATUS_ANNOTATION}={status}",
@@ -434,7 +418,7 @@ def test_labelled_rayjob_gets_an_injected_cluster(operator):
         ]
         return items[0] if items else None
 
-    cluster = _poll(
+    cluster = poll(
         generated, timeout=SETTLE_TIMEOUT, what="KubeRay to create the RayJob's RayCluster"
     )
     head_env = env_of(cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0])

@@ -14,7 +14,6 @@ import datetime
 import http.client
 import json
 import os
-import socket
 import ssl
 import threading
 import time
@@ -30,6 +29,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from ray_pixi_operator.tls import ReloadingWebhookServer
+
+from support import free_port
 
 RELOAD = 0.2  # seconds between the server's checks of its files
 
@@ -113,12 +114,6 @@ async def _answer(request: Any, **_: Any) -> dict[str, Any]:
     }
 
 
-def _free_port() -> int:
-    with contextlib.closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def serving(server: kopf.WebhookServer) -> Iterator[None]:
     loop = asyncio.new_event_loop()
@@ -192,7 +187,7 @@ def test_a_rotated_pair_is_served_with_no_refused_request(tmp_path: Path) -> Non
     new_ca, new_cert, new_key = issue("new-ca")
     secret = MountedSecret(tmp_path)
     secret.write(old_cert, old_key)
-    port = _free_port()
+    port = free_port()
     server = ReloadingWebhookServer(
         addr="127.0.0.1",
         port=port,
@@ -243,7 +238,7 @@ def test_a_pair_that_does_not_match_is_skipped_until_it_does(tmp_path: Path) -> 
     new_ca, new_cert, new_key = issue("new-ca")
     secret = MountedSecret(tmp_path)
     secret.write(old_cert, old_key)
-    port = _free_port()
+    port = free_port()
     server = ReloadingWebhookServer(
         addr="127.0.0.1",
         port=port,
@@ -269,7 +264,7 @@ def test_kopfs_own_server_reopens_its_listener_on_renewal(tmp_path: Path) -> Non
     new_ca, new_cert, new_key = issue("new-ca")
     secret = MountedSecret(tmp_path)
     secret.write(old_cert, old_key)
-    port = _free_port()
+    port = free_port()
     server = kopf.WebhookServer(
         addr="127.0.0.1",
         port=port,
