@@ -70,23 +70,6 @@ def kuberay_crds_dir() -> Path:
 
 
 @dataclass(frozen=True)
-class _Resource:
-    base: str  # /api/v1 or /apis/<group>/<version>
-    plural: str
-    namespaced: bool
-    verbs: frozenset[str]
-
-    def path(self, namespace: str | None = None, name: str | None = None) -> str:
-        path = self.base
-        if self.namespaced:
-            if not namespace:
-                raise ValueError(f"{self.plural} are namespaced: give a namespace")
-            path += f"/namespaces/{namespace}"
-        path += f"/{self.plural}"
-        return f"{path}/{name}" if name else path
-
-
-@dataclass(frozen=True)
 class Binaries:
     etcd: Path
     kube_apiserver: Path
@@ -138,7 +121,7 @@ class KubeCluster:
         self.apiserver: Service | None = None
         self.kuberay: Service | None = None
         self.server = ""
-        self._discovery: dict[tuple[str, str], _Resource] = {}
+        self._dynamic: Any = None  # kubernetes.dynamic.DynamicClient, made on first use
         self._kubeconfigs = 0
 
     # lifecycle -----------------------------------------------------------------------
@@ -253,6 +236,9 @@ class KubeCluster:
                 teardown(None, self._log)
             self.node_lock.close()
             self.node_lock = None
+        if self._dynamic is not None:
+            self._dynamic.client.close()
+            self._dynamic = None
         if self._own_workdir and not os.environ.get("RAY_PIXI_KUBE_KEEP"):
             shutil.rmtree(self.workdir, ignore_errors=True)
         elif self.workdir.exists():
@@ -423,7 +409,6 @@ class KubeCluster:
 
         for name in names:
             poll(lambda n=name: established(n), timeout=30, what=f"CRD {name} Established")
-        self._discovery.clear()
 
     def start_kuberay(self, extra_env: dict[str, str] | None = None) -> None:
         """Start (or restart) the KubeRay operator as admin, watching all namespaces."""
@@ -525,47 +510,37 @@ class KubeCluster:
 
     # objects -------------------------------------------------------------------------
 
-    def _resources(self) -> dict[tuple[str, str], _Resource]:
-        """(apiVersion, kind) -> what discovery says about it."""
-        if not self._discovery:
-            admin = self.rest()
-            versions = ["v1"]
-            for group in admin.get("/apis")["groups"]:
-                versions += [v["groupVersion"] for v in group["versions"]]
-            for group_version in versions:
-                base = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
-                for resource in admin.get(base)["resources"]:
-                    if "/" not in resource["name"]:
-                        self._discovery[(group_version, resource["kind"])] = _Resource(
-                            base,
-                            resource["name"],
-                            resource["namespaced"],
-                            frozenset(resource.get("verbs", ())),
-                        )
-        return self._discovery
+    def _resource(self, api_version: str, kind: str) -> Any:
+        """What discovery says about a kind: the `kubernetes` client's DynamicClient, whose
+        discoverer searches again when a kind is missing (a CRD installed since)."""
+        from kubernetes.dynamic import DynamicClient
+        from kubernetes.dynamic.exceptions import ResourceNotFoundError
 
-    def _resource(self, api_version: str, kind: str) -> _Resource:
-        if (api_version, kind) not in self._resources():
-            self._discovery.clear()  # a CRD may have been added since
+        if self._dynamic is None:
+            self._dynamic = DynamicClient(
+                self.api_client(), cache_file=str(self.workdir / "discovery.json")
+            )
         try:
-            return self._resources()[(api_version, kind)]
-        except KeyError:
+            return self._dynamic.resources.get(api_version=api_version, kind=kind)
+        except ResourceNotFoundError:
             raise LookupError(f"the API server serves no {kind} in {api_version}") from None
 
     def path_for(
         self, api_version: str, kind: str, namespace: str | None = None, name: str | None = None
     ) -> str:
         """The REST path of a kind's collection (or of one object when `name` is given)."""
-        return self._resource(api_version, kind).path(namespace, name)
+        resource = self._resource(api_version, kind)
+        if resource.namespaced and not namespace:
+            raise ValueError(f"{resource.name} are namespaced: give a namespace")
+        return str(resource.path(name=name, namespace=namespace if resource.namespaced else None))
 
     def apply(self, obj: dict[str, Any], namespace: str | None = None) -> dict[str, Any]:
         """Create `obj`, or replace it if it exists (a client-side `kubectl apply`)."""
         meta = obj.setdefault("metadata", {})
         namespace = meta.get("namespace") or namespace
-        resource = self._resource(obj["apiVersion"], obj["kind"])
-        if resource.namespaced:
+        if self._resource(obj["apiVersion"], obj["kind"]).namespaced:
             meta["namespace"] = namespace
-        path = resource.path(namespace)
+        path = self.path_for(obj["apiVersion"], obj["kind"], namespace)
         admin = self.rest()
         try:
             return dict(admin.create(path, obj))

@@ -1,9 +1,9 @@
-"""A small, dependency-free Kubernetes REST client for the harness and its tests.
+"""A small Kubernetes REST client for the harness and its tests, beside the `kubernetes` client.
 
-The harness needs a handful of verbs on arbitrary paths (CRDs, TokenRequest, namespace
-finalize, discovery) with either the admin's client certificate or a bearer token. The
-stdlib does that in a page, and tests get the API server's exact answer (status code and
-Status body) instead of a generated client's interpretation of it.
+Kept for what the client's DynamicClient (which does the harness's discovery) does not give
+the tests in one call shape: paths that are no resource (the kubelet's proxy and logs,
+TokenRequest, /scale, namespace /finalize), the API server's exact answer (status code and
+Status body, asserted on) and a LIST's raw bytes (its size is measured).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,7 +50,9 @@ class SettingsError(ValueError):
 
 # --- Value checks: each returns the normalised value or raises ValueError(<rule>) -------------
 
-# A positive Kubernetes quantity (no sign; no milli-bytes).
+# The syntax of a Kubernetes quantity of bytes as the API server accepts it (no sign, no
+# blanks, no milli-bytes); its value is kubernetes.utils.parse_quantity's, which is laxer
+# ("10 Gi" parses, and a Pod with it is refused).
 _QUANTITY = re.compile(r"^(?P<number>\d+(?:\.\d*)?|\.\d+)(?:[KMGTPE]i|[kMGTPE]|[eE]\d+)?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -63,9 +66,20 @@ def check_cache_volume(value: str) -> str:
     return value
 
 
+def _quantity(value: str) -> Decimal:
+    """A quantity's value, by the `kubernetes` client's parser (imported on first use: it
+    loads the whole client, which the webhook never needs otherwise)."""
+    from kubernetes.utils.quantity import parse_quantity
+
+    return Decimal(parse_quantity(value))  # type: ignore[no-untyped-call]
+
+
+def _positive_bytes(value: str) -> bool:
+    return _QUANTITY.match(value) is not None and _quantity(value) > 0
+
+
 def check_cache_size_limit(value: str) -> str:
-    match = _QUANTITY.match(value)
-    if match is None or float(match["number"]) <= 0:
+    if not _positive_bytes(value):
         raise ValueError("must be a positive Kubernetes quantity such as 20Gi or 500Mi")
     return value
 
@@ -74,33 +88,20 @@ _CPU = re.compile(r"^(?:\d+(?:\.\d*)?|\.\d+|\d+m)$")
 
 
 def check_init_container_cpu(value: str) -> str:
-    if _CPU.match(value) is None or float(value.rstrip("m") or 0) <= 0:
+    if _CPU.match(value) is None or _quantity(value) <= 0:
         raise ValueError("must be a positive CPU quantity such as 200m or 0.5")
     return value
 
 
 def check_init_container_memory(value: str) -> str:
-    match = _QUANTITY.match(value)
-    if match is None or float(match["number"]) <= 0:
+    if not _positive_bytes(value):
         raise ValueError("must be a positive Kubernetes quantity such as 256Mi or 1Gi")
     return value
 
 
-_SUFFIXES = {
-    "": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
-}  # fmt: skip
-
-
 def quantity_bytes(value: str) -> int:
     """Bytes in a quantity that check_cache_size_limit accepted (``20Gi``, ``1.5G``, ``1e9``)."""
-    match = _QUANTITY.match(check_cache_size_limit(value))
-    assert match is not None  # noqa: S101 -- checked above
-    number = float(match["number"])
-    suffix = value[match.end("number") :]
-    if suffix[:1] in ("e", "E") and suffix[1:].isdigit():
-        return int(number * 10 ** int(suffix[1:]))
-    return int(number * _SUFFIXES[suffix])
+    return int(_quantity(check_cache_size_limit(value)))
 
 
 def check_cache_host_path(value: str) -> str:
