@@ -30,32 +30,25 @@ from bench.common import (
     median,
     percentile,
 )
+from integration.projects import manifest_text, write_package
 
 QUIET = logging.getLogger("bench.quiet")
 QUIET.setLevel(logging.WARNING)
 HIT_STEPS = ("validate", "get_uris", "modify_context")
 
 
-def ray_line() -> str:
+def ray_version() -> str:
     import ray
 
-    return f'ray = {{ version = "=={ray.__version__}", extras = ["default"] }}\n'
+    return str(ray.__version__)
 
 
 def write_project(n: Node, root: Path, files: int) -> None:
     """A project working_dir: pixi.toml + pixi.lock, an editable local package, and
     `files` other files (data, notebooks) that are not env-defining."""
-    pkg = root / "mypkg" / "src" / "mypkg"
-    pkg.mkdir(parents=True)
-    (root / "mypkg" / "pyproject.toml").write_text(
-        '[project]\nname = "mypkg"\nversion = "0.1"\n'
-        '[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n')
-    (pkg / "__init__.py").write_text("VALUE = 1\n")
-    (root / "pixi.toml").write_text(
-        f'[workspace]\nname = "proj"\nchannels = ["conda-forge"]\nplatforms = ["linux-64"]\n'
-        f'[dependencies]\npython = "=={CLUSTER_PYTHON}"\n'
-        f'[pypi-dependencies]\nmypkg = {{ path = "./mypkg", editable = true }}\n'
-        + ray_line())
+    write_package(root / "mypkg", 1)
+    (root / "pixi.toml").write_text(manifest_text(
+        "proj", pypi={"mypkg": {"path": "./mypkg", "editable": True}}, ray_version=ray_version()))
     n.run_pixi(["lock", "--manifest-path", str(root / "pixi.toml")], cwd=root)
     per_dir = 100
     for i in range(files):
@@ -74,7 +67,7 @@ def write_big_lock_project(n: Node, root: Path, packages: int, environments: int
 
     bulk = build_bulk_channel(packages, persistent_cache("conda-channel-bulk"))
     root.mkdir(parents=True)
-    (root / "pixi.toml").write_text(build_bulk_manifest("big", CLUSTER_PYTHON, ray_line(),
+    (root / "pixi.toml").write_text(build_bulk_manifest("big", CLUSTER_PYTHON, ray_version(),
                                                         bulk, environments=environments))
     n.run_pixi(["lock", "--manifest-path", str(root / "pixi.toml")], cwd=root)
     return (root / "pixi.lock").stat().st_size

@@ -58,18 +58,13 @@ def ray_job_submit(cluster: ReleaseCluster, runtime_env: dict, *entrypoint: str,
                           text=True, timeout=1200)
 
 
-def ray_line(release: str) -> str:
-    return f'ray = {{ version = "=={release}", extras = ["default"] }}\n'
-
-
 @pytest.fixture(scope="module")
 def project(release_cluster: ReleaseCluster, tmp_path_factory: pytest.TempPathFactory,
             pixi_node_env) -> Path:  # type: ignore[no-untyped-def]
     """A pixi project locked by real pixi for this release: pyjokes and this Ray."""
     root = tmp_path_factory.mktemp(f"project-{release_cluster.release}")
     (root / "pixi.toml").write_text(manifest_text(
-        "compat", 'pyjokes = "==0.8.3"\n', with_ray=False,
-        extra=ray_line(release_cluster.release)))
+        "compat", pypi={"pyjokes": "==0.8.3"}, ray_version=release_cluster.release))
     pixi_lock(root / "pixi.toml", pixi_node_env)
     (root / "check.py").write_text(CHECK)
     return root

@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+import tomli_w
 
 from ray_pixi.activation import build_activation
 from ray_pixi.bytecode import UV_ARCHIVES
@@ -53,7 +55,9 @@ def test_locked_install_names_a_stale_and_a_missing_lock_alike(
 ) -> None:
     manifest = workspace(tmp_path, conda_channel, pypi=False, activation=False)
     ok(run_pixi(["lock", "--manifest-path", str(manifest)], pixi_node_env))
-    manifest.write_text(manifest.read_text() + f'{"ray-pixi-test-activation"} = "*"\n')
+    edited = tomllib.loads(manifest.read_text())
+    edited["dependencies"]["ray-pixi-test-activation"] = "*"
+    manifest.write_text(tomli_w.dumps(edited))
     stale = run_pixi(["install", "--locked", "--manifest-path", str(manifest)], pixi_node_env)
     assert stale.returncode == 1 and STALE_LOCK_LINE in stale.stderr.splitlines()
     (manifest.parent / "pixi.lock").unlink()
@@ -136,7 +140,7 @@ def test_a_workspace_config_keeps_environments_in_place_whatever_the_node_config
 ) -> None:
     detached = tmp_path / "detached"
     node_config = tmp_path / "node-config.toml"
-    node_config.write_text(f"detached-environments = {json.dumps(str(detached))}\n"
+    node_config.write_text(tomli_w.dumps({"detached-environments": str(detached)})
                            + Path(pixi_node_env["PIXI_CONFIG_FILE"]).read_text())
     env = {**pixi_node_env, "PIXI_CONFIG_FILE": str(node_config)}
     # Without the workspace's own config, the node's moves the environment away...

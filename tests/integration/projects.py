@@ -7,24 +7,35 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import ray
+import tomli_w
 
+from realpixi.manifest import ray_requirement
 from realpixi.run import clean_environ
 
 CLUSTER_PYTHON = "{}.{}.{}".format(*sys.version_info[:3])
+# The line the plugin's error tells a user to add for this Ray (its text, not a manifest).
 RAY_LINE = f'ray = {{ version = "=={ray.__version__}", extras = ["default"] }}\n'
 ACTIVATION_PACKAGE = "ray-pixi-test-activation"
 
 
-def manifest_text(name: str, pypi: str = "", conda: str = "", extra: str = "",
-                  with_ray: bool = True) -> str:
-    """A pixi.toml on conda-forge pinning the cluster's Python, with `conda` lines under
-    [dependencies] and `pypi` lines (plus Ray, unless told not to) under
-    [pypi-dependencies]."""
-    return (f'[workspace]\nname = "{name}"\nchannels = ["conda-forge"]\n'
-            f'platforms = ["linux-64"]\n\n[dependencies]\npython = "=={CLUSTER_PYTHON}"\n'
-            f"{conda}\n[pypi-dependencies]\n{pypi}{RAY_LINE if with_ray else ''}{extra}")
+def manifest_text(name: str, *, pypi: Mapping[str, Any] | None = None,
+                  conda: Mapping[str, Any] | None = None,
+                  ray_version: str | None = ray.__version__,
+                  python: str = f"=={CLUSTER_PYTHON}",
+                  tables: Mapping[str, Any] | None = None) -> str:
+    """A pixi.toml on conda-forge with `python` (the cluster's exact one unless told) and
+    `conda` under [dependencies], `pypi` and Ray at `ray_version` (None: no Ray) under
+    [pypi-dependencies], and more top-level `tables`."""
+    ray_dependency = {"ray": ray_requirement(ray_version)} if ray_version else {}
+    return tomli_w.dumps({
+        "workspace": {"name": name, "channels": ["conda-forge"], "platforms": ["linux-64"]},
+        "dependencies": {"python": python, **(conda or {})},
+        "pypi-dependencies": {**(pypi or {}), **ray_dependency},
+        **(tables or {}),
+    })
 
 
 def pixi_lock(manifest: Path, node_env: Mapping[str, str]) -> None:

@@ -15,8 +15,9 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import ray
 
-from projects import CLUSTER_PYTHON, manifest_text, pixi_lock
+from projects import manifest_text, pixi_lock
 from ray_pixi.cluster import ClusterInfo
 from ray_pixi.errors import PixiInstallError, PixiVersionMismatchError
 from ray_pixi.install import install_environment
@@ -182,8 +183,8 @@ def test_a_failed_install_reports_pixis_error_and_its_log(store: Store) -> None:
 
 
 def manifest(python: str, with_ray: bool) -> dict:
-    text = manifest_text("m", 'six = "*"\n', with_ray=with_ray).replace(
-        f'python = "=={CLUSTER_PYTHON}"', f'python = "{python}"')
+    text = manifest_text("m", pypi={"six": "*"}, python=python,
+                         ray_version=ray.__version__ if with_ray else None)
     return {"manifest": "pixi.toml", "manifest_content": text, "locked": False}
 
 
@@ -207,10 +208,10 @@ def test_a_stale_lock_points_at_pixi_lock(store: Store, tmp_path: Path,
                                           node_env: Path) -> None:
     project = tmp_path / "proj"
     project.mkdir()
-    (project / "pixi.toml").write_text(manifest_text("m", 'six = "==1.16.0"\n'))
+    (project / "pixi.toml").write_text(manifest_text("m", pypi={"six": "==1.16.0"}))
     pixi_lock(project / "pixi.toml", dict(os.environ))
     # Edit the manifest after locking, as a user who forgot `pixi lock` does.
-    edited = manifest_text("m", 'six = "==1.16.0"\npyjokes = "*"\n')
+    edited = manifest_text("m", pypi={"six": "==1.16.0", "pyjokes": "*"})
     raw = {"manifest": "pixi.toml", "manifest_content": edited,
            "lock_content": (project / "pixi.lock").read_text()}
     _, coro = install(store, raw)

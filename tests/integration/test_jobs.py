@@ -16,7 +16,7 @@ import pytest
 import ray
 from ray.job_submission import JobStatus, JobSubmissionClient
 
-from projects import CLUSTER_PYTHON, RAY_LINE, manifest_text, pixi_lock, write_locked
+from projects import CLUSTER_PYTHON, manifest_text, pixi_lock, write_locked
 from ray_pixi import PixiSpecError, pixi
 from realpixi.bulk import BULK_PREFIX, build_bulk_channel, build_bulk_manifest
 from support import persistent_cache
@@ -74,7 +74,7 @@ def big_project(tmp_path_factory: pytest.TempPathFactory, pixi_node_env) -> Path
     """A project whose pixi.lock is ~3 MB: 2,000 packages in seven environments."""
     bulk = build_bulk_channel(2000, persistent_cache("conda-channel-bulk"))
     root = tmp_path_factory.mktemp("big")
-    (root / "pixi.toml").write_text(build_bulk_manifest("big", CLUSTER_PYTHON, RAY_LINE,
+    (root / "pixi.toml").write_text(build_bulk_manifest("big", CLUSTER_PYTHON, ray.__version__,
                                                         bulk, environments=6))
     pixi_lock(root / "pixi.toml", pixi_node_env)
     (root / "check.py").write_text(textwrap.dedent(f"""
@@ -132,7 +132,7 @@ def test_a_raw_spec_job_keeps_running_while_a_pixi_spec_on_the_same_files_is_evi
     own_cluster, tmp_path: Path, pixi_node_env
 ) -> None:
     project = tmp_path / "proj"
-    write_locked(project / "pixi.toml", manifest_text("shared", 'pyjokes = "==0.8.3"\n'),
+    write_locked(project / "pixi.toml", manifest_text("shared", pypi={"pyjokes": "==0.8.3"}),
                  pixi_node_env)
     ready, go = tmp_path / "ready", tmp_path / "go"
     (project / "long.py").write_text(textwrap.dedent(f"""

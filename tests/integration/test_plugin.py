@@ -92,7 +92,7 @@ def test_a_raw_spec_keeps_the_environment_a_pixi_spec_on_the_same_files_is_evict
     """`pixi("pixi.toml", include=[])` and `{"pixi": "pixi.toml"}` name the same project:
     two URIs, one environment, deleted only when neither is in use."""
     project = tmp_path / "proj"
-    write_locked(project / "pixi.toml", manifest_text("p", 'pyjokes = "==0.8.3"\n'),
+    write_locked(project / "pixi.toml", manifest_text("p", pypi={"pyjokes": "==0.8.3"}),
                  pixi_node_env)
     monkeypatch.setenv("RAY_RUNTIME_ENV_CREATE_WORKING_DIR", str(project))
     helper = {"working_dir": str(project), "pixi": pixi("pixi.toml", include=[],

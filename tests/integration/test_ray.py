@@ -101,7 +101,8 @@ def test_a_manifest_locked_by_pixi_installs_from_its_lock(
     shared_cluster, tmp_path: Path, pixi_node_env
 ) -> None:
     write_locked(tmp_path / "pixi.toml", manifest_text(
-        "demo", 'pyjokes = "==0.8.3"\n', extra='\n[activation.env]\nDEMO = "from-manifest"\n'),
+        "demo", pypi={"pyjokes": "==0.8.3"},
+        tables={"activation": {"env": {"DEMO": "from-manifest"}}}),
         pixi_node_env)
 
     @ray.remote(max_calls=1)
@@ -127,7 +128,7 @@ def write_project(root: Path, value: int, node_env) -> None:
     editable (pixi puts this environment at envs/.pixi/envs/default, next to it)."""
     write_package(root / "mypkg", value)
     write_locked(root / "envs" / "pixi.toml", manifest_text(
-        "proj", 'mypkg = { path = "../mypkg", editable = true }\n'), node_env)
+        "proj", pypi={"mypkg": {"path": "../mypkg", "editable": True}}), node_env)
 
 
 def test_project_mode_in_a_subdirectory_rebuilds_only_when_env_defining_files_change(
@@ -167,7 +168,7 @@ def test_a_raw_project_spec_works_without_the_helper(
 def test_a_plain_string_names_the_manifest_in_the_working_dir(
     shared_cluster, tmp_path: Path, pixi_node_env
 ) -> None:
-    write_locked(tmp_path / "pixi.toml", manifest_text("plain", 'pyjokes = "==0.6.0"\n'),
+    write_locked(tmp_path / "pixi.toml", manifest_text("plain", pypi={"pyjokes": "==0.6.0"}),
                  pixi_node_env)
     with shared_cluster.job(runtime_env={"working_dir": str(tmp_path), "pixi": "pixi.toml"}):
         assert ray.get(probe.remote())["module"] == "0.6.0"
@@ -175,7 +176,7 @@ def test_a_plain_string_names_the_manifest_in_the_working_dir(
 
 def test_an_env_without_the_clusters_ray_fails_setup_with_the_remedy(shared_cluster) -> None:
     spec = {"manifest": "pixi.toml", "locked": False,
-            "manifest_content": manifest_text("noray", 'pyjokes = "*"\n', with_ray=False)}
+            "manifest_content": manifest_text("noray", pypi={"pyjokes": "*"}, ray_version=None)}
     with shared_cluster.job(), pytest.raises(RuntimeEnvSetupError) as e:
         ray.get(probe.options(runtime_env={"pixi": spec}).remote())
     text = str(e.value)
@@ -337,7 +338,7 @@ def test_a_project_is_keyed_by_exactly_what_ray_uploaded(
     outside.mkdir()
     (outside / "table.txt").write_text("from a symlinked directory\n")
     project = tmp_path / "proj"
-    write_locked(project / "pixi.toml", manifest_text("upload", 'pyjokes = "==0.8.3"\n'),
+    write_locked(project / "pixi.toml", manifest_text("upload", pypi={"pyjokes": "==0.8.3"}),
                  pixi_node_env)
     (project / "data").mkdir()
     (project / "data" / "kept.txt").write_text("kept\n")

@@ -11,8 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import tomli_w
+
 from .channel import Channel, build_channel
 from .condapkg import write_conda
+from .manifest import ray_requirement
 from .recipes import _digest, _timestamp_ms
 
 __all__ = ["BULK_PREFIX", "BulkRecipe", "build_bulk_channel", "build_bulk_manifest"]
@@ -52,20 +55,18 @@ def build_bulk_channel(count: int, cache: Path) -> Channel:
     return build_channel([BulkRecipe(i) for i in range(count)], cache)
 
 
-def build_bulk_manifest(name: str, python: str, ray_line: str, bulk: Channel,
+def build_bulk_manifest(name: str, python: str, ray_version: str, bulk: Channel,
                         environments: int) -> str:
     """pixi.toml: the default environment has python, Ray and every bulk package; each of
     `environments` more environments lists the bulk packages again (conda only, so they
     solve fast), as a monorepo with many environments does. Its lock grows with both."""
-    packages = "".join(f'"{p.name}" = "*"\n' for p in bulk.packages)
-    lines = [
-        "[workspace]", f'name = "{name}"', f'channels = ["conda-forge", "{bulk.url}"]',
-        'platforms = ["linux-64"]', "", "[dependencies]", f'python = "=={python}"', packages,
-        "[pypi-dependencies]", ray_line,
-    ]
-    for i in range(environments):
-        lines += [f"[feature.f{i}.dependencies]", packages]
-    lines += ["[environments]"]
-    lines += [f'e{i} = {{ features = ["f{i}"], no-default-feature = true }}'
-              for i in range(environments)]
-    return "\n".join(lines) + "\n"
+    packages = {p.name: "*" for p in bulk.packages}
+    return tomli_w.dumps({
+        "workspace": {"name": name, "channels": ["conda-forge", bulk.url],
+                      "platforms": ["linux-64"]},
+        "dependencies": {"python": f"=={python}", **packages},
+        "pypi-dependencies": {"ray": ray_requirement(ray_version)},
+        "feature": {f"f{i}": {"dependencies": packages} for i in range(environments)},
+        "environments": {f"e{i}": {"features": [f"f{i}"], "no-default-feature": True}
+                         for i in range(environments)},
+    })

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import tomli_w
 
 from .channel import Channel
 from .recipes import ActivationRecipe
 
-__all__ = ["PYPI_PACKAGE", "PYPI_VERSION", "build_manifest", "write_manifest"]
+__all__ = ["PYPI_PACKAGE", "PYPI_VERSION", "build_manifest", "ray_requirement", "write_manifest"]
 
 # A small pure-Python PyPI package that the channel does not hold, with no dependencies.
 PYPI_PACKAGE, PYPI_VERSION = "pyjokes", "0.8.3"
@@ -18,16 +21,22 @@ def build_manifest(channel: Channel, *, activation: bool = True, pypi: bool = Tr
     """pixi.toml text: conda-forge (the site's mirror serves it), python at exactly the
     channel's version, noarch `six`, optionally the activation package and a PyPI
     dependency (which makes pixi map conda packages to PyPI names and run uv)."""
-    lines = [
-        "[workspace]", f'name = "{name}"', 'channels = ["conda-forge"]',
-        'platforms = ["linux-64"]', "", "[dependencies]",
-        f'python = "=={channel.version("python")}"', 'six = "*"',
-    ]
+    dependencies = {"python": f"=={channel.version('python')}", "six": "*"}
     if activation:
-        lines.append(f'{ActivationRecipe().name} = "*"')
+        dependencies[ActivationRecipe().name] = "*"
+    manifest: dict[str, Any] = {
+        "workspace": {"name": name, "channels": ["conda-forge"], "platforms": ["linux-64"]},
+        "dependencies": dependencies,
+    }
     if pypi:
-        lines += ["", "[pypi-dependencies]", f'{PYPI_PACKAGE} = "=={PYPI_VERSION}"']
-    return "\n".join(lines) + "\n"
+        manifest["pypi-dependencies"] = {PYPI_PACKAGE: f"=={PYPI_VERSION}"}
+    return tomli_w.dumps(manifest)
+
+
+def ray_requirement(version: str) -> dict[str, Any]:
+    """Ray as a project lists it under [pypi-dependencies] for a cluster of Ray `version`:
+    that exact version, with the extras the Jobs API needs."""
+    return {"version": f"=={version}", "extras": ["default"]}
 
 
 def write_manifest(directory: Path, channel: Channel, **options: bool) -> Path:

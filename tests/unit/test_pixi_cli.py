@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import tomli_w
 
 from ray_pixi.errors import PixiInstallError, PixiNotFoundError
 from ray_pixi.pixi_cli import PixiExe, find_pixi_on_node, pixi_env, run_pixi
@@ -94,9 +95,11 @@ def test_a_missing_long_hyphenated_package_is_named_on_one_line(tmp_path: Path) 
         (tmp_path / "channel" / subdir / "repodata.json").write_text(
             json.dumps({"info": {"subdir": subdir}, "packages": {}, "packages.conda": {}}))
     name = "my-very-long-hyphenated-package-name-that-does-not-exist-anywhere"
-    (tmp_path / "pixi.toml").write_text(
-        f'[workspace]\nname = "x"\nchannels = ["{(tmp_path / "channel").as_uri()}"]\n'
-        f'platforms = ["linux-64"]\n[dependencies]\n{name} = "*"\n')
+    (tmp_path / "pixi.toml").write_text(tomli_w.dumps({
+        "workspace": {"name": "x", "channels": [(tmp_path / "channel").as_uri()],
+                      "platforms": ["linux-64"]},
+        "dependencies": {name: "*"},
+    }))
     with pytest.MonkeyPatch.context() as mp:  # nothing of this machine's pixi config
         mp.setenv("PIXI_HOME", str(tmp_path / "home"))
         mp.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
