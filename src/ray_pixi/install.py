@@ -32,6 +32,7 @@ from ray_pixi.manifest import build_inline_manifest, ray_requirement
 from ray_pixi.pixi_cli import PixiExe, pixi_env, run_pixi
 from ray_pixi.process import StepTimeout, run_logged
 from ray_pixi.records import ReadyRecord
+from ray_pixi.solution import Solution, lock_sha256
 from ray_pixi.spec import Mode, PixiSpec
 from ray_pixi.store import Store, directory_size
 from ray_pixi.watch import InstallWatch, node_name
@@ -40,9 +41,11 @@ __all__ = [
     "InstalledEnv",
     "ProjectFiles",
     "WORKSPACE_CONFIG",
+    "check_platform",
     "install_environment",
     "is_stale_lock",
     "load_installed",
+    "write_workspace",
 ]
 
 INLINE_MANIFEST_NAME = "pixi.toml"
@@ -111,9 +114,12 @@ def _manifest_relpath(spec: PixiSpec) -> PurePosixPath:
     return path if spec.mode is Mode.PROJECT else PurePosixPath(path.name)
 
 
-def _write_workspace(
-    spec: PixiSpec, cluster: ClusterInfo, workspace: Path, files: ProjectFiles | None
+def write_workspace(
+    spec: PixiSpec, cluster: ClusterInfo, workspace: Path, files: ProjectFiles | None,
+    lock: str | None = None,
 ) -> Path:
+    """The workspace pixi installs (or solves) in; returns its manifest. `lock` is the
+    cluster's solution, written as the manifest's pixi.lock."""
     workspace.mkdir(parents=True)
     manifest = workspace / _manifest_relpath(spec)
     if spec.mode is Mode.INLINE:
@@ -127,10 +133,22 @@ def _write_workspace(
     else:
         assert files is not None
         project.copy_project_files(files.root, files.files, workspace)
+    if lock is not None:
+        (manifest.parent / project.LOCK_NAME).write_text(lock)
     config = manifest.parent / ".pixi" / "config.toml"
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(WORKSPACE_CONFIG)
     return manifest
+
+
+def check_platform(spec: PixiSpec, cluster: ClusterInfo) -> None:
+    """An inline spec must name this node's platform, if it names platforms at all."""
+    if spec.mode is Mode.INLINE and spec.platforms and cluster.platform not in spec.platforms:
+        raise PixiSpecError(
+            f"runtime_env['pixi']['platforms'] is {list(spec.platforms)}, which does not "
+            f"include this node's platform {cluster.platform!r}. Add it, or drop "
+            "`platforms` to use the node's own."
+        )
 
 
 def is_stale_lock(log_tail: str) -> bool:
@@ -254,6 +272,14 @@ def _log_path(store: Store, key: str, session_log_dir: Path | None) -> Path:
     return path
 
 
+def _lock_sha(directory: Path) -> str | None:
+    """The sha256 of the pixi.lock the environment was installed from, if there is one."""
+    try:
+        return lock_sha256((directory / project.LOCK_NAME).read_text())
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def _note(log_path: Path, line: str) -> None:
     with contextlib.suppress(OSError), open(log_path, "a") as log:
         log.write(line + "\n")
@@ -269,11 +295,14 @@ async def install_environment(
     logger: logging.Logger,
     session_log_dir: Path | None = None,
     files: ProjectFiles | None = None,
+    solution: Solution | None = None,
 ) -> tuple[InstalledEnv, bool]:
     """Return the ready environment for `key`, installing it if no process has.
 
-    Returns (environment, whether this call installed it). Anything short of a complete,
-    verified install leaves no marker and no workspace.
+    With `solution` (a spec without a lock), pixi installs that lock `--frozen`: it never
+    solves, so every node installs the cluster's one solution. Returns (environment,
+    whether this call installed it). Anything short of a complete, verified install leaves
+    no marker and no workspace.
     """
     async with store.installing(key) as install_lock:
         lock_fd = install_lock.fd
@@ -283,12 +312,7 @@ async def install_environment(
         failed = await asyncio.to_thread(store.read_failed, key)
         if failed is not None:
             raise PixiVersionMismatchError(failed)
-        if spec.mode is Mode.INLINE and spec.platforms and cluster.platform not in spec.platforms:
-            raise PixiSpecError(
-                f"runtime_env['pixi']['platforms'] is {list(spec.platforms)}, which does not "
-                f"include this node's platform {cluster.platform!r}. Add it, or drop "
-                "`platforms` to use the node's own."
-            )
+        check_platform(spec, cluster)
         await asyncio.to_thread(store.discard, key)  # what an interrupted install left
         log_path = await asyncio.to_thread(_log_path, store, key, session_log_dir)
         logger.info("Installing pixi environment %s for this job; pixi's output: %s",
@@ -299,7 +323,7 @@ async def install_environment(
         try:
             async with watch:
                 return await _install(key, spec, cluster, store, pixi, logger, files,
-                                      watch, log_path, lock_fd, started)
+                                      watch, log_path, lock_fd, started, solution)
         except PixiInstallError as e:
             store.discard_in_background(key)
             if spec.install_locked and is_stale_lock(str(e)):
@@ -314,14 +338,21 @@ async def install_environment(
 async def _install(
     key: str, spec: PixiSpec, cluster: ClusterInfo, store: Store, pixi: PixiExe,
     logger: logging.Logger, files: ProjectFiles | None, watch: InstallWatch,
-    log_path: Path, lock_fd: int, started: float,
+    log_path: Path, lock_fd: int, started: float, solution: Solution | None,
 ) -> tuple[InstalledEnv, bool]:
     """The install's steps, each announced to `watch`; the caller discards what a failure
     leaves."""
     workspace = store.workspace(key)
-    manifest = await asyncio.to_thread(_write_workspace, spec, cluster, workspace, files)
+    manifest = await asyncio.to_thread(
+        write_workspace, spec, cluster, workspace, files,
+        None if solution is None else solution.lock)
     common = ["--manifest-path", str(manifest), "--environment", spec.environment]
     lock_args = ["--locked"] if spec.install_locked else []
+    if solution is not None:
+        lock_args = ["--frozen"]
+        await asyncio.to_thread(
+            _note, log_path, f"[ray-pixi: installing the cluster's solution {solution.key} "
+            f"(pixi.lock sha256 {solution.sha256[:16]}, {solution.source}) as it is]")
     # Shared: pruning the package cache (ray_pixi.disk) waits until no install
     # can be linking from it.
     watch.phase = progress.SOLVING
@@ -383,6 +414,9 @@ async def _install(
         installed_at=time.time(),
         seconds=timings,
         log=str(log_path),
+        lock_sha256=await asyncio.to_thread(_lock_sha, manifest.parent),
+        solution=None if solution is None else solution.key,
+        solution_source=None if solution is None else solution.source,
     ))
     _note(log_path, f"[ray-pixi: installed {key} in {seconds:.1f} s: pixi install "
                     f"{timings['pixi_install']:.1f} s, bytecode {compiled:.1f} s; "

@@ -15,6 +15,8 @@ How Ray's calls map onto environments:
 - An environment is held (a shared lock on its use file) from `create` until Ray evicts the
   last URI mapping to it, so neither another agent sharing the store nor `ray-pixi envs`
   deletes it under a running worker.
+- A spec without a lock is solved once per cluster (`ray_pixi.sharing`): its key names the
+  cluster's solution, and the node installs that pixi.lock `--frozen`.
 - Ray's URI cache caps what one agent books. The store is capped too, across agents and Ray
   sessions: after each install, least-recently-used environments that no process holds are
   deleted until the store fits `RAY_RUNTIME_ENV_PIXI_CACHE_SIZE_GB`.
@@ -38,12 +40,22 @@ from ray_pixi.bootstrap import install_pixi_release
 from ray_pixi.cluster import ClusterInfo
 from ray_pixi.disk import enforce_disk_budget, pixi_cache_dir
 from ray_pixi.errors import PixiNotFoundError, PixiSpecError
-from ray_pixi.install import InstalledEnv, ProjectFiles, install_environment, load_installed
+from ray_pixi.install import (
+    InstalledEnv,
+    ProjectFiles,
+    check_platform,
+    install_environment,
+    load_installed,
+)
 from ray_pixi.key import build_env_key
 from ray_pixi.pixi_cli import PixiExe, check_min_version, find_pixi_on_node, read_pixi_version
 from ray_pixi.settings import InvalidSettings, NodeSettings
+from ray_pixi.sharing import SharedSolutions
+from ray_pixi.solution import Solution, shares_solution, solution_key
+from ray_pixi.solve import solve_on_this_node
 from ray_pixi.spec import Mode, PixiSpec, parse_runtime_env_cached
 from ray_pixi.store import HeldLock, Store
+from ray_pixi.watch import node_name
 from ray_pixi.workers import worker_env_vars
 
 if TYPE_CHECKING:
@@ -125,6 +137,7 @@ class PixiNode:
         self._setups: dict[str, asyncio.Lock] = {}  # URI -> its create lock
         self._uris: dict[str, _Booking] = {}  # URI -> store key and bytes booked
         self._held: dict[str, _Held] = {}  # store key -> our use lock and the environment
+        self._solutions = SharedSolutions.for_agent(node_name())
         # Leftovers of crashed installs are swept off the agent's startup path.
         if self._node_store is not None:
             threading.Thread(target=self._sweep, name="ray-pixi-sweep", daemon=True).start()
@@ -165,7 +178,7 @@ class PixiNode:
         async with self._setups.setdefault(uri, asyncio.Lock()):
             if uri in self._uris:
                 return 0  # another setup of this URI finished while we waited
-            key, pixi, files = await self._resolve(spec, runtime_env)
+            key, pixi, files, solution = await self._resolve(spec, runtime_env, logger)
             held = await self._hold(key)
             try:
                 env = held.env or await asyncio.to_thread(load_installed, self._store, key)
@@ -174,7 +187,7 @@ class PixiNode:
                     env, installed = await install_environment(
                         key=key, spec=spec, cluster=self._cluster, store=self._store,
                         pixi=pixi, session_log_dir=self._session_log_dir, logger=logger,
-                        files=files,
+                        files=files, solution=solution,
                     )
                 else:
                     logger.info("Reusing pixi environment %s from %s", key, self._store.root)
@@ -237,14 +250,16 @@ class PixiNode:
 
     async def key_for(self, runtime_env: Any) -> str:
         """The store key this node installs `runtime_env`'s environment under."""
-        key, _, _ = await self._resolve(parse_runtime_env_cached(runtime_env), runtime_env)
+        key, _, _, _ = await self._resolve(parse_runtime_env_cached(runtime_env), runtime_env,
+                                           default_logger)
         return key
 
     # -- helpers -------------------------------------------------------------------------
     async def _resolve(
-        self, spec: PixiSpec, runtime_env: Any
-    ) -> tuple[str, PixiExe, ProjectFiles | None]:
-        """The store key, the pixi that installs it, and a project's files."""
+        self, spec: PixiSpec, runtime_env: Any, logger: logging.Logger
+    ) -> tuple[str, PixiExe, ProjectFiles | None, Solution | None]:
+        """The store key, the pixi that installs it, a project's files, and for a spec
+        without a lock the cluster's solution (obtained, or solved, here)."""
         await self._open_store()
         pixi = await self._resolve_pixi(spec)
         files: ProjectFiles | None = None
@@ -252,7 +267,21 @@ class PixiNode:
         if spec.mode is Mode.PROJECT:
             files, digest = await asyncio.to_thread(
                 self._project_files, spec, self._working_dir(runtime_env))
-        return build_env_key(spec, self._cluster, pixi.version_str, digest), pixi, files
+        solution = None
+        if shares_solution(spec):
+            check_platform(spec, self._cluster)  # before a solve could fail less clearly
+            key = solution_key(spec, self._cluster, pixi.version_str, digest)
+
+            def solve() -> Any:
+                return solve_on_this_node(solution=key, spec=spec, cluster=self._cluster,
+                                          store=self._store, pixi=pixi, files=files,
+                                          logger=logger)
+
+            solution = await self._solutions.obtain(key=key, store=self._store, solve=solve,
+                                                    logger=logger)
+        key = build_env_key(spec, self._cluster, pixi.version_str, digest,
+                            None if solution is None else solution.sha256)
+        return key, pixi, files, solution
 
     def _sweep(self) -> None:
         try:
