@@ -181,8 +181,8 @@ class SharedSolutions:
                 continue  # another node published first: take theirs
             me = Claim(self._node, os.getpid())
             if await self._call(board.put_if_absent, claim_kv_key(key), me.encode()):
-                lock = await self._solve_claimed(board, key, me, solve)
-                if await self._call(board.put_if_absent, lock_kv_key(key), encode_lock(lock)):
+                lock, published = await self._solve_claimed(board, key, me, solve)
+                if published:
                     await asyncio.to_thread(store.write_solution, key, lock)
                     logger.info("Published solution %s to the cluster", key)
                     return Solution(key, lock, "solved")
@@ -205,8 +205,10 @@ class SharedSolutions:
             await asyncio.sleep(self._poll)
 
     async def _solve_claimed(self, board: Board, key: str, me: Claim,
-                             solve: Callable[[], Awaitable[str]]) -> str:
-        """Solve while bumping our claim, then release it whatever happens."""
+                             solve: Callable[[], Awaitable[str]]) -> tuple[str, bool]:
+        """Solve while bumping our claim, publish the lock (whether ours was first), then
+        release the claim whatever happens: released before publishing, a waiter would see
+        neither and solve again."""
 
         async def beat() -> None:
             claim = me
@@ -218,7 +220,10 @@ class SharedSolutions:
 
         beating = asyncio.ensure_future(beat())
         try:
-            return await solve()
+            lock = await solve()
+            published = await self._call(board.put_if_absent, lock_kv_key(key),
+                                         encode_lock(lock))
+            return lock, bool(published)
         finally:
             beating.cancel()
             with contextlib.suppress(asyncio.CancelledError):
