@@ -145,7 +145,7 @@ def _inline_manifest(root: Path, manifest: Path, locked: bool | None) -> dict[st
         raise PixiSpecError(
             f"pixi() installs {str(path)!r} locked, but {str(lock)!r} does not exist. Run "
             f"`pixi lock --manifest-path {path}` and resubmit, or pass locked=False to let "
-            "every node solve on its own."
+            "the cluster solve it once."
         )
     size = len(json.dumps(value))
     if size > MAX_INLINE_BYTES:

@@ -32,12 +32,13 @@ from ray_pixi.manifest import build_inline_manifest, ray_requirement
 from ray_pixi.pixi_cli import PixiExe, pixi_env, run_pixi
 from ray_pixi.process import StepTimeout, run_logged
 from ray_pixi.records import ReadyRecord
-from ray_pixi.solution import Solution, lock_sha256
+from ray_pixi.solution import Provenance, Solution, lock_sha256
 from ray_pixi.spec import Mode, PixiSpec
 from ray_pixi.store import Store, directory_size
 from ray_pixi.watch import InstallWatch, node_name
 
 __all__ = [
+    "SOLVING_NOTE",
     "InstalledEnv",
     "ProjectFiles",
     "WORKSPACE_CONFIG",
@@ -67,6 +68,8 @@ _PROBE = (
     "print(json.dumps({'python': '%d.%d.%d' % sys.version_info[:3], 'ray': ray}))\n"
 )
 _PROBE_TIMEOUT_SECONDS = 120.0
+#: The install log's line when this install solves a spec for the cluster.
+SOLVING_NOTE = "[ray-pixi: solving"
 _LOCK_HINT = (
     "pixi.lock does not match the manifest. Run `pixi lock --manifest-path {manifest}` where "
     "the manifest lives, and resubmit with the new pixi.lock."
@@ -296,14 +299,17 @@ async def install_environment(
     session_log_dir: Path | None = None,
     files: ProjectFiles | None = None,
     solution: Solution | None = None,
+    solving: Provenance | None = None,
 ) -> tuple[InstalledEnv, bool]:
     """Return the ready environment for `key`, installing it if no process has.
 
-    With `solution` (a spec without a lock), pixi installs that lock `--frozen`: it never
-    solves, so every node installs the cluster's one solution. Returns (environment,
-    whether this call installed it). Anything short of a complete, verified install leaves
-    no marker and no workspace.
+    A spec without a lock installs either `solution` (the cluster's: pixi installs that
+    lock `--frozen` and never solves) or, with `solving`, solves for the cluster as it
+    installs (the pixi.lock it writes becomes the cluster's solution). Returns
+    (environment, whether this call installed it). Anything short of a complete, verified
+    install leaves no marker and no workspace.
     """
+    provenance = solving if solution is None else Provenance(solution.key, solution.source)
     async with store.installing(key) as install_lock:
         lock_fd = install_lock.fd
         installed = await asyncio.to_thread(load_installed, store, key)
@@ -323,7 +329,8 @@ async def install_environment(
         try:
             async with watch:
                 return await _install(key, spec, cluster, store, pixi, logger, files,
-                                      watch, log_path, lock_fd, started, solution)
+                                      watch, log_path, lock_fd, started, solution,
+                                      provenance)
         except PixiInstallError as e:
             store.discard_in_background(key)
             if spec.install_locked and is_stale_lock(str(e)):
@@ -339,6 +346,7 @@ async def _install(
     key: str, spec: PixiSpec, cluster: ClusterInfo, store: Store, pixi: PixiExe,
     logger: logging.Logger, files: ProjectFiles | None, watch: InstallWatch,
     log_path: Path, lock_fd: int, started: float, solution: Solution | None,
+    provenance: Provenance | None,
 ) -> tuple[InstalledEnv, bool]:
     """The install's steps, each announced to `watch`; the caller discards what a failure
     leaves."""
@@ -353,6 +361,10 @@ async def _install(
         await asyncio.to_thread(
             _note, log_path, f"[ray-pixi: installing the cluster's solution {solution.key} "
             f"(pixi.lock sha256 {solution.sha256[:16]}, {solution.source}) as it is]")
+    elif provenance is not None:
+        await asyncio.to_thread(
+            _note, log_path, f"{SOLVING_NOTE} {provenance.key} for the cluster "
+            f"({provenance.source})]")
     # Shared: pruning the package cache (ray_pixi.disk) waits until no install
     # can be linking from it.
     watch.phase = progress.SOLVING
@@ -415,8 +427,8 @@ async def _install(
         seconds=timings,
         log=str(log_path),
         lock_sha256=await asyncio.to_thread(_lock_sha, manifest.parent),
-        solution=None if solution is None else solution.key,
-        solution_source=None if solution is None else solution.source,
+        solution=None if provenance is None else provenance.key,
+        solution_source=None if provenance is None else provenance.source,
     ))
     _note(log_path, f"[ray-pixi: installed {key} in {seconds:.1f} s: pixi install "
                     f"{timings['pixi_install']:.1f} s, bytecode {compiled:.1f} s; "

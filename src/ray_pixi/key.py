@@ -54,5 +54,7 @@ def build_env_key(
         inputs["manifest"] = [spec.manifest, project_digest]
     if lock_sha is not None:
         inputs["solution"] = lock_sha
+    if spec.solve_tag is not None:  # a fresh solve is a new environment, never a reuse
+        inputs["solve_tag"] = spec.solve_tag
     text = json.dumps(inputs, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:KEY_LENGTH]

@@ -44,9 +44,12 @@ from ray_pixi.solution import (
 )
 from ray_pixi.store import Store
 
-__all__ = ["GCS_ADDRESS_FLAG", "Board", "GcsBoard", "SharedSolutions", "SharingFailed"]
+__all__ = ["GCS_ADDRESS_FLAG", "Board", "GcsBoard", "SharedSolutions", "SharingFailed", "Solve"]
 
 GCS_ADDRESS_FLAG = "gcs-address"
+#: Solves for the cluster and returns the lock; called with how the node got it
+#: ("solved" for the cluster, or "solved-alone").
+Solve = Callable[[str], Awaitable[str]]
 _KV_TIMEOUT_SECONDS = 10.0
 
 
@@ -122,7 +125,7 @@ class SharedSolutions:
                                             f"failed: {type(e).__name__}: {e}"
         return self._board
 
-    async def obtain(self, *, key: str, store: Store, solve: Callable[[], Awaitable[str]],
+    async def obtain(self, *, key: str, store: Store, solve: Solve,
                      logger: logging.Logger) -> Solution:
         """The cluster's solution `key`: shared if some node published it, else this
         node's kept one (offered to the cluster), else solved here (once per cluster
@@ -138,7 +141,7 @@ class SharedSolutions:
                 reason = self._unavailable or "unknown"
             return await self._alone(key, store, solve, logger, reason)
 
-    async def _alone(self, key: str, store: Store, solve: Callable[[], Awaitable[str]],
+    async def _alone(self, key: str, store: Store, solve: Solve,
                      logger: logging.Logger, reason: str) -> Solution:
         logger.warning(
             "ray-pixi cannot share pixi solutions with the cluster's other nodes here (%s): "
@@ -147,7 +150,7 @@ class SharedSolutions:
         kept = await asyncio.to_thread(store.read_solution, key)
         if kept is not None:
             return Solution(key, kept, "kept")
-        lock = await solve()
+        lock = await solve("solved-alone")
         await asyncio.to_thread(store.write_solution, key, lock)
         return Solution(key, lock, "solved-alone")
 
@@ -159,7 +162,7 @@ class SharedSolutions:
                                 f"{e}") from None
 
     async def _shared(self, board: Board, key: str, store: Store,
-                      solve: Callable[[], Awaitable[str]], logger: logging.Logger) -> Solution:
+                      solve: Solve, logger: logging.Logger) -> Solution:
         watch = ClaimWatch(self._stale_after)
         waiting_since: float | None = None
         told = 0.0
@@ -205,7 +208,7 @@ class SharedSolutions:
             await asyncio.sleep(self._poll)
 
     async def _solve_claimed(self, board: Board, key: str, me: Claim,
-                             solve: Callable[[], Awaitable[str]]) -> tuple[str, bool]:
+                             solve: Solve) -> tuple[str, bool]:
         """Solve while bumping our claim, publish the lock (whether ours was first), then
         release the claim whatever happens: released before publishing, a waiter would see
         neither and solve again."""
@@ -220,7 +223,7 @@ class SharedSolutions:
 
         beating = asyncio.ensure_future(beat())
         try:
-            lock = await solve()
+            lock = await solve("solved")
             published = await self._call(board.put_if_absent, lock_kv_key(key),
                                          encode_lock(lock))
             return lock, bool(published)

@@ -29,6 +29,7 @@ __all__ = [
     "SOLUTION_FORMAT",
     "Claim",
     "ClaimWatch",
+    "Provenance",
     "Solution",
     "claim_kv_key",
     "decode_lock",
@@ -79,6 +80,16 @@ def solution_key(spec: PixiSpec, cluster: ClusterInfo, pixi_version: str,
 def lock_sha256(lock: str) -> str:
     """The lock's identity, as the ready record and `ray-pixi envs list` name it."""
     return hashlib.sha256(lock.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Which cluster solution an environment is, and how this node got it: "solved" (here,
+    for the cluster), "shared" (another node's), "kept" (this store's, from an earlier
+    cluster) or "solved-alone" (no sharing possible here)."""
+
+    key: str
+    source: str
 
 
 @dataclass(frozen=True)

@@ -235,7 +235,7 @@ def _check_spec(spec: PixiSpec) -> None:  # noqa: C901 - one flat list of rules 
     if spec.locked is not False and spec.mode is Mode.MANIFEST and not spec.has_lock:
         raise _fail(("lock_content",), "is missing, and manifests install locked by default",
                     None, f"Run `pixi lock --manifest-path {spec.manifest}` next to the "
-                    "manifest, or pass locked=False to let every node solve on its own.")
+                    "manifest, or pass locked=False to let the cluster solve it once.")
     if spec.solve_tag is not None and spec.install_locked:
         raise _fail(("solve_tag",), "asks for a fresh solve, but this spec installs its "
                     "pixi.lock as it is", spec.solve_tag,

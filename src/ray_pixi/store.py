@@ -338,16 +338,6 @@ class Store:
         for old in self.install_logs(key)[:-keep]:
             old.unlink(missing_ok=True)
 
-    def solve_log(self, solution: str, attempt: str) -> Path:
-        return self.logs / f"solve-{solution}-{attempt}.log"
-
-    def solve_logs(self) -> list[Path]:
-        return sorted(self.logs.glob("solve-*.log"))
-
-    def solve_workspace(self, solution: str) -> Path:
-        """Where this node solves `solution` (under its solve lock; removed after)."""
-        return self.solutions / f"{solution}.solving"
-
     def solution_path(self, solution: str) -> Path:
         return self.solutions / f"{solution}.lock"
 

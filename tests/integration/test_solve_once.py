@@ -5,7 +5,9 @@ that solution and reports the same packages from inside its workers; a node adde
 channel published a newer version installs the version the others have, without solving;
 a new `solve_tag` asks for a fresh solve, which picks the newer version.
 
-Solves are counted from the stores: each solve writes `<store>/logs/solve-<key>-*.log`."""
+Solves are counted from the stores: the install that solves for the cluster says so in its
+log (`[ray-pixi: solving <solution> for the cluster ...]`); every other one installs the
+cluster's pixi.lock `--frozen`, and each ready record says how the node got its lock."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import pytest
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from ray_pixi.install import SOLVING_NOTE
 from realpixi.channel import build_channel
 from realpixi.recipes import ActivationRecipe
 from support import install_logs, installs, persistent_cache
@@ -39,7 +42,13 @@ def publish(channel_dir: Path, versions: list[str]) -> None:
 
 
 def solves(stores: list[Path]) -> list[Path]:
-    return [log for s in stores for log in sorted((s / "logs").glob("solve-*.log"))]
+    return [log for s in stores for log in install_logs(s) if SOLVING_NOTE in log.read_text()]
+
+
+def sources(store: Path) -> list[str | None]:
+    """How each ready environment in `store` got its lock."""
+    return [json.loads(p.read_text()).get("solution_source")
+            for p in sorted((store / "envs").glob("*.json"))]
 
 
 @ray.remote(num_cpus=0)
@@ -99,6 +108,9 @@ def test_a_cluster_solves_once_and_every_node_installs_that_solution(
         assert len(solves(stores)) == 1, solves(stores)
         for store in stores[:3]:
             assert installs(store) == 1
+        assert sources(stores[0]) == ["solved"]  # the job's driver set up on the head first
+        for store in stores[1:3]:
+            assert sources(store) == ["shared"]
             assert all("--frozen" in log.read_text() for log in install_logs(store))
 
         # The channel publishes 1.2.0; a node added now installs the cluster's 1.1.0.
@@ -113,7 +125,7 @@ def test_a_cluster_solves_once_and_every_node_installs_that_solution(
         assert all(s["conda"] == seen[0]["conda"] and s["pypi"] == seen[0]["pypi"]
                    for s in late)
         assert len(solves(stores)) == 1 and not solves(stores[3:])
-        assert installs(stores[3]) == 1
+        assert installs(stores[3]) == 1 and sources(stores[3]) == ["shared"]
 
         # A new solve_tag is a fresh solve: it sees the channel's 1.2.0.
         with c.job(runtime_env={"pixi": {**spec, "solve_tag": "fresh"}}):

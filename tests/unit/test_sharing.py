@@ -70,8 +70,10 @@ def store(tmp_path: Path, name: str) -> Store:
 class Solver:
     def __init__(self, lock: str = "version: 6\n", gate: threading.Event | None = None):
         self.lock, self.gate, self.calls = lock, gate, 0
+        self.sources: list[str] = []
 
-    async def __call__(self) -> str:
+    async def __call__(self, source: str) -> str:
+        self.sources.append(source)
         self.calls += 1
         if self.gate is not None:
             await asyncio.to_thread(self.gate.wait, 30)
@@ -118,7 +120,7 @@ def test_a_dead_solvers_claim_is_taken_over(tmp_path: Path,
     with caplog.at_level(logging.INFO, LOG.name):
         got = asyncio.run(node(board, "a", stale_after=0.0).obtain(
             key=KEY, store=store(tmp_path, "a"), solve=solver, logger=LOG))
-    assert (got.source, solver.calls) == ("solved", 1)
+    assert (got.source, solver.calls, solver.sources) == ("solved", 1, ["solved"])
     assert "Node 10.0.0.9 stopped solving" in caplog.text
     assert "waiting for node 10.0.0.9" in caplog.text
 
@@ -142,7 +144,7 @@ def test_a_restarted_cluster_gets_a_nodes_kept_solution(tmp_path: Path) -> None:
 def test_a_failed_solve_releases_its_claim(tmp_path: Path) -> None:
     board = MemoryBoard()
 
-    async def broken() -> str:
+    async def broken(source: str) -> str:
         raise RuntimeError("No candidates were found for nothing-such *")
 
     with pytest.raises(RuntimeError, match="No candidates"):
@@ -166,6 +168,7 @@ def test_a_node_that_cannot_share_solves_alone_and_says_so(
         again = asyncio.run(shared.obtain(key=KEY, store=s, solve=solver, logger=LOG))
     assert (got.source, again.source, again.lock, solver.calls) == \
         ("solved-alone", "kept", "version: 6\n", 1)
+    assert solver.sources == ["solved-alone"]
     assert "cannot share pixi solutions with the cluster's other nodes" in caplog.text
     reason = {"no GCS": "ConnectionError: no GCS here", "GCS fails": "GCS unreachable",
               "no address": "not a Ray runtime_env agent"}[why]

@@ -70,6 +70,8 @@ def test_two_solutions_are_two_environments() -> None:
     one = build_env_key(INLINE, CLUSTER, "0.77.0", lock_sha="a" * 64)
     assert one != build_env_key(INLINE, CLUSTER, "0.77.0", lock_sha="b" * 64)
     assert one != build_env_key(INLINE, CLUSTER, "0.77.0")
+    tagged = parse_spec({"dependencies": {"numpy": ">=2"}, "solve_tag": "b"})
+    assert build_env_key(tagged, CLUSTER, "0.77.0") != build_env_key(INLINE, CLUSTER, "0.77.0")
 
 
 def test_a_lock_travels_compressed_and_comes_back_whole() -> None:
