@@ -7,7 +7,8 @@ Per solution key (`ray_pixi.solution`), in namespace `ray_pixi`:
 - `lock/<key>`: the solution, written once: put-if-absent, so the first writer wins and
   every node installs what it holds. That alone keeps nodes consistent.
 - `claim/<key>`: who is solving, also put-if-absent, so concurrent first setups on many
-  nodes make one solve instead of a thundering herd on the channel. The claimant bumps it
+  nodes make one solve instead of a thundering herd on the channel. The claimant solves as
+  it installs (`solve`) and publishes the lock pixi wrote. The claimant bumps it
   while it solves; the others wait for `lock/<key>`, and take over if the claim stops
   moving (a dead claimant) or disappears without a lock (a failed solve: each node then
   solves and reports pixi's error itself).
