@@ -4,6 +4,7 @@ of its own, so a node never runs another solution than the cluster's."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,9 @@ CLUSTERS = Solution("s" * 32, "version: 6\n# the cluster's\n", "shared")
 def node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PixiNode:
     monkeypatch.setenv("RAY_PIXI_STORE_DIR", str(tmp_path / "store"))
     n = PixiNode()
+    for thread in threading.enumerate():  # its sweep would take our half-written entries
+        if thread.name == "ray-pixi-sweep":
+            thread.join()
     n._store.ensure()
     return n
 
