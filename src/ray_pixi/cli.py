@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     doc.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
     doc.set_defaults(func=doctor.run)
 
-    envs_p = sub.add_parser("envs", help="list, remove or garbage-collect this node's "
+    envs_p = sub.add_parser("envs", help="list, remove, garbage-collect or export this node's "
                           "environments", description="The environments in this node's "
                           f"store. The store is --store, else ${settings.STORE_DIR}, else the "
                           "running Ray agent's, else ~/.cache/ray-pixi/store.")
@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--dry-run", action="store_true", help="print what would be removed")
     gc.add_argument("--store", metavar="DIR", help=store_help)
     gc.set_defaults(func=envs.run_gc)
+    lk = envs_sub.add_parser("lock", help="print the pixi.lock an environment was installed "
+                             "from", description=_doc(envs.run_lock))
+    lk.add_argument("key", metavar="KEY", help="environment key or unique prefix")
+    lk.add_argument("--store", metavar="DIR", help=store_help)
+    lk.set_defaults(func=envs.run_lock)
 
     pre = sub.add_parser(
         "prefetch", help="install an environment on every alive node of a cluster",

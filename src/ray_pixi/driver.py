@@ -38,6 +38,7 @@ def pixi(
     platforms: Sequence[str] | None = None,
     pixi_version: str | None = None,
     pixi_install_options: Sequence[str] | None = None,
+    solve_tag: str | None = None,
 ) -> dict[str, Any]:
     """The value for `runtime_env["pixi"]`.
 
@@ -52,6 +53,8 @@ def pixi(
       script) never rebuilds it.
     - `pixi(dependencies=..., pypi_dependencies=...)`: inline; Python and Ray are pinned to
       the cluster's when omitted.
+    - A spec without a lock (inline, or `locked=False`) is solved once per cluster;
+      `solve_tag="..."`, a new label, asks for a fresh solve.
 
     Raises PixiSpecError with the field, the value seen and the fix.
     """
@@ -62,6 +65,8 @@ def pixi(
         common["pixi_install_options"] = list(pixi_install_options)
     if locked is not None:
         common["locked"] = locked
+    if solve_tag is not None:
+        common["solve_tag"] = solve_tag
     inline = {k: _plain(v) for k, v in {
         "channels": channels, "dependencies": dependencies,
         "pypi_dependencies": pypi_dependencies, "platforms": platforms}.items() if v is not None}
@@ -140,7 +145,7 @@ def _inline_manifest(root: Path, manifest: Path, locked: bool | None) -> dict[st
         raise PixiSpecError(
             f"pixi() installs {str(path)!r} locked, but {str(lock)!r} does not exist. Run "
             f"`pixi lock --manifest-path {path}` and resubmit, or pass locked=False to let "
-            "every node solve on its own."
+            "the cluster solve it once."
         )
     size = len(json.dumps(value))
     if size > MAX_INLINE_BYTES:

@@ -32,17 +32,21 @@ from ray_pixi.manifest import build_inline_manifest, ray_requirement
 from ray_pixi.pixi_cli import PixiExe, pixi_env, run_pixi
 from ray_pixi.process import StepTimeout, run_logged
 from ray_pixi.records import ReadyRecord
+from ray_pixi.solution import Provenance, Solution, lock_sha256
 from ray_pixi.spec import Mode, PixiSpec
 from ray_pixi.store import Store, directory_size
 from ray_pixi.watch import InstallWatch, node_name
 
 __all__ = [
+    "SOLVING_NOTE",
     "InstalledEnv",
     "ProjectFiles",
     "WORKSPACE_CONFIG",
+    "check_platform",
     "install_environment",
     "is_stale_lock",
     "load_installed",
+    "write_workspace",
 ]
 
 INLINE_MANIFEST_NAME = "pixi.toml"
@@ -64,6 +68,8 @@ _PROBE = (
     "print(json.dumps({'python': '%d.%d.%d' % sys.version_info[:3], 'ray': ray}))\n"
 )
 _PROBE_TIMEOUT_SECONDS = 120.0
+#: The install log's line when this install solves a spec for the cluster.
+SOLVING_NOTE = "[ray-pixi: solving"
 _LOCK_HINT = (
     "pixi.lock does not match the manifest. Run `pixi lock --manifest-path {manifest}` where "
     "the manifest lives, and resubmit with the new pixi.lock."
@@ -111,9 +117,12 @@ def _manifest_relpath(spec: PixiSpec) -> PurePosixPath:
     return path if spec.mode is Mode.PROJECT else PurePosixPath(path.name)
 
 
-def _write_workspace(
-    spec: PixiSpec, cluster: ClusterInfo, workspace: Path, files: ProjectFiles | None
+def write_workspace(
+    spec: PixiSpec, cluster: ClusterInfo, workspace: Path, files: ProjectFiles | None,
+    lock: str | None = None,
 ) -> Path:
+    """The workspace pixi installs (or solves) in; returns its manifest. `lock` is the
+    cluster's solution, written as the manifest's pixi.lock."""
     workspace.mkdir(parents=True)
     manifest = workspace / _manifest_relpath(spec)
     if spec.mode is Mode.INLINE:
@@ -127,10 +136,22 @@ def _write_workspace(
     else:
         assert files is not None
         project.copy_project_files(files.root, files.files, workspace)
+    if lock is not None:
+        (manifest.parent / project.LOCK_NAME).write_text(lock)
     config = manifest.parent / ".pixi" / "config.toml"
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(WORKSPACE_CONFIG)
     return manifest
+
+
+def check_platform(spec: PixiSpec, cluster: ClusterInfo) -> None:
+    """An inline spec must name this node's platform, if it names platforms at all."""
+    if spec.mode is Mode.INLINE and spec.platforms and cluster.platform not in spec.platforms:
+        raise PixiSpecError(
+            f"runtime_env['pixi']['platforms'] is {list(spec.platforms)}, which does not "
+            f"include this node's platform {cluster.platform!r}. Add it, or drop "
+            "`platforms` to use the node's own."
+        )
 
 
 def is_stale_lock(log_tail: str) -> bool:
@@ -254,6 +275,14 @@ def _log_path(store: Store, key: str, session_log_dir: Path | None) -> Path:
     return path
 
 
+def _lock_sha(directory: Path) -> str | None:
+    """The sha256 of the pixi.lock the environment was installed from, if there is one."""
+    try:
+        return lock_sha256((directory / project.LOCK_NAME).read_text())
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def _note(log_path: Path, line: str) -> None:
     with contextlib.suppress(OSError), open(log_path, "a") as log:
         log.write(line + "\n")
@@ -269,12 +298,18 @@ async def install_environment(
     logger: logging.Logger,
     session_log_dir: Path | None = None,
     files: ProjectFiles | None = None,
+    solution: Solution | None = None,
+    solving: Provenance | None = None,
 ) -> tuple[InstalledEnv, bool]:
     """Return the ready environment for `key`, installing it if no process has.
 
-    Returns (environment, whether this call installed it). Anything short of a complete,
-    verified install leaves no marker and no workspace.
+    A spec without a lock installs either `solution` (the cluster's: pixi installs that
+    lock `--frozen` and never solves) or, with `solving`, solves for the cluster as it
+    installs (the pixi.lock it writes becomes the cluster's solution). Returns
+    (environment, whether this call installed it). Anything short of a complete, verified
+    install leaves no marker and no workspace.
     """
+    provenance = solving if solution is None else Provenance(solution.key, solution.source)
     async with store.installing(key) as install_lock:
         lock_fd = install_lock.fd
         installed = await asyncio.to_thread(load_installed, store, key)
@@ -283,12 +318,7 @@ async def install_environment(
         failed = await asyncio.to_thread(store.read_failed, key)
         if failed is not None:
             raise PixiVersionMismatchError(failed)
-        if spec.mode is Mode.INLINE and spec.platforms and cluster.platform not in spec.platforms:
-            raise PixiSpecError(
-                f"runtime_env['pixi']['platforms'] is {list(spec.platforms)}, which does not "
-                f"include this node's platform {cluster.platform!r}. Add it, or drop "
-                "`platforms` to use the node's own."
-            )
+        check_platform(spec, cluster)
         await asyncio.to_thread(store.discard, key)  # what an interrupted install left
         log_path = await asyncio.to_thread(_log_path, store, key, session_log_dir)
         logger.info("Installing pixi environment %s for this job; pixi's output: %s",
@@ -299,7 +329,8 @@ async def install_environment(
         try:
             async with watch:
                 return await _install(key, spec, cluster, store, pixi, logger, files,
-                                      watch, log_path, lock_fd, started)
+                                      watch, log_path, lock_fd, started, solution,
+                                      provenance)
         except PixiInstallError as e:
             store.discard_in_background(key)
             if spec.install_locked and is_stale_lock(str(e)):
@@ -314,14 +345,26 @@ async def install_environment(
 async def _install(
     key: str, spec: PixiSpec, cluster: ClusterInfo, store: Store, pixi: PixiExe,
     logger: logging.Logger, files: ProjectFiles | None, watch: InstallWatch,
-    log_path: Path, lock_fd: int, started: float,
+    log_path: Path, lock_fd: int, started: float, solution: Solution | None,
+    provenance: Provenance | None,
 ) -> tuple[InstalledEnv, bool]:
     """The install's steps, each announced to `watch`; the caller discards what a failure
     leaves."""
     workspace = store.workspace(key)
-    manifest = await asyncio.to_thread(_write_workspace, spec, cluster, workspace, files)
+    manifest = await asyncio.to_thread(
+        write_workspace, spec, cluster, workspace, files,
+        None if solution is None else solution.lock)
     common = ["--manifest-path", str(manifest), "--environment", spec.environment]
     lock_args = ["--locked"] if spec.install_locked else []
+    if solution is not None:
+        lock_args = ["--frozen"]
+        await asyncio.to_thread(
+            _note, log_path, f"[ray-pixi: installing the cluster's solution {solution.key} "
+            f"(pixi.lock sha256 {solution.sha256[:16]}, {solution.source}) as it is]")
+    elif provenance is not None:
+        await asyncio.to_thread(
+            _note, log_path, f"{SOLVING_NOTE} {provenance.key} for the cluster "
+            f"({provenance.source})]")
     # Shared: pruning the package cache (ray_pixi.disk) waits until no install
     # can be linking from it.
     watch.phase = progress.SOLVING
@@ -383,6 +426,9 @@ async def _install(
         installed_at=time.time(),
         seconds=timings,
         log=str(log_path),
+        lock_sha256=await asyncio.to_thread(_lock_sha, manifest.parent),
+        solution=None if provenance is None else provenance.key,
+        solution_source=None if provenance is None else provenance.source,
     ))
     _note(log_path, f"[ray-pixi: installed {key} in {seconds:.1f} s: pixi install "
                     f"{timings['pixi_install']:.1f} s, bytecode {compiled:.1f} s; "

@@ -26,10 +26,13 @@ KEY_LENGTH = 32
 
 
 def build_env_key(
-    spec: PixiSpec, cluster: ClusterInfo, pixi_version: str, project_digest: str | None = None
+    spec: PixiSpec, cluster: ClusterInfo, pixi_version: str, project_digest: str | None = None,
+    lock_sha: str | None = None,
 ) -> str:
     """`project_digest` is the digest of a project's env-defining files as the node
-    received them (required in project mode)."""
+    received them (required in project mode). `lock_sha` names the cluster's solution a
+    spec without a lock installs (`ray_pixi.solution`): two solutions are two environments,
+    so a node never reuses one built from another solution than the cluster's."""
     inputs: dict[str, Any] = {
         "layout": STORE_LAYOUT,
         "mode": spec.mode.value,
@@ -49,5 +52,9 @@ def build_env_key(
         if project_digest is None:
             raise ValueError("a project spec needs the digest of its files to be keyed")
         inputs["manifest"] = [spec.manifest, project_digest]
+    if lock_sha is not None:
+        inputs["solution"] = lock_sha
+    if spec.solve_tag is not None:  # a fresh solve is a new environment, never a reuse
+        inputs["solve_tag"] = spec.solve_tag
     text = json.dumps(inputs, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:KEY_LENGTH]

@@ -15,6 +15,8 @@ How Ray's calls map onto environments:
 - An environment is held (a shared lock on its use file) from `create` until Ray evicts the
   last URI mapping to it, so neither another agent sharing the store nor `ray-pixi envs`
   deletes it under a running worker.
+- A spec without a lock is solved once per cluster (`ray_pixi.sharing`): the node that
+  solves does so as it installs; every other node installs that pixi.lock `--frozen`.
 - Ray's URI cache caps what one agent books. The store is capped too, across agents and Ray
   sessions: after each install, least-recently-used environments that no process holds are
   deleted until the store fits `RAY_RUNTIME_ENV_PIXI_CACHE_SIZE_GB`.
@@ -37,13 +39,22 @@ from ray_pixi import project, rayapi, settings
 from ray_pixi.bootstrap import install_pixi_release
 from ray_pixi.cluster import ClusterInfo
 from ray_pixi.disk import enforce_disk_budget, pixi_cache_dir
-from ray_pixi.errors import PixiNotFoundError, PixiSpecError
-from ray_pixi.install import InstalledEnv, ProjectFiles, install_environment, load_installed
+from ray_pixi.errors import PixiInstallError, PixiNotFoundError, PixiSpecError
+from ray_pixi.install import (
+    InstalledEnv,
+    ProjectFiles,
+    check_platform,
+    install_environment,
+    load_installed,
+)
 from ray_pixi.key import build_env_key
 from ray_pixi.pixi_cli import PixiExe, check_min_version, find_pixi_on_node, read_pixi_version
 from ray_pixi.settings import InvalidSettings, NodeSettings
+from ray_pixi.sharing import SharedSolutions
+from ray_pixi.solution import Provenance, Solution, lock_sha256, shares_solution, solution_key
 from ray_pixi.spec import Mode, PixiSpec, parse_runtime_env_cached
 from ray_pixi.store import HeldLock, Store
+from ray_pixi.watch import node_name
 from ray_pixi.workers import worker_env_vars
 
 if TYPE_CHECKING:
@@ -82,6 +93,18 @@ class _Booking:
 
     key: str
     size_bytes: int
+
+
+@dataclass
+class _Solved:
+    """The environment a setup installed while solving for the cluster, if it did."""
+
+    key: str | None = None
+    env: InstalledEnv | None = None
+    installed: bool = False
+
+    def env_for(self, key: str) -> InstalledEnv | None:
+        return self.env if key == self.key else None
 
 
 @dataclass
@@ -125,6 +148,7 @@ class PixiNode:
         self._setups: dict[str, asyncio.Lock] = {}  # URI -> its create lock
         self._uris: dict[str, _Booking] = {}  # URI -> store key and bytes booked
         self._held: dict[str, _Held] = {}  # store key -> our use lock and the environment
+        self._solutions = SharedSolutions.for_agent(node_name())
         # Leftovers of crashed installs are swept off the agent's startup path.
         if self._node_store is not None:
             threading.Thread(target=self._sweep, name="ray-pixi-sweep", daemon=True).start()
@@ -165,18 +189,24 @@ class PixiNode:
         async with self._setups.setdefault(uri, asyncio.Lock()):
             if uri in self._uris:
                 return 0  # another setup of this URI finished while we waited
-            key, pixi, files = await self._resolve(spec, runtime_env)
+            key, pixi, files, digest, shared = await self._resolve(spec, runtime_env)
+            solution, solved = None, _Solved()
+            if shared is not None:
+                solution = await self._agree(shared, key, spec, pixi, files, logger, solved)
+                key = await asyncio.to_thread(
+                    self._installed_from, key, solution, spec, pixi, digest)
             held = await self._hold(key)
             try:
-                env = held.env or await asyncio.to_thread(load_installed, self._store, key)
-                installed = False
+                env = held.env or solved.env_for(key) or \
+                    await asyncio.to_thread(load_installed, self._store, key)
+                installed = solved.installed and solved.key == key
                 if env is None:
                     env, installed = await install_environment(
                         key=key, spec=spec, cluster=self._cluster, store=self._store,
                         pixi=pixi, session_log_dir=self._session_log_dir, logger=logger,
-                        files=files,
+                        files=files, solution=solution,
                     )
-                else:
+                elif not installed:
                     logger.info("Reusing pixi environment %s from %s", key, self._store.root)
             except BaseException:
                 self._release_unless_used(key)  # a failed setup holds nothing
@@ -236,15 +266,24 @@ class PixiNode:
         return booked
 
     async def key_for(self, runtime_env: Any) -> str:
-        """The store key this node installs `runtime_env`'s environment under."""
-        key, _, _ = await self._resolve(parse_runtime_env_cached(runtime_env), runtime_env)
-        return key
+        """The store key this node installs `runtime_env`'s environment under (as far as
+        this node knows: a spec without a lock by the solution its store kept). Solves
+        nothing."""
+        spec = parse_runtime_env_cached(runtime_env)
+        key, pixi, _, digest, shared = await self._resolve(spec, runtime_env)
+        kept = None if shared is None else \
+            await asyncio.to_thread(self._store.read_solution, shared)
+        if shared is None or kept is None:
+            return key
+        return await asyncio.to_thread(self._installed_from, key, Solution(shared, kept, "kept"),
+                                       spec, pixi, digest)
 
     # -- helpers -------------------------------------------------------------------------
     async def _resolve(
         self, spec: PixiSpec, runtime_env: Any
-    ) -> tuple[str, PixiExe, ProjectFiles | None]:
-        """The store key, the pixi that installs it, and a project's files."""
+    ) -> tuple[str, PixiExe, ProjectFiles | None, str | None, str | None]:
+        """The store key, the pixi that installs it, a project's files and their digest,
+        and for a spec without a lock the key of the cluster's solution."""
         await self._open_store()
         pixi = await self._resolve_pixi(spec)
         files: ProjectFiles | None = None
@@ -252,7 +291,49 @@ class PixiNode:
         if spec.mode is Mode.PROJECT:
             files, digest = await asyncio.to_thread(
                 self._project_files, spec, self._working_dir(runtime_env))
-        return build_env_key(spec, self._cluster, pixi.version_str, digest), pixi, files
+        key = build_env_key(spec, self._cluster, pixi.version_str, digest)
+        shared = None
+        if shares_solution(spec):
+            check_platform(spec, self._cluster)  # before a solve could fail less clearly
+            shared = solution_key(spec, self._cluster, pixi.version_str, digest)
+        return key, pixi, files, digest, shared
+
+    async def _agree(self, shared: str, key: str, spec: PixiSpec, pixi: PixiExe,
+                     files: ProjectFiles | None, logger: logging.Logger,
+                     solved: _Solved) -> Solution:
+        """The cluster's solution `shared`: another node's, or solved here by installing
+        `key` without a lock (which `solved` then holds)."""
+
+        async def solve(source: str) -> str:
+            env, installed = await install_environment(
+                key=key, spec=spec, cluster=self._cluster, store=self._store, pixi=pixi,
+                session_log_dir=self._session_log_dir, logger=logger, files=files,
+                solving=Provenance(shared, source))
+            solved.key, solved.env, solved.installed = key, env, installed
+            path = await asyncio.to_thread(self._store.lock_file, key)
+            if path is None:
+                raise PixiInstallError(f"pixi installed environment {key} but wrote no "
+                                       "pixi.lock, so there is no solution to share")
+            return await asyncio.to_thread(path.read_text)
+
+        return await self._solutions.obtain(key=shared, store=self._store, solve=solve,
+                                            logger=logger)
+
+    def _installed_from(self, key: str, solution: Solution, spec: PixiSpec, pixi: PixiExe,
+                        digest: str | None) -> str:
+        """`key`, unless the environment there was installed from another lock than the
+        cluster's solution (a store from an earlier cluster): then a key of its own, so a
+        node never runs another solution than the cluster's. Blocking."""
+        record = self._store.read_ready(key)
+        if record is None:
+            return key
+        sha = record.lock_sha256
+        if sha is None:
+            path = self._store.lock_file(key)
+            sha = None if path is None else lock_sha256(path.read_text())
+        if sha == solution.sha256:
+            return key
+        return build_env_key(spec, self._cluster, pixi.version_str, digest, solution.sha256)
 
     def _sweep(self) -> None:
         try:

@@ -69,7 +69,7 @@ def check_manifest_and_lock(root: Path, spec: PixiSpec) -> list[str]:
             f"runtime_env['pixi'] installs {spec.manifest!r} locked, but {lock.as_posix()!r} "
             f"is missing from the working_dir {str(root)!r}. Run `pixi lock --manifest-path "
             f"{spec.manifest}` and resubmit (check that {_UPLOAD_RULES} do not skip it), or "
-            "pass locked=False to let every node solve on its own."
+            "pass locked=False to let the cluster solve it once."
         )
     return files
 

@@ -21,6 +21,8 @@ from ray_pixi.errors import PixiSpecError, PixiUnavailableError
 __all__ = [
     "PACKAGING",
     "PLUGIN",
+    "RAYLET",
+    "gcs_kv",
     "local_working_dir",
     "lookup",
     "missing_name",
@@ -30,6 +32,7 @@ __all__ = [
 
 PLUGIN = "ray._private.runtime_env.plugin"
 PACKAGING = "ray._private.runtime_env.packaging"
+RAYLET = "ray._raylet"
 _LOCAL_SCHEME = "local"
 _LOCAL_SINCE = "2.60.0"
 
@@ -83,3 +86,23 @@ def uploaded_working_dir(uri: str, resources_dir: str) -> Path:
             "Use an inline spec (pixi(\"pixi.toml\") without include=, or pixi(dependencies="
             f"...)), or run a Ray release in ray-pixi's supported range ({compat.SUPPORTED})."))
     return Path(find(uri, resources_dir))
+
+
+def gcs_kv(address: str) -> Any:
+    """A client of the cluster's GCS key-value store at `address` (the agent's
+    `--gcs-address`), as Ray's own agent builds one: `ray._raylet.GcsClient`, whose
+    `internal_kv_get/put/del(key, ..., namespace, timeout)` are the same from Ray 2.10 to
+    2.60. Blocking (it connects): call it in a thread. Raises PixiUnavailableError, saying
+    why, where this Ray has no such client."""
+    client = lookup(RAYLET, "GcsClient")
+    if client is None:
+        raise PixiUnavailableError(missing_name(
+            RAYLET, "GcsClient", "sharing one solution across the cluster's nodes",
+            "This node solves the environment itself."))
+    gcs = client(address=address)
+    for name in ("internal_kv_get", "internal_kv_put", "internal_kv_del"):
+        if not callable(getattr(gcs, name, None)):
+            raise PixiUnavailableError(missing_name(
+                RAYLET, f"GcsClient.{name}", "sharing one solution across the cluster's "
+                "nodes", "This node solves the environment itself."))
+    return gcs

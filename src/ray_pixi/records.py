@@ -43,8 +43,20 @@ class ReadyRecord:
     installed_at: float | None = None
     seconds: Mapping[str, float] = field(default_factory=dict)
     log: str | None = None
+    # The pixi.lock the environment was installed from (its sha256), and for a spec
+    # without a lock the cluster's solution it came from (`ray_pixi.solution`) and how this
+    # node got it: "solved", "shared" (another node's, from the cluster), "kept" (this
+    # store's, from an earlier cluster) or "solved-alone" (no sharing possible here).
+    lock_sha256: str | None = None
+    solution: str | None = None
+    solution_source: str | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """Every field earlier readers look up; the lock fields only when set, so a record
+        an earlier version wrote reads back byte for byte (earlier readers ignore them)."""
+        lock = {name: value for name, value in (
+            ("lock_sha256", self.lock_sha256), ("solution", self.solution),
+            ("solution_source", self.solution_source)) if value is not None}
         return {
             "layout": self.layout,
             "activation": None if self.activation is None else self.activation.to_json(),
@@ -59,6 +71,7 @@ class ReadyRecord:
             "installed_at": self.installed_at,
             "seconds": dict(self.seconds),
             "log": self.log,
+            **lock,
             "key": self.key,
         }
 
@@ -88,6 +101,9 @@ class ReadyRecord:
                 installed_at=_optional(data, "installed_at", (int, float)),
                 seconds={str(k): float(v) for k, v in (seconds or {}).items()},
                 log=_optional(data, "log", str),
+                lock_sha256=_optional(data, "lock_sha256", str),
+                solution=_optional(data, "solution", str),
+                solution_source=_optional(data, "solution_source", str),
             )
         except (KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"the ready record cannot be read: {e!r}") from None

@@ -133,6 +133,9 @@ class PixiSpec(BaseModel):
     locked: StrictBool | None = None
     pixi_version: StrictStr | None = None
     pixi_install_options: tuple[StrictStr, ...] = ()
+    # A label for the cluster's one solution of a spec without a lock: a new label asks
+    # for a fresh solve (ray_pixi.solution).
+    solve_tag: StrictStr | None = None
 
     @property
     def mode(self) -> Mode:
@@ -232,7 +235,15 @@ def _check_spec(spec: PixiSpec) -> None:  # noqa: C901 - one flat list of rules 
     if spec.locked is not False and spec.mode is Mode.MANIFEST and not spec.has_lock:
         raise _fail(("lock_content",), "is missing, and manifests install locked by default",
                     None, f"Run `pixi lock --manifest-path {spec.manifest}` next to the "
-                    "manifest, or pass locked=False to let every node solve on its own.")
+                    "manifest, or pass locked=False to let the cluster solve it once.")
+    if spec.solve_tag is not None and spec.install_locked:
+        raise _fail(("solve_tag",), "asks for a fresh solve, but this spec installs its "
+                    "pixi.lock as it is", spec.solve_tag,
+                    "Drop solve_tag, or run `pixi lock` to update the lock (or pass "
+                    "locked=False to let the cluster solve).")
+    if spec.solve_tag is not None and not spec.solve_tag.strip():
+        raise _fail(("solve_tag",), "must be a non-empty label", spec.solve_tag,
+                    "For example solve_tag='2026-12-08'.")
     if not _ENV_NAME.match(spec.environment):
         raise _fail(("environment",), "must be a pixi environment name (lowercase letters, "
                     "digits, '-')", spec.environment, "Use a name from the manifest's "
@@ -302,6 +313,7 @@ _TYPE_HINTS = {
     "exclude": "must be a list of globs",
     "pixi_install_options": "must be a list of command-line flags",
     "locked": "must be true or false",
+    "solve_tag": "must be a string label",
 }
 _EXAMPLES = {
     "dependencies": "For example {'numpy': '>=1.26'}.",
@@ -313,6 +325,7 @@ _EXAMPLES = {
     "exclude": "For example ['**/*.ipynb'].",
     "pixi_install_options": "For example ['--concurrent-downloads', '8'].",
     "locked": "Pass True or False.",
+    "solve_tag": "For example solve_tag='2026-12-08'.",
 }
 _KNOWN_KEYS = tuple(PixiSpec.model_fields)
 

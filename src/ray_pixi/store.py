@@ -38,7 +38,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 try:
     import fcntl
@@ -278,6 +278,10 @@ class Store:
         self.locks = self.root / "locks"
         self.trash = self.root / "trash"
         self.logs = self.root / "logs"
+        # The cluster solutions this node installed from, by solution key: after a cluster
+        # restart (a new GCS, an empty key-value store) the node offers them again, so it
+        # keeps serving the environments it already has.
+        self.solutions = self.root / "solutions"
         self._dir_mode = 0o755
         self._file_mode = 0o644
 
@@ -297,7 +301,7 @@ class Store:
             shared = stat.S_IMODE(self.root.stat().st_mode) & _SHARED_BITS
             self._dir_mode = 0o755 | shared | (stat.S_ISVTX if shared & stat.S_IWOTH else 0)
             self._file_mode = 0o644 | shared
-            for d in (self.envs, self.locks, self.trash, self.logs):
+            for d in (self.envs, self.locks, self.trash, self.logs, self.solutions):
                 if not d.is_dir():
                     d.mkdir(exist_ok=True)
                     with contextlib.suppress(OSError):
@@ -333,6 +337,34 @@ class Store:
     def prune_install_logs(self, key: str, keep: int = 5) -> None:
         for old in self.install_logs(key)[:-keep]:
             old.unlink(missing_ok=True)
+
+    def solution_path(self, solution: str) -> Path:
+        return self.solutions / f"{solution}.lock"
+
+    def read_solution(self, solution: str) -> str | None:
+        try:
+            return self.solution_path(solution).read_text()
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    def write_solution(self, solution: str, lock: str) -> None:
+        _write_atomic(self.solution_path(solution), lock)
+        with contextlib.suppress(OSError):
+            os.chmod(self.solution_path(solution), self._file_mode)
+
+    def solve_lock(self, solution: str) -> FileLock:
+        """Held while this node obtains `solution`: agents sharing a store solve once."""
+        return FileLock(self.locks / f"solve-{solution}.lock", self._file_mode)
+
+    def lock_file(self, key: str) -> Path | None:
+        """The pixi.lock the ready environment `key` was installed from."""
+        record = self.read_ready(key)
+        if record is None:
+            return None
+        parent = PurePosixPath(record.manifest).parent if record.mode == "project" \
+            and record.manifest else PurePosixPath(".")
+        path = self.workspace(key) / parent / "pixi.lock"
+        return path if path.is_file() else None
 
     def install_lock(self, key: str) -> FileLock:
         return FileLock(self.locks / f"{key}.lock", self._file_mode)

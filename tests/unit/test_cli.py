@@ -33,7 +33,8 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     ([], ["doctor", "envs", "prefetch", "demo"]),
     (["doctor"], ["--agent-pid", "--shell", "--python", "--strict", "RAY_RUNTIME_ENV_PLUGINS",
                   "PIXI_CACHE_DIR", "RAY_PIXI_STORE_DIR", "RAY_PIXI_EXE"]),
-    (["envs"], ["list", "rm", "gc", "RAY_PIXI_STORE_DIR"]),
+    (["envs"], ["list", "rm", "gc", "lock", "RAY_PIXI_STORE_DIR"]),
+    (["envs", "lock"], ["KEY", "--store"]),
     (["envs", "list"], ["--store", "--json"]),
     (["envs", "rm"], ["KEY", "--store", "never removed"]),
     (["envs", "gc"], ["--older-than", "--dry-run", "--store"]),
@@ -375,3 +376,23 @@ def test_doctor_names_every_malformed_setting_rays_own_included(capsys, tmp_path
         assert f"FAIL  {'plugin registered' if name == settings.PLUGINS else 'setting ' + name}"\
                f": Invalid {name}={value!r}: " in out, (name, out)
     assert f"{len(malformed)} problem(s)" in out, out
+
+
+def test_envs_lock_prints_the_lock_and_list_names_it(capsys, store: Store) -> None:
+    key = "e" * 32
+    (store.workspace(key) / ".pixi").mkdir(parents=True)
+    (store.workspace(key) / "pixi.lock").write_text("version: 6\npackages: []\n")
+    store.write_ready(ReadyRecord(key, activation=Activation("p"), python="3.11.7",
+                                  ray="2.60.0", mode="inline", environment="default",
+                                  lock_sha256="f00d" * 16, solution="s" * 32,
+                                  solution_source="shared"))
+    code, out, _ = run(capsys, "envs", "lock", "eee")
+    assert (code, out) == (0, "version: 6\npackages: []\n")
+    _, out, _ = run(capsys, "envs", "list")
+    assert "lock f00df00df00d, the cluster's" in \
+        next(ln for ln in out.splitlines() if ln.startswith(key))
+    row = next(r for r in json.loads(run(capsys, "envs", "list", "--json")[1])
+               if r["key"] == key)
+    assert (row["lock_sha256"], row["solution_source"]) == ("f00d" * 16, "shared")
+    code, _, err = run(capsys, "envs", "lock", "a" * 32)  # no pixi.lock in its workspace
+    assert code != 0 and "has no pixi.lock" in err

@@ -96,3 +96,25 @@ def test_the_entry_point_imports_on_a_ray_without_the_plugin_base() -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("PixiUnavailableError ray-pixi cannot run on this Ray node")
     assert "Traceback" not in out.stdout
+
+
+def test_without_a_gcs_client_sharing_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ray without `ray._raylet.GcsClient`: the node solves alone (ray_pixi.sharing)."""
+    import ray._raylet
+
+    monkeypatch.delattr(ray._raylet, "GcsClient")
+    with pytest.raises(PixiUnavailableError, match="GcsClient.*This node solves the "
+                       "environment itself"):
+        rayapi.gcs_kv("127.0.0.1:1")
+
+
+def test_a_gcs_client_without_the_kv_calls_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray._raylet
+
+    class Bare:
+        def __init__(self, address: str) -> None:
+            self.address = address
+
+    monkeypatch.setattr(ray._raylet, "GcsClient", Bare)
+    with pytest.raises(PixiUnavailableError, match="GcsClient.internal_kv_get"):
+        rayapi.gcs_kv("127.0.0.1:1")

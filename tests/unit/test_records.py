@@ -49,6 +49,20 @@ def test_a_record_reads_back_what_it_wrote() -> None:
 def test_a_record_writes_every_field_earlier_readers_look_up() -> None:
     """Nodes sharing a store upgrade one at a time: an older agent reads this record."""
     assert set(INSTALLED.to_json()) == set(UNTYPED_LAYOUT_2)
+    assert set(SOLVED.to_json()) >= set(UNTYPED_LAYOUT_2)
+
+
+SOLVED = ReadyRecord(key=KEY, layout=STORE_LAYOUT, lock_sha256="a" * 64, solution="s" * 32,
+                     solution_source="shared")
+
+
+def test_a_record_names_the_lock_it_was_built_from() -> None:
+    written = json.loads(json.dumps(SOLVED.to_json()))
+    assert (written["lock_sha256"], written["solution"], written["solution_source"]) == \
+        ("a" * 64, "s" * 32, "shared")
+    assert ReadyRecord.from_json(written) == SOLVED
+    with pytest.raises(ValueError):
+        ReadyRecord.from_json({**written, "lock_sha256": 5})
 
 
 def test_the_records_install_wrote_before_typing_are_read_whole() -> None:

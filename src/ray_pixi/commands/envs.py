@@ -1,6 +1,7 @@
-"""`ray-pixi envs list|rm|gc`: the environments in a node's store, as `Store.entries` reports
-them, with the processes that hold each one. Removal goes through the store's locks, so
-an environment a running Ray node uses is never deleted."""
+"""`ray-pixi envs list|rm|gc|lock`: the environments in a node's store, as `Store.entries`
+reports them, with the processes that hold each one and the lock each was installed from.
+Removal goes through the store's locks, so an environment a running Ray node uses is never
+deleted."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from typing import Any
 from ray_pixi import settings
 from ray_pixi.commands.common import CliError
 
-__all__ = ["parse_age", "run_gc", "run_list", "run_rm"]
+__all__ = ["parse_age", "run_gc", "run_list", "run_lock", "run_rm"]
 
 
 def _open_store(args: argparse.Namespace) -> Any:
@@ -98,7 +99,9 @@ def _rows(store: Any) -> list[dict[str, Any]]:
             holders = sorted(doctor.lock_holders(store.use_lock(e.key).path))
             row.update(used_by=[doctor.describe_pid(p) for p in holders],
                        environment=e.record.environment, mode=e.record.mode,
-                       manifest=e.record.manifest, python=e.record.python, ray=e.record.ray)
+                       manifest=e.record.manifest, python=e.record.python, ray=e.record.ray,
+                       lock_sha256=e.record.lock_sha256, solution=e.record.solution,
+                       solution_source=e.record.solution_source)
         elif e.failure is not None:
             message = e.failure.strip().splitlines()
             row["error"] = message[0] if message else ""
@@ -113,6 +116,34 @@ def _under_way(row: dict[str, Any]) -> str:
         return "an install is under way"
     return (f"installing on node {row['node']}: {row['phase']} "
             f"({row['elapsed_seconds']:.0f} s so far)")
+
+
+def _lock_note(row: dict[str, Any]) -> str:
+    """Which pixi.lock a ready environment was installed from, and for a spec without a
+    lock, whose solution it was."""
+    if not row.get("lock_sha256"):
+        return ""
+    how = {"solved": "solved here for the cluster", "shared": "the cluster's",
+           "kept": "kept from an earlier cluster", "solved-alone": "solved here alone"}
+    source = row.get("solution_source")
+    return f"; lock {row['lock_sha256'][:12]}" + (f", {how.get(source, source)}" if source
+                                                  else "")
+
+
+def run_lock(args: argparse.Namespace) -> int:
+    """Print the pixi.lock an environment (key or unique prefix) was installed from: for an
+    inline spec, the cluster's solution. `ray-pixi envs lock KEY > pixi.lock` next to the
+    environment's manifest (an inline spec's is `<store>/envs/KEY/pixi.toml`) makes it a
+    locked project."""
+    store, _ = _open_store(args)
+    rows = [r for r in _rows(store) if r["status"] == "ready"]
+    (key,) = _resolve_keys(rows, [args.key])
+    path = store.lock_file(key)
+    if path is None:
+        raise CliError(f"environment {key} has no pixi.lock in the store (installed by an "
+                       "older ray-pixi?)")
+    sys.stdout.write(path.read_text())
+    return 0
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -132,7 +163,7 @@ def run_list(args: argparse.Namespace) -> int:
         if r["status"] == "ready":
             what = f"{r['environment']} ({r['mode']}" + (
                 f", {r['manifest']}" if r["manifest"] else "") + \
-                f"; Python {r['python']}, Ray {r['ray']})"
+                f"; Python {r['python']}, Ray {r['ray']}" + _lock_note(r) + ")"
         elif r["status"] == "failed":
             what = r["error"][:100]
         else:
