@@ -91,27 +91,30 @@ class Scale:
 
 
 def working_set_kib(cluster: KubeCluster, role: PodRole, *, after: float) -> int:
-    """The memory working set of the role's one Pod, as the kubelet's summary API reports it,
-    from a sample taken after `after` (a `time.time()`): cAdvisor samples every 10-15 s, and
-    an older sample would measure the phase before."""
-    (pod,) = [p for p in role.pods() if not p["metadata"].get("deletionTimestamp")]
-    name = pod["metadata"]["name"]
+    """The memory working set of the role's Pod (its largest, for a role with replicas), as
+    the kubelet's summary API reports it, from samples taken after `after` (a
+    `time.time()`): cAdvisor samples every 10-15 s, and an older sample would measure the
+    phase before."""
+    names = {
+        p["metadata"]["name"] for p in role.pods() if not p["metadata"].get("deletionTimestamp")
+    }
     container = role.container["name"]
 
     def sampled() -> int | None:
         summary = cluster.rest().get(f"/api/v1/nodes/{NODE_NAME}/proxy/stats/summary")
+        fresh: dict[str, int] = {}
         for entry in summary.get("pods", []):
-            if entry["podRef"]["name"] != name:
+            if entry["podRef"]["name"] not in names:
                 continue
             for stats in entry.get("containers", []):
                 memory = stats.get("memory") or {}
                 if stats["name"] == container and "workingSetBytes" in memory:
                     taken = datetime.datetime.fromisoformat(memory["time"].replace("Z", "+00:00"))
                     if taken.timestamp() > after:
-                        return int(memory["workingSetBytes"]) // 1024
-        return None
+                        fresh[entry["podRef"]["name"]] = int(memory["workingSetBytes"]) // 1024
+        return max(fresh.values()) if names and set(fresh) == names else None
 
-    return int(poll(sampled, timeout=90, what=f"a memory sample of {name} after the phase"))
+    return int(poll(sampled, timeout=90, what=f"memory samples of {sorted(names)} after the phase"))
 
 
 def _calls(cluster: KubeCluster, username: str, since: int) -> tuple[dict[str, int], int]:
@@ -338,7 +341,8 @@ def table(scale: Scale) -> str:
         f"| reconciler memory per pod, {scale.pods} pods after a restart (listing peak "
         f"included) | {scale.kib_per_pod_after_restart:.1f} KiB |",
         f"| Ray Pods the node ran (their nodeSelector matches no node) | {scale.pods_scheduled} |",
-        f"| webhook working set (no watches) | {scale.webhook_memory_kib / 1024:.1f} MiB |",
+        f"| webhook working set (no watches; the largest replica) | "
+        f"{scale.webhook_memory_kib / 1024:.1f} MiB |",
         f"| reconciler API calls per RayCluster event | {scale.calls_per_event:.2f} |",
         f"| of which pod LISTs | {scale.pod_lists_per_event:.2f} |",
         f"| reconciler reaction per event, median | {median(scale.event_seconds) * 1000:.0f} ms |",
