@@ -21,6 +21,7 @@ import re
 import select
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,6 +57,9 @@ def port_forward(kubeconfig: Path | None):  # type: ignore[no-untyped-def]
                     break
                 seen.append(line)
                 if found := FORWARDING.search(line):
+                    # kubectl says "Handling connection" for every request: keep the pipe
+                    # drained, or a long step would block it.
+                    threading.Thread(target=process.stdout.read, daemon=True).start()  # type: ignore[union-attr]
                     yield f"http://127.0.0.1:{found[1]}"
                     return
             raise ScenarioFailure(f"{' '.join(argv)} did not forward: {''.join(seen)}")
