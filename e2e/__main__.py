@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from e2e.scenario import DASHBOARD_PORT, Cluster, ScenarioFailure, run
@@ -35,7 +35,8 @@ def kubectl(kubeconfig: Path | None) -> list[str]:
     return ["kubectl", *([f"--kubeconfig={kubeconfig}"] if kubeconfig else [])]
 
 
-def port_forward(kubeconfig: Path | None):  # type: ignore[no-untyped-def]
+def port_forward(kubeconfig: Path | None
+                 ) -> Callable[[str, str], contextlib.AbstractContextManager[str]]:  # fmt: skip
     """(namespace, RayCluster) -> a context with the local address of its head's Jobs API,
     forwarded by `kubectl port-forward` to the head's Service (`<cluster>-head-svc`)."""
 
@@ -45,6 +46,7 @@ def port_forward(kubeconfig: Path | None):  # type: ignore[no-untyped-def]
                 f"service/{name}-head-svc", f":{DASHBOARD_PORT}"]  # fmt: skip
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True)  # fmt: skip
+        assert process.stdout is not None
         try:
             deadline = time.monotonic() + 60
             seen = []
@@ -52,14 +54,14 @@ def port_forward(kubeconfig: Path | None):  # type: ignore[no-untyped-def]
                 ready, _, _ = select.select([process.stdout], [], [], 1)
                 if not ready:
                     continue
-                line = process.stdout.readline()  # type: ignore[union-attr]
+                line = process.stdout.readline()
                 if not line:
                     break
                 seen.append(line)
                 if found := FORWARDING.search(line):
                     # kubectl says "Handling connection" for every request: keep the pipe
                     # drained, or a long step would block it.
-                    threading.Thread(target=process.stdout.read, daemon=True).start()  # type: ignore[union-attr]
+                    threading.Thread(target=process.stdout.read, daemon=True).start()
                     yield f"http://127.0.0.1:{found[1]}"
                     return
             raise ScenarioFailure(f"{' '.join(argv)} did not forward: {''.join(seen)}")
@@ -77,10 +79,11 @@ def main() -> int:
     args = parser.parse_args()
     from kubernetes import client, config
 
-    config.load_kube_config(config_file=str(args.kubeconfig) if args.kubeconfig else None)
+    config.load_kube_config(  # type: ignore[no-untyped-call]
+        config_file=str(args.kubeconfig) if args.kubeconfig else None)
     core = client.CoreV1Api()
     if not core.list_namespace(field_selector=f"metadata.name={args.namespace}").items:
-        core.create_namespace({"metadata": {"name": args.namespace}})
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=args.namespace)))
     cluster = Cluster(kubeconfig=args.kubeconfig, jobs_address=port_forward(args.kubeconfig))
     try:
         run(cluster, args.namespace)

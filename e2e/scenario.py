@@ -166,26 +166,29 @@ class Kube:
         from kubernetes import client, config
 
         self.configuration = client.Configuration()
-        config.load_kube_config(config_file=str(kubeconfig) if kubeconfig else None,
-                                client_configuration=self.configuration)  # fmt: skip
+        config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=str(kubeconfig) if kubeconfig else None,
+            client_configuration=self.configuration)  # fmt: skip
         self.client = client.ApiClient(self.configuration)
         self.core = client.CoreV1Api(self.client)
         self.custom = client.CustomObjectsApi(self.client)
 
     def _plain(self, obj: Any) -> Obj:
-        return dict(self.client.sanitize_for_serialization(obj))
+        plain: Obj = self.client.sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
+        return plain
 
     def create(self, namespace: str, body: Obj) -> None:
         if body["kind"] == "ConfigMap":
-            self.core.create_namespaced_config_map(namespace, body)
+            self.core.create_namespaced_config_map(namespace, body)  # type: ignore[arg-type]
             return
         group, version = body["apiVersion"].split("/")
         plural = {"RayCluster": "rayclusters", "RayJob": "rayjobs"}[body["kind"]]
         self.custom.create_namespaced_custom_object(group, version, namespace, plural, body)
 
     def ray_object(self, namespace: str, plural: str, name: str) -> Obj:
-        return dict(self.custom.get_namespaced_custom_object("ray.io", "v1", namespace, plural,
-                                                             name))  # fmt: skip
+        found: Obj = self.custom.get_namespaced_custom_object(  # type: ignore[assignment]
+            "ray.io", "v1", namespace, plural, name)  # fmt: skip
+        return found
 
     def delete_ray_cluster(self, namespace: str, name: str) -> None:
         self.custom.delete_namespaced_custom_object("ray.io", "v1", namespace, "rayclusters",
