@@ -53,8 +53,8 @@ __all__ = [
 ]
 
 LABELS = {names.ENABLED_LABEL: names.ENABLED_VALUE}
-JOBS_DIR = Path(__file__).resolve().parent / "jobs"  # the jobs' scripts: a working_dir
-E2E_DIR = Path(__file__).resolve().parents[2] / "e2e"  # the kind flow's manifests
+E2E_DIR = Path(__file__).resolve().parents[2] / "e2e"  # the scenario's manifests
+JOBS_DIR = E2E_DIR / "job"  # the jobs' scripts (e2e/job): a working_dir
 # The Ray images the kind flow pulls, for which the replay uses its own (tests/replay/images.py).
 E2E_RAY_IMAGE = "rayproject/ray:{ray}-py{python}"
 DASHBOARD_PORT = 8265

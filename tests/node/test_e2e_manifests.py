@@ -11,6 +11,7 @@ import ray
 import yaml
 from ray_pixi_operator import names
 
+import e2e.scenario as scenario
 from node.images import UNSUPPORTED_RAY
 from node.raycluster import E2E_DIR, E2E_RAY_IMAGE, LABELS, cluster_templates
 
@@ -49,3 +50,12 @@ def test_the_read_only_store_cluster_mounts_the_add_ons_volume_read_only() -> No
     assert mounts == [{"name": names.VOLUME_NAME, "mountPath": names.MOUNT_PATH,
                        "readOnly": True}]  # fmt: skip
     assert _images(cluster) == {E2E_RAY_IMAGE.format(ray=ray.__version__, python=PYTHON)}
+
+
+def test_the_scenarios_names_are_the_add_ons() -> None:
+    """e2e/scenario.py runs where the operator is not installed: its copies of the names."""
+    assert (scenario.ENABLED_LABEL, scenario.ENABLED_VALUE) == (names.ENABLED_LABEL,
+                                                                names.ENABLED_VALUE)
+    assert scenario.INJECTION_ANNOTATION == names.INJECTION_ANNOTATION
+    assert scenario.VOLUME_NAME == names.VOLUME_NAME
+    assert scenario.INIT_CONTAINER_NAME == names.INIT_CONTAINER_NAME

@@ -1,5 +1,6 @@
-"""The labelled clusters' life on the real node: Pods deleted and recreated, a RayJob, and
-KubeRay's autoscaler adding a worker (issue 18).
+"""The labelled clusters' life on the real node: Pods deleted and recreated, and KubeRay's
+autoscaler adding a worker (issue 18). The labelled RayJob is a step of the end-to-end
+scenario (e2e/scenario.py, test_e2e_scenario.py).
 
 What a user observes, each scenario on its own cluster in its own namespace (at most three
 Ray Pods at a time on the 2-core node):
@@ -8,9 +9,6 @@ Ray Pods at a time on the 2-core node):
   when KubeRay recreates a deleted head Pod: the new head installs nothing, and runs the job
   in the same prefix; a deleted worker's replacement (a new Pod) gets the payload from its
   init container and runs the job, reusing the environment on the node's directory.
-- RayJob: e2e/rayjob.yaml (the kind flow's manifest) with local images and the site: KubeRay
-  builds its RayCluster (the label copied, the webhook prepared it), the entrypoint's task
-  runs in an inline environment in the store, and the RayJob SUCCEEDS.
 - Autoscaling: a head with no CPU and a worker group at 0 replicas; a pixi job whose task
   needs a CPU makes KubeRay's autoscaler (its sidecar in the head Pod, as the ServiceAccount
   KubeRay made) patch the RayCluster, which the API server's audit log shows; the new worker
@@ -19,7 +17,6 @@ Ray Pods at a time on the 2-core node):
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import secrets
@@ -29,22 +26,18 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
-import yaml
 from ray_pixi_operator import names
 
 from kube.cluster import KubeCluster
 from kube.manifests import cluster_pods
 from kube.release import Release
-from kube.rest import poll
 from node.raycluster import (
-    E2E_DIR,
     INSTALLED_LINE,
     JOBS_DIR,
     Job,
     NodePod,
     Obj,
     Timings,
-    cluster_templates,
     container_env,
     dashboard_address,
     e2e_cluster,
@@ -63,8 +56,6 @@ INLINE = {"pypi_dependencies": {"pyjokes": "==0.8.3"}}
 REQUEST = json.dumps({"module": "pyjokes", "runtime_env": {"pixi": INLINE}})
 PROBE = ["python", "probe_job.py", REQUEST]  # a task and an actor on each alive node
 CPU_TASK = ["python", "cpu_task_job.py", REQUEST]  # one task that needs a CPU
-RAYJOB_TIMEOUT = 900
-PYJOKES = "0.8.3"
 
 
 def _submit(address: str, name: str, entrypoint: Sequence[str]) -> Job:
@@ -209,90 +200,6 @@ def test_deleted_pods_come_back_with_the_environments_on_a_host_path(
     assert _store_logs(directory, worker) == logs  # reused on the node's directory
     took.mark(f"the job on the replacement worker ({after_worker.seconds:.0f} s)")
     took.total("restarts")
-
-
-# --- RayJob ------------------------------------------------------------------------------------
-
-
-def _localize(cluster_spec: Obj, images: Mapping[str, str]) -> Obj:
-    """A rayClusterSpec with its images replaced by the local stand-ins, usage stats off (as
-    `e2e_cluster` does for a RayCluster)."""
-    wrapped = {"spec": copy.deepcopy(cluster_spec)}
-    for template in cluster_templates(wrapped):
-        for container in template["spec"]["containers"]:
-            assert container["image"] in images, (container["image"], sorted(images))
-            container["image"] = images[container["image"]]
-            container["imagePullPolicy"] = "IfNotPresent"
-            container.setdefault("env", []).extend([
-                {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
-                {"name": "RAY_USAGE_STATS_REPORT_URL", "value": "http://127.0.0.1:9/"},
-            ])  # fmt: skip
-    return dict(wrapped["spec"])
-
-
-def _submitter_logs(cluster: KubeCluster, namespace: str, job: str) -> str:
-    pods = cluster.rest().get(f"/api/v1/namespaces/{namespace}/pods",
-                              labelSelector=f"job-name={job}")["items"]  # fmt: skip
-    return "\n".join(NodePod(cluster, p).logs(p["spec"]["containers"][0]["name"]) for p in pods)
-
-
-def test_a_labelled_rayjob_runs_its_entrypoint_in_an_inline_environment(
-    kube_node: KubeCluster, release: Release, e2e_images: dict[str, str], site: Site,
-    node_namespace: str,
-) -> None:  # fmt: skip
-    took = Timings()
-    namespace = node_namespace
-    rayjob: Obj = yaml.safe_load((E2E_DIR / "rayjob.yaml").read_text())
-    assert rayjob["metadata"]["labels"] == {names.ENABLED_LABEL: names.ENABLED_VALUE}
-    spec = _localize(rayjob["spec"]["rayClusterSpec"], e2e_images)
-    rayjob["spec"]["rayClusterSpec"] = site.apply_to({"spec": spec})["spec"]
-    name = rayjob["metadata"]["name"]
-    for body in site.config_maps(namespace):
-        kube_node.apply(body, namespace)
-    kube_node.apply(rayjob, namespace)
-    path = kube_node.path_for("ray.io/v1", "RayJob", namespace, name)
-    admin = kube_node.rest()
-
-    def status() -> Obj:
-        return dict(admin.get(path).get("status") or {})
-
-    def describe() -> str:
-        pods = admin.get(f"/api/v1/namespaces/{namespace}/pods")["items"]
-        phases = [(p["metadata"]["name"], p["status"].get("phase")) for p in pods]
-        return f"{status()}; pods {phases}; submitter:\n{_submitter_logs(kube_node, namespace, name)[-3000:]}"  # noqa: E501
-
-    cluster_name = poll(lambda: status().get("rayClusterName"), timeout=60,
-                        what=f"RayJob {name}'s RayCluster", describe=describe)  # fmt: skip
-    ray_cluster = _ray_cluster(kube_node, namespace, cluster_name)
-    # KubeRay copied the label; the webhook prepared the cluster KubeRay created.
-    assert ray_cluster["metadata"]["labels"][names.ENABLED_LABEL] == names.ENABLED_VALUE
-    assert names.INJECTION_ANNOTATION in ray_cluster["metadata"]["annotations"]
-    head, worker = wait_for_ready_pods(kube_node, namespace, cluster_name, 2)
-    for pod in (head, worker):
-        _payload_ran(pod)
-    took.mark("RayJob's RayCluster (prepared by the webhook) Ready")
-
-    final = poll(lambda: (s := status()).get("jobStatus") in ("SUCCEEDED", "FAILED", "STOPPED")
-                 and s, timeout=RAYJOB_TIMEOUT, what=f"RayJob {name} to finish",
-                 interval=1, describe=describe)  # fmt: skip
-    took.mark(f"RayJob finished: {final.get('jobStatus')} ({final.get('jobDeploymentStatus')})")
-    assert final["jobStatus"] == "SUCCEEDED", describe()
-    # The head's Jobs API agrees, and holds the job's whole output. (Not the submitter Pod's
-    # log: KubeRay marks the RayJob SUCCEEDED from the Jobs API while the submitter may still
-    # be streaming the job's logs; CI once read it before the job's last line.)
-    from ray.job_submission import JobSubmissionClient
-
-    jobs = JobSubmissionClient(dashboard_address(kube_node, namespace, cluster_name))
-    assert str(jobs.get_job_status(final["jobId"]).value) == "SUCCEEDED"
-    output = jobs.get_job_logs(final["jobId"])
-    lines = [line for line in output.splitlines() if line.startswith("E2E-WORKER-SAW ")]
-    assert lines, output[-4000:]
-    _, version, prefix = lines[-1].split(" ", 2)
-    assert version == PYJOKES
-    store = container_env(head)["RAY_PIXI_STORE_DIR"]
-    assert PurePosixPath(prefix.strip()).is_relative_to(store), (prefix, store)
-    print(f"node: RayJob output: {lines[-1]}", flush=True)
-    took.total("RayJob")
 
 
 # --- Autoscaling -------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """A Ray job that reports what its tasks and actors saw on each node (stdlib + Ray only).
 
-Submitted by tests/replay through the head's Jobs API, with this directory (or a project
-holding a copy of it) as the working_dir. `python probe_job.py '<json>'` with
+Submitted by the end-to-end scenario (e2e/scenario.py) and the node tests through the head's
+Jobs API, with this directory (or the project written from it) as the working_dir.
+`python probe_job.py '<json>'` with
   {"module": "pyjokes",           # imported by the driver, each task and each actor
-   "runtime_env": {...} | null}   # given to the tasks and actors (null: the job's own)
+   "runtime_env": {...} | null,   # given to the tasks and actors (null: the job's own)
+   "variable": "PROJ_DATA"}       # optional: an env var to report (an activate.d script's)
 and, for every alive node ("head" or "worker"), a plain task (no runtime_env) too. Prints one
 line `RESULT <json>`: the driver's view, and per node the plain task's, the task's and the
 actor's, or the error their runtime_env's setup raised. A plain task inherits the job's
@@ -26,7 +28,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 HEAD_RESOURCE = "node:__internal_head__"
 
 
-def probe(module: str | None) -> dict:
+def probe(module: str | None, variable: str | None = None) -> dict:
     found = importlib.util.find_spec("ray_pixi")
     seen = {
         "node_id": ray.get_runtime_context().get_node_id(),
@@ -37,7 +39,7 @@ def probe(module: str | None) -> dict:
         "executable": sys.executable,
         "path": sys.path,
         "ray_pixi": found.origin if found else None,
-        "activated": os.environ.get("RAY_PIXI_TEST_ACTIVATED"),
+        "activated": os.environ.get(variable) if variable else None,
         "module": None,
     }
     if module:
@@ -46,24 +48,24 @@ def probe(module: str | None) -> dict:
 
 
 @ray.remote(num_cpus=0)
-def task(module: str | None) -> dict:
-    return probe(module)
+def task(module: str | None, variable: str | None = None) -> dict:
+    return probe(module, variable)
 
 
 @ray.remote(num_cpus=0)
 class Probe:
-    def seen(self, module: str | None) -> dict:
-        return probe(module)
+    def seen(self, module: str | None, variable: str | None = None) -> dict:
+        return probe(module, variable)
 
 
-def attempt(make, options: dict, module: str | None) -> dict:
+def attempt(make, options: dict, module: str | None, variable: str | None) -> dict:
     """What a task or an actor saw, or the error it raised (a runtime_env that cannot be set
     up fails a task with RuntimeEnvSetupError, an actor with the error of its creation)."""
     try:
         if make is task:
-            return ray.get(task.options(**options).remote(module))
+            return ray.get(task.options(**options).remote(module, variable))
         actor = Probe.options(**options).remote()  # held: the call needs a live handle
-        return ray.get(actor.seen.remote(module))
+        return ray.get(actor.seen.remote(module, variable))
     except RayError as error:
         return {"error": str(error), "error_type": type(error).__name__}
 
@@ -71,8 +73,9 @@ def attempt(make, options: dict, module: str | None) -> dict:
 def main() -> None:
     request = json.loads(sys.argv[1])
     module, runtime_env = request.get("module"), request.get("runtime_env")
+    variable = request.get("variable")
     ray.init()
-    out = {"driver": probe(module if runtime_env is None else None), "nodes": {}}
+    out = {"driver": probe(module if runtime_env is None else None, variable), "nodes": {}}
     for node in ray.nodes():
         if not node["Alive"]:
             continue
@@ -81,9 +84,9 @@ def main() -> None:
         with_env = dict(on, runtime_env=runtime_env) if runtime_env is not None else on
         out["nodes"][role] = {
             "node_id": node["NodeID"],
-            "plain": ray.get(task.options(**on).remote(None)),
-            "task": attempt(task, with_env, module),
-            "actor": attempt(Probe, with_env, module),
+            "plain": ray.get(task.options(**on).remote(None, variable)),
+            "task": attempt(task, with_env, module, variable),
+            "actor": attempt(Probe, with_env, module, variable),
         }
     print("RESULT " + json.dumps(out), flush=True)
 
