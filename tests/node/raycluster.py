@@ -55,7 +55,7 @@ __all__ = [
 LABELS = {names.ENABLED_LABEL: names.ENABLED_VALUE}
 E2E_DIR = Path(__file__).resolve().parents[2] / "e2e"  # the scenario's manifests
 JOBS_DIR = E2E_DIR / "job"  # the jobs' scripts (e2e/job): a working_dir
-# The Ray images the kind flow pulls, for which the replay uses its own (tests/replay/images.py).
+# The Ray images the kind flow pulls, for which the node tier uses its own (node/images.py).
 E2E_RAY_IMAGE = "rayproject/ray:{ray}-py{python}"
 DASHBOARD_PORT = 8265
 RAY_UP_TIMEOUT = 240
@@ -68,7 +68,7 @@ Log = Callable[[str], None]
 
 
 def e2e_cluster(manifest: str, images: Mapping[str, str]) -> Obj:
-    """`e2e/<manifest>`, a RayCluster the kind flow applies, as the replay runs it: each image
+    """`e2e/<manifest>`, a RayCluster the kind flow applies, as the node runs it: each image
     it names replaced by the local image that stands in for it (`images`; nothing is pulled
     here), and Ray's usage stats off (a user's own settings: with them off, Ray's dashboard
     still tells usage-stats.ray.io once that they are, so the report goes to a closed port)."""

@@ -1,7 +1,8 @@
-"""The kind flow's RayClusters (e2e/) are the ones the replay runs: labelled for the add-on,
-on the Ray images the replay stands in for (this Ray version and the unsupported one, on this
-Python), each failure manifest with the property its test relies on. What can be checked of
-e2e/ on a machine without kind; the replay tests run these manifests through KubeRay."""
+"""The kind flow's RayClusters (e2e/) are the ones the node tier runs: labelled for the
+add-on, on the Ray images the node's local images stand in for (this Ray version and the
+unsupported one, on this Python), each failure manifest with the property its step relies
+on. What can be checked of e2e/'s manifests without a cluster; the node tier runs them
+through KubeRay on the real node."""
 
 from __future__ import annotations
 

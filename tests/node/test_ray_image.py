@@ -1,4 +1,4 @@
-"""The replay's Ray image: what a Ray Pod relies on, and nothing of ray-pixi or the build host."""
+"""The node tier's Ray image: what a Ray Pod relies on, nothing of ray-pixi or the build host."""
 
 from __future__ import annotations
 
