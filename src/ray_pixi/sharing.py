@@ -185,6 +185,11 @@ class SharedSolutions:
                 continue  # another node published first: take theirs
             me = Claim(self._node, os.getpid())
             if await self._call(board.put_if_absent, claim_kv_key(key), me.encode()):
+                # The claim may be free because its holder just published and released it,
+                # after our look above: look again now that we hold it, or we solve twice.
+                if await self._call(board.get, lock_kv_key(key)) is not None:
+                    await self._call(board.delete, claim_kv_key(key))
+                    continue
                 lock, published = await self._solve_claimed(board, key, me, solve)
                 if published:
                     await asyncio.to_thread(store.write_solution, key, lock)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ray_pixi.sharing import SharedSolutions
-from ray_pixi.solution import Claim, claim_kv_key, decode_lock, lock_kv_key
+from ray_pixi.solution import Claim, claim_kv_key, decode_lock, encode_lock, lock_kv_key
 from ray_pixi.store import Store
 
 KEY = "s" * 32
@@ -81,6 +81,36 @@ class Solver:
 
 
 LOG = logging.getLogger("test-sharing")
+
+
+class PublishedMeanwhile(MemoryBoard):
+    """Another node publishes its lock and releases its claim right after this node's
+    first look found no lock: the interleaving that once made a node solve a second time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data[claim_kv_key(KEY)] = b"held by the other node"
+        self._looked = False
+
+    def get(self, key: bytes) -> bytes | None:
+        value = super().get(key)
+        if key == lock_kv_key(KEY) and not self._looked:
+            self._looked = True
+            self.data[lock_kv_key(KEY)] = encode_lock("version: 6\n# theirs\n")
+            del self.data[claim_kv_key(KEY)]
+        return value
+
+
+def test_a_claim_freed_by_a_publisher_after_our_look_is_not_a_reason_to_solve(
+    tmp_path: Path,
+) -> None:
+    board = PublishedMeanwhile()
+    solver = Solver()
+    got = asyncio.run(node(board, "n1").obtain(key=KEY, store=store(tmp_path, "n1"),
+                                               solve=solver, logger=LOG))
+    assert solver.calls == 0
+    assert (got.source, got.lock) == ("shared", "version: 6\n# theirs\n")
+    assert claim_kv_key(KEY) not in board.data  # the claim it took to look again is released
 
 
 def test_concurrent_first_setups_on_three_nodes_solve_once(tmp_path: Path) -> None:
