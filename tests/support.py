@@ -55,16 +55,24 @@ def stop_cluster_under(temp: Path) -> None:
     is gone. Never `ray stop`: it stops every Ray cluster on the machine."""
     marker = str(temp).encode()
     parent: dict[int, int] = {}
+    argv: dict[int, list[bytes]] = {}
     named: set[int] = set()
     for entry in Path("/proc").glob("[0-9]*"):
         try:
             pid = int(entry.name)
             parent[pid] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            if marker in (entry / "cmdline").read_bytes() or \
-                    marker in (entry / "environ").read_bytes():
+            cmdline = (entry / "cmdline").read_bytes()
+            argv[pid] = cmdline.split(b"\0")
+            if marker in cmdline or marker in (entry / "environ").read_bytes():
                 named.add(pid)
         except (OSError, ValueError, IndexError):
             continue
+    # `ray start` leaves its Ray Client server (`ray.util.client.server --address=<GCS>`)
+    # to init, with neither the temp dir nor an ancestor of the cluster: it is the process
+    # naming the GCS address that the cluster's raylet names.
+    gcs = {arg.split(b"=", 1)[1] for pid in named for arg in argv.get(pid, [])
+           if arg.startswith((b"--gcs-address=", b"--gcs_address="))}
+    named |= {pid for pid, args in argv.items() if any(b"--address=" + a in args for a in gcs)}
     doomed = set(named)
     grew = True
     while grew:  # descendants, found before any dies and is re-parented to init
