@@ -100,11 +100,7 @@ class _Solved:
     """The environment a setup installed while solving for the cluster, if it did."""
 
     key: str | None = None
-    env: InstalledEnv | None = None
     installed: bool = False
-
-    def env_for(self, key: str) -> InstalledEnv | None:
-        return self.env if key == self.key else None
 
 
 @dataclass
@@ -197,8 +193,9 @@ class PixiNode:
                     self._installed_from, key, solution, spec, pixi, digest)
             held = await self._hold(key)
             try:
-                env = held.env or solved.env_for(key) or \
-                    await asyncio.to_thread(load_installed, self._store, key)
+                # Read back under the hold, never taken from the solve: between the solve's
+                # install and the hold, an eviction may have deleted it (then: install it).
+                env = held.env or await asyncio.to_thread(load_installed, self._store, key)
                 installed = solved.installed and solved.key == key
                 if env is None:
                     env, installed = await install_environment(
@@ -309,7 +306,7 @@ class PixiNode:
                 key=key, spec=spec, cluster=self._cluster, store=self._store, pixi=pixi,
                 session_log_dir=self._session_log_dir, logger=logger, files=files,
                 solving=Provenance(shared, source))
-            solved.key, solved.env, solved.installed = key, env, installed
+            solved.key, solved.installed = key, installed
             path = await asyncio.to_thread(self._store.lock_file, key)
             if path is None:
                 raise PixiInstallError(f"pixi installed environment {key} but wrote no "

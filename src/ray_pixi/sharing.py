@@ -155,6 +155,12 @@ class SharedSolutions:
         await asyncio.to_thread(store.write_solution, key, lock)
         return Solution(key, lock, "solved-alone")
 
+    async def _publish(self, board: Board, key: str, lock: str) -> bool:
+        """Put the lock if no node has: compressing a lock of megabytes takes a fifth of a
+        second, so that too runs off the agent's event loop."""
+        return bool(await self._call(
+            lambda: board.put_if_absent(lock_kv_key(key), encode_lock(lock))))
+
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
             return await asyncio.to_thread(fn, *args)
@@ -179,7 +185,7 @@ class SharedSolutions:
                 return Solution(key, lock, "shared")
             kept = await asyncio.to_thread(store.read_solution, key)
             if kept is not None:
-                if await self._call(board.put_if_absent, lock_kv_key(key), encode_lock(kept)):
+                if await self._publish(board, key, kept):
                     logger.info("Offered this node's kept solution %s to the cluster", key)
                     return Solution(key, kept, "kept")
                 continue  # another node published first: take theirs
@@ -196,9 +202,15 @@ class SharedSolutions:
                     logger.info("Published solution %s to the cluster", key)
                     return Solution(key, lock, "solved")
                 continue  # a node that took over meanwhile published first: take theirs
-            claim = Claim.decode(await self._call(board.get, claim_kv_key(key)))
-            if claim is None:
+            raw = await self._call(board.get, claim_kv_key(key))
+            if raw is None:
                 continue  # released meanwhile: its lock, or a claim of our own, next
+            claim = Claim.decode(raw)
+            if claim is None:  # unreadable (another format): stale, as solution.py says
+                logger.warning("An unreadable claim on pixi environment %s; taking it over", key)
+                await self._call(board.delete, claim_kv_key(key))
+                await asyncio.sleep(self._poll)
+                continue
             now = time.monotonic()
             if watch.stale(claim, now):
                 logger.warning("Node %s stopped solving pixi environment %s (its claim did not "
@@ -230,8 +242,7 @@ class SharedSolutions:
         beating = asyncio.ensure_future(beat())
         try:
             lock = await solve("solved")
-            published = await self._call(board.put_if_absent, lock_kv_key(key),
-                                         encode_lock(lock))
+            published = await self._publish(board, key, lock)
             return lock, bool(published)
         finally:
             beating.cancel()

@@ -203,3 +203,26 @@ def test_a_node_that_cannot_share_solves_alone_and_says_so(
     reason = {"no GCS": "ConnectionError: no GCS here", "GCS fails": "GCS unreachable",
               "no address": "not a Ray runtime_env agent"}[why]
     assert reason in caplog.text
+
+
+class CountingBoard(MemoryBoard):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def get(self, key: bytes) -> bytes | None:
+        self.calls += 1
+        return super().get(key)
+
+
+def test_an_unreadable_claim_is_taken_over_not_spun_on(tmp_path: Path) -> None:
+    """A claim in a format this node cannot read (another release's) is stale: the node
+    removes it and solves, instead of looping on a claim it can neither read nor win."""
+    board = CountingBoard()
+    board.data[claim_kv_key(KEY)] = b"\xff not a claim"
+    solver = Solver()
+    got = asyncio.run(node(board, "n1").obtain(key=KEY, store=store(tmp_path, "n1"),
+                                               solve=solver, logger=LOG))
+    assert (solver.calls, got.source) == (1, "solved")
+    assert board.calls < 10, board.calls
+    assert decode_lock(board.data[lock_kv_key(KEY)]) == "version: 6\n"
