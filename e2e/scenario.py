@@ -449,10 +449,14 @@ class Jobs:
 
     def wait_for_nodes(self, pods: Sequence[RayPod], *, not_ids: Sequence[str] = ()
                        ) -> list[Obj]:  # fmt: skip
-        """One alive Ray node at each Pod's IP, none of them in `not_ids`."""
+        """One alive Ray node at each Pod's IP, and none of `not_ids` alive any more: Ray
+        declares a stopped raylet dead only after missed health checks, and until then a job
+        that pins a task to every alive node pins one to it."""
 
         def ready() -> list[Obj] | None:
-            nodes = [n for n in self.alive_nodes() if n["node_id"] not in not_ids]
+            nodes = self.alive_nodes()
+            if any(n["node_id"] in not_ids for n in nodes):
+                return None
             found = sorted(n["node_ip"] for n in nodes)
             return nodes if found == sorted(p.ip for p in pods) else None
 
