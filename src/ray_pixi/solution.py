@@ -18,11 +18,10 @@ import hashlib
 import json
 import zlib
 from dataclasses import dataclass
-from typing import Any
 
 from ray_pixi.cluster import ClusterInfo
-from ray_pixi.manifest import build_inline_manifest
-from ray_pixi.spec import Mode, PixiSpec
+from ray_pixi.key import digest, env_inputs
+from ray_pixi.spec import PixiSpec
 
 __all__ = [
     "KV_NAMESPACE",
@@ -42,7 +41,6 @@ __all__ = [
 
 #: Bumped when what a solution key covers, or how a lock is stored, changes.
 SOLUTION_FORMAT = 1
-KEY_LENGTH = 32
 #: The GCS key-value namespace ray-pixi writes; nothing else of Ray's reads it.
 KV_NAMESPACE = b"ray_pixi"
 
@@ -55,26 +53,8 @@ def shares_solution(spec: PixiSpec) -> bool:
 def solution_key(spec: PixiSpec, cluster: ClusterInfo, pixi_version: str,
                  project_digest: str | None = None) -> str:
     """The key one cluster-wide solution of `spec` is stored under."""
-    inputs: dict[str, Any] = {
-        "format": SOLUTION_FORMAT,
-        "mode": spec.mode.value,
-        "environment": spec.environment,
-        "platform": cluster.platform,
-        "python": cluster.python_version,
-        "ray": cluster.ray_version,
-        "pixi": pixi_version,
-        "tag": spec.solve_tag,
-    }
-    if spec.mode is Mode.INLINE:
-        inputs["manifest"] = build_inline_manifest(spec, cluster)
-    elif spec.mode is Mode.MANIFEST:
-        inputs["manifest"] = [spec.manifest, spec.manifest_content, spec.lock_text()]
-    else:
-        if project_digest is None:
-            raise ValueError("a project spec needs the digest of its files to be keyed")
-        inputs["manifest"] = [spec.manifest, project_digest]
-    text = json.dumps(inputs, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:KEY_LENGTH]
+    return digest({"format": SOLUTION_FORMAT, "tag": spec.solve_tag,
+                   **env_inputs(spec, cluster, pixi_version, project_digest)})
 
 
 def lock_sha256(lock: str) -> str:
